@@ -1,0 +1,148 @@
+"""Prefill with LLM-VTP, then decode from the smaller cache. Three small functions: prefill, decode_one_token,
+generate.
+
+    out = generate(model, embeds, 64, video=VideoSpan(35, 16, 144), alpha=0.1, layer=10)
+    out.tokens, out.kept, out.cache_len
+
+Prefill runs layers 1..M on the whole prompt. At layer M it scores the video tokens by the question's
+attention (Eq. 4-6), then only the prefix, the kept video rows and the question rows go on to layers
+M+1..L, and the caches of layers 1..M drop the other rows (Eq. 7-8). Positions travel with the rows: a kept
+token keeps its RoPE position, and the first generated token sits at the *original* prompt length.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from minivtp import vtp
+
+PAPER_LAYER = 10  # M used for PLLaVA and Tarsier multiple-choice runs (Sec. 4.3)
+HEAD_POOLS = ("max", "mean", "min")
+RANKINGS = ("frame", "sequence")
+SELECTIONS = ("attention", "random", "complement")
+SCORES = ("fast", "literal")
+
+
+@dataclass
+class Pruning:
+    """What LLM-VTP decided at layer M."""
+
+    layer: int  # M
+    kept: torch.Tensor  # (S,) sorted prompt positions of the kept video tokens
+    rows: torch.Tensor  # prompt rows that went on to layers M+1..L
+    scores: torch.Tensor  # (T*Nv,) a_v, the question-to-video score of every video token (float32)
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # (n,) long
+    logits: torch.Tensor  # (n, V) the logits each token was chosen from; row 0 comes from the prefill
+    kept: torch.Tensor  # (S,) sorted prompt positions of the kept video tokens (all of them when not pruned)
+    cache_len: int  # rows in every layer's KV cache after prefill
+    prompt_len: int  # N, before pruning
+    pruning: Pruning = None  # None when nothing was pruned (video=None)
+
+
+def check_args(model, N, video, alpha, layer, head_pool, ranking, selection, scores):
+    vtp.check_alpha(alpha)
+    L = model.cfg.n_layers
+    if not (isinstance(layer, int) and 1 <= layer <= L):
+        raise ValueError(f"layer={layer!r} is outside 1..{L} (M counts decoder layers from 1, as in the paper)")
+    for name, value, allowed in (("head_pool", head_pool, HEAD_POOLS), ("ranking", ranking, RANKINGS),
+                                 ("selection", selection, SELECTIONS), ("scores", scores, SCORES)):
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r} must be one of {', '.join(map(repr, allowed))}")
+    if video is not None:
+        video.check(N)
+
+
+@torch.no_grad()
+def prefill(model, embeds, caches, video=None, alpha=1.0, layer=PAPER_LAYER, head_pool="max", ranking="frame",
+            selection="attention", scores="fast", generator=None, fused=True):
+    """Run the prompt (1, N, C) through every layer, pruning at layer M. Returns (last row's logits (V,), Pruning)."""
+    N = embeds.shape[1]
+    x = embeds
+    pos = torch.arange(N, device=embeds.device)  # (N,) positions; after layer M only the kept ones remain
+    cos, sin = model.rope(pos)
+    pruning = None
+    for l, (block, cache) in enumerate(zip(model.layers, caches), start=1):
+        x_in = x
+        x = block(x, cos, sin, pos, cache, slot=0, fused=fused)  # (1, N or len(rows), C)
+        if video is None or l != layer:
+            continue
+        # --- LLM-VTP at layer M -----------------------------------------------------------------------------
+        score = vtp.scores_fast if scores == "fast" else vtp.scores_literal
+        a_v = score(block, x_in, cos, sin, pos, cache, video, head_pool)  # Eq. 4 + mean over questions: (T*Nv,)
+        if selection == "random":
+            S = vtp.select_random(video, alpha, generator).to(pos.device)
+        elif ranking == "frame":
+            S = vtp.select_per_frame(a_v, video, alpha)  # Eq. 5-6
+        else:
+            S = vtp.select_whole_sequence(a_v, video, alpha)
+        if selection == "complement":
+            S = vtp.complement(S, video)
+        rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
+        x, pos, cos, sin = x[:, rows], pos[rows], cos[rows], sin[rows]  # layers M+1..L see only these rows
+        vtp.compress_caches(caches[:l], rows)  # Eq. 7-8 on layers 1..M
+        pruning = Pruning(layer=l, kept=S, rows=rows, scores=a_v)
+    return model.head(x[:, -1:])[0, -1], pruning  # (V,)
+
+
+@torch.no_grad()
+def decode_one_token(model, token, pos: int, caches, fused=True):
+    """One new token at position `pos`, written after the last filled slot of every cache. Returns logits (V,)."""
+    x = model.embed(token.view(1, 1))  # (1, 1, C)
+    p = torch.tensor([pos], device=x.device)  # (1,)
+    cos, sin = model.rope(p)
+    slot = caches[0].length  # after pruning slot < pos: the cache is shorter than the sequence it represents
+    for block, cache in zip(model.layers, caches):
+        x = block(x, cos, sin, p, cache, slot=slot, fused=fused)
+    return model.head(x)[0, -1]
+
+
+def pick(logits, temperature: float, generator=None):
+    if temperature == 0:
+        return logits.argmax()
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+@torch.no_grad()
+def generate(model, embeds, max_new_tokens: int, video=None, alpha=1.0, layer=None, head_pool="max",
+             ranking="frame", selection="attention", scores="fast", temperature=0.0, eos_id=None, seed=0,
+             fused=True) -> Generation:
+    """Answer a prompt of embeddings (1, N, C), with LLM-VTP at layer `layer` when `video` is given.
+
+    alpha=1 keeps every video token (the unpruned model); video=None skips scoring altogether. Greedy unless
+    temperature > 0. `selection` swaps in the baselines: "random" (same per-frame count) or "complement" (the
+    tokens LLM-VTP would drop). `scores="literal"` materialises all of A^(M) instead of the question rows only.
+    """
+    if embeds.dim() != 3 or embeds.shape[0] != 1:
+        raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
+    N = embeds.shape[1]
+    if layer is None:
+        if model.cfg.n_layers < PAPER_LAYER and video is not None:
+            raise ValueError(f"layer must be given: the default M={PAPER_LAYER} is outside 1..{model.cfg.n_layers}")
+        layer = PAPER_LAYER if video is not None else 1
+    check_args(model, N, video, alpha, layer, head_pool, ranking, selection, scores)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if N + max_new_tokens > model.cfg.max_seq_len:
+        raise ValueError(f"prompt {N} + max_new_tokens {max_new_tokens} = {N + max_new_tokens} exceeds the "
+                         f"model's {model.cfg.max_seq_len} positions")
+    generator = torch.Generator().manual_seed(seed)
+    caches = model.new_caches(batch=1, max_len=N + max_new_tokens)
+    logits, pruning = prefill(model, embeds.to(model.embed.weight.dtype), caches, video, alpha, layer, head_pool,
+                              ranking, selection, scores, generator, fused)
+    cache_len = caches[0].length
+    tokens, all_logits = [], []
+    for i in range(max_new_tokens):
+        token = pick(logits, temperature, generator).to(embeds.device)
+        tokens.append(token)
+        all_logits.append(logits)
+        if (eos_id is not None and token.item() == eos_id) or i == max_new_tokens - 1:
+            break
+        logits = decode_one_token(model, token, N + i, caches, fused)  # positions go on from N, not cache_len
+    kept = pruning.kept if pruning else torch.arange(video.start, video.end) if video else torch.empty(0, dtype=torch.long)
+    return Generation(tokens=torch.stack(tokens), logits=torch.stack(all_logits), kept=kept, cache_len=cache_len,
+                      prompt_len=N, pruning=pruning)

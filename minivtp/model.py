@@ -1,0 +1,340 @@
+"""A LLaMA-style decoder in one file, read top to bottom.
+
+config -> RMSNorm -> RoPE -> KV cache -> attention -> MLP -> block -> transformer.
+
+This is the language model that PLLaVA and Tarsier (and Vicuna before them) are built on. Nothing here knows
+about video or pruning: LLM-VTP lives in `vtp.py` and only uses what this file exposes (the layers, their
+caches, the attention weights of one layer).
+
+Dimensions, named as in the paper and used in every shape comment:
+    B   batch
+    N   rows in the sequence being processed (prompt rows, or 1 when decoding)
+    Nk  rows of keys a query can see (cache length after the write)
+    C   channels (hidden size)
+    H   query heads, Hkv key/value heads (Hkv < H is grouped-query attention)
+    D   head dim
+    F   MLP hidden size
+    V   vocabulary size
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    vocab_size: int = 32000
+    dim: int = 4096  # C
+    n_layers: int = 32  # L in the paper
+    n_heads: int = 32  # H
+    n_kv_heads: int = 32  # Hkv; Vicuna-7B has no grouped-query attention, newer LLaMAs do
+    hidden_dim: int = 11008  # F
+    head_dim: int = 0  # D; 0 means dim // n_heads (Hugging Face writes it explicitly since v4.45)
+    norm_eps: float = 1e-5  # Vicuna-7B v1.5 uses 1e-5; transformers' tiny defaults use 1e-6
+    rope_theta: float = 10000.0  # the LLaMA-1/2 base; used when the config names none
+    rope_scaling: dict = field(default_factory=dict)  # {"rope_type": "linear" | "llama3", ...}; empty = plain RoPE
+    max_seq_len: int = 4096  # max_position_embeddings: the longest prompt + answer we accept
+    tie_embeddings: bool = False  # output projection shares the embedding matrix
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        kind = self.rope_scaling.get("rope_type", "default") if self.rope_scaling else "default"
+        if kind not in ("default", "linear", "llama3"):
+            raise ValueError(f"rope_type {kind!r} is not supported (minivtp knows default, linear, llama3)")
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "Config":
+        """Build from a Hugging Face LLaMA `config.json` (already parsed)."""
+        if hf.get("model_type", "llama") != "llama":
+            raise ValueError(f"model_type {hf.get('model_type')!r} is not a LLaMA decoder")
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"hidden_act {act!r} is not supported (LLaMA uses 'silu')")
+        # Two ways transformers has written RoPE settings: the old top-level `rope_theta` + `rope_scaling`,
+        # and (v5) one `rope_parameters` dict holding the theta and the scaling together.
+        rope = dict(hf.get("rope_parameters") or {})
+        if hf.get("rope_scaling"):
+            rope.update(hf["rope_scaling"])
+        if "type" in rope and "rope_type" not in rope:  # the oldest spelling
+            rope["rope_type"] = rope.pop("type")
+        theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+        if rope.get("rope_type", "default") == "default":
+            rope = {}
+        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                               "intermediate_size") if k not in hf]
+        if missing:
+            raise ValueError(f"config.json has no {', '.join(missing)}")
+        n_heads = hf["num_attention_heads"]
+        return cls(
+            vocab_size=hf["vocab_size"],
+            dim=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+            hidden_dim=hf["intermediate_size"],
+            head_dim=hf.get("head_dim") or 0,
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=rope,
+            max_seq_len=hf.get("max_position_embeddings", 4096),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            attention_bias=hf.get("attention_bias", False),
+            mlp_bias=hf.get("mlp_bias", False),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RMSNorm
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):  # (..., C) -> (..., C)
+        # The mean of squares is taken in float32 whatever the weights' dtype: in bf16 it loses digits.
+        # Like Hugging Face, I cast back to the input dtype before the gain, so bf16 runs round the same way.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RoPE
+
+
+def rope_inv_freq(cfg: Config, device=None) -> torch.Tensor:
+    """The D/2 rotation speeds. Plain RoPE: theta^(-2i/D). Scaled variants bend the slow ones."""
+    D = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D))  # (D/2,)
+    kind = cfg.rope_scaling.get("rope_type", "default") if cfg.rope_scaling else "default"
+    if kind == "linear":  # positions divided by `factor`, which is the same as slower frequencies
+        inv_freq = inv_freq / cfg.rope_scaling["factor"]
+    elif kind == "llama3":  # long wavelengths slowed by `factor`, short ones kept, a smooth ramp between
+        s = cfg.rope_scaling
+        factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_len = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - lo) / (hi - lo)
+        ramp = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen > old_len / lo, inv_freq / factor, inv_freq)
+        in_between = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+        inv_freq = torch.where(in_between, ramp, inv_freq)
+    return inv_freq
+
+
+def rope_cos_sin(cfg: Config, pos: torch.Tensor):
+    """cos and sin for each position. `pos` is explicit: after pruning, positions skip the dropped rows."""
+    freqs = pos.float()[:, None] * rope_inv_freq(cfg, pos.device)[None, :]  # (N, D/2)
+    # subtle: Hugging Face LLaMA checkpoints use the *split-halves* layout: the pair rotated together is
+    # (x[i], x[i + D/2]), not the interleaved (x[2i], x[2i+1]) of the RoPE paper. Their q/k weights were
+    # permuted to match at conversion time, so interleaving here would silently give a different model.
+    freqs = torch.cat([freqs, freqs], dim=-1)  # (N, D)
+    return freqs.cos(), freqs.sin()
+
+
+def rotate_half(x):  # (..., D): (x1, x2) -> (-x2, x1)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x, cos, sin):  # x (B, H, N, D), cos/sin (N, D)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KV cache
+
+EMPTY = torch.iinfo(torch.long).max  # the position of a slot nothing has been written to
+
+
+class KVCache(nn.Module):
+    """One layer's keys and values, preallocated for `max_len` rows.
+
+    Rows are written at explicit slots, and each slot remembers the position (for RoPE and the causal
+    mask) of what it holds. Before pruning slot == position; after Eq. 7-8 (`keep`) the kept rows are
+    packed to the front, so slot 3 may hold position 57. Nothing downstream infers a position from a slot.
+
+    >>> cache = KVCache(batch=1, n_kv_heads=2, max_len=8, head_dim=4)
+    >>> k = v = torch.randn(1, 2, 5, 4)
+    >>> _ = cache.update(0, k, v, torch.arange(5))      # prompt rows 0..4 in slots 0..4
+    >>> cache.keep(torch.tensor([0, 3, 4]))             # Eq. 7-8: keep rows 0, 3, 4
+    >>> cache.length, cache.pos[:3].tolist()
+    (3, [0, 3, 4])
+    """
+
+    def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype=torch.float32, device=None):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("pos", torch.full((max_len,), EMPTY, device=device), persistent=False)
+        self.length = 0  # slots 0..length-1 are filled
+
+    def update(self, slot: int, k, v, pos):
+        """Write N rows at slots slot..slot+N-1; return every filled row (keys, values, their positions)."""
+        n = k.shape[2]
+        if slot + n > self.k.shape[2]:
+            raise ValueError(f"KV cache overflow: writing {n} rows at slot {slot} into {self.k.shape[2]} slots")
+        self.k[:, :, slot : slot + n] = k
+        self.v[:, :, slot : slot + n] = v
+        self.pos[slot : slot + n] = pos
+        self.length = slot + n
+        return self.k[:, :, : self.length], self.v[:, :, : self.length], self.pos[: self.length]  # (B, Hkv, Nk, D) x2, (Nk,)
+
+    def keep(self, rows: torch.Tensor):
+        """Eq. 7-8: keep only the given filled slots (sorted), packed to the front; the rest is emptied."""
+        n = rows.numel()
+        # index_select copies first, so writing into the front of the same buffer is safe
+        self.k[:, :, :n] = self.k.index_select(2, rows)
+        self.v[:, :, :n] = self.v.index_select(2, rows)
+        self.pos[:n] = self.pos.index_select(0, rows)
+        self.pos[n:] = EMPTY
+        self.length = n
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention: the math written out, and the fused kernel beside it
+
+
+def repeat_kv(x, n_rep: int):  # (B, Hkv, Nk, D) -> (B, H, Nk, D): each kv head serves n_rep query heads
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def causal_mask(q_pos, k_pos):  # (N,), (Nk,) -> (N, Nk) bool, True where the query may look
+    # Eq. 3's m: row i sees column j iff j is not in its future. Written with positions, not indices,
+    # so it stays right after pruning and for cache slots that were never written (position EMPTY).
+    return k_pos[None, :] <= q_pos[:, None]
+
+
+def attention_weights(q, k, mask):
+    """Eq. 3: A = Softmax(Q K^T / sqrt(D) + m), in float32. q (B, H, N, D), k (B, H, Nk, D) -> (B, H, N, Nk)."""
+    scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, N, Nk)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def attention_manual(q, k, v, mask):  # the readable twin of the fused kernel
+    A = attention_weights(q, k, mask)  # (B, H, N, Nk) float32
+    return (A @ v.float()).to(q.dtype)  # (B, H, N, D)
+
+
+def attention_fused(q, k, v, mask):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.attention_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attention_bias)
+
+    def heads(self, x, w, n):  # (B, N, C) -> (B, n, N, D)
+        B, N, _ = x.shape
+        return w(x).view(B, N, n, self.head_dim).transpose(1, 2)
+
+    def query(self, x, cos, sin):  # (B, N, C) -> (B, H, N, D), RoPE applied
+        return apply_rope(self.heads(x, self.wq, self.n_heads), cos, sin)
+
+    def forward(self, x, cos, sin, pos, cache=None, slot=0, fused=True):
+        B, N, C = x.shape
+        q = self.query(x, cos, sin)  # (B, H, N, D)
+        k = apply_rope(self.heads(x, self.wk, self.n_kv_heads), cos, sin)  # (B, Hkv, N, D)
+        v = self.heads(x, self.wv, self.n_kv_heads)  # (B, Hkv, N, D)
+        k_pos = pos
+        if cache is not None:
+            k, v, k_pos = cache.update(slot, k, v, pos)  # (B, Hkv, Nk, D) x2, (Nk,)
+        n_rep = self.n_heads // self.n_kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, Nk, D)
+        mask = causal_mask(pos, k_pos)  # (N, Nk)
+        out = (attention_fused if fused else attention_manual)(q, k, v, mask)  # (B, H, N, D)
+        out = out.transpose(1, 2).reshape(B, N, self.n_heads * self.head_dim)  # (B, N, H*D)
+        return self.wo(out)  # (B, N, C)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MLP and block
+
+
+class MLP(nn.Module):  # SwiGLU: down(silu(gate(x)) * up(x))
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.w_gate = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+        self.w_up = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+        self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.mlp_bias)
+
+    def forward(self, x):  # (B, N, C) -> (B, N, F) -> (B, N, C)
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):  # pre-norm: x + attn(norm(x)), then x + mlp(norm(x))
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, pos, cache=None, slot=0, fused=True):  # (B, N, C) -> (B, N, C)
+        x = x + self.attn(self.attn_norm(x), cos, sin, pos, cache, slot, fused)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformer
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.embed.weight
+
+    def rope(self, pos):  # (N,) -> cos, sin (N, D), computed once and shared by every layer
+        return rope_cos_sin(self.cfg, pos)
+
+    def head(self, x):  # (B, N, C) -> (B, N, V) float32 logits
+        return self.output(self.norm(x)).float()
+
+    def new_caches(self, batch=1, max_len=None):
+        """One empty KVCache per layer, in the weights' dtype and device."""
+        w = self.embed.weight
+        max_len = max_len or self.cfg.max_seq_len
+        return [KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, w.dtype, w.device)
+                for _ in self.layers]
+
+    def forward(self, tokens, fused=True):
+        """The plain model: tokens (B, N) -> logits (B, N, V). No cache, no pruning."""
+        return self.forward_embeds(self.embed(tokens), fused=fused)
+
+    def forward_embeds(self, x, pos=None, fused=True):  # (B, N, C) -> (B, N, V)
+        pos = torch.arange(x.shape[1], device=x.device) if pos is None else pos  # (N,)
+        cos, sin = self.rope(pos)
+        for layer in self.layers:
+            x = layer(x, cos, sin, pos, fused=fused)
+        return self.head(x)
