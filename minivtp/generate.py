@@ -100,22 +100,69 @@ def decode_one_token(model, token, pos: int, caches, fused=True):
     return model.head(x)[0, -1]
 
 
+@torch.no_grad()
+def decode_static(model, token, pos, slot, caches, fused=True):
+    """decode_one_token for the fast path: token, pos and slot are (1,) tensors and every cache is read whole
+    (its empty slots masked), so the same kernels run at every step and the step can be captured in a graph."""
+    x = model.embed(token.view(1, 1))  # (1, 1, C)
+    cos, sin = model.rope(pos)
+    for block, cache in zip(model.layers, caches):
+        x = block(x, cos, sin, pos, cache, slot=slot, fused=fused)
+    return model.head(x)[0, -1]
+
+
+class GraphDecode:
+    """decode_static captured once in a CUDA graph, then replayed: one launch per token instead of hundreds.
+
+    Built at the first decode step with that step's real inputs, so the warm-up's cache writes are the ones
+    the replay makes anyway. On a CPU there are no graphs and it simply calls decode_static.
+    """
+
+    def __init__(self, model, caches, token, pos: int, slot: int):
+        dev = caches[0].k.device
+        self.model, self.caches = model, caches
+        self.token = token.view(1).clone()
+        self.pos = torch.tensor([pos], device=dev)
+        self.slot = torch.tensor([slot], device=dev)
+        self.graph = None
+        if dev.type == "cuda":
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up off the default stream, as graph capture requires
+                for _ in range(2):
+                    decode_static(model, self.token, self.pos, self.slot, caches)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = decode_static(model, self.token, self.pos, self.slot, caches)
+
+    def __call__(self, token, pos: int, slot: int):
+        self.token.copy_(token.view(1))
+        self.pos.fill_(pos)
+        self.slot.fill_(slot)
+        if self.graph is None:
+            return decode_static(self.model, self.token, self.pos, self.slot, self.caches)
+        self.graph.replay()
+        return self.logits.clone()  # the graph overwrites its output buffer at the next replay
+
+
 def pick(logits, temperature: float, generator=None):
     if temperature == 0:
         return logits.argmax()
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[0]
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()  # the seeded generator lives on the CPU
+    return torch.multinomial(probs, 1, generator=generator)[0].to(logits.device)
 
 
 @torch.no_grad()
 def generate(model, embeds, max_new_tokens: int, video=None, alpha=1.0, layer=None, head_pool="max",
              ranking="frame", selection="attention", scores="fast", temperature=0.0, eos_id=None, seed=0,
-             fused=True) -> Generation:
+             fused=True, fast_decode=False) -> Generation:
     """Answer a prompt of embeddings (1, N, C), with LLM-VTP at layer `layer` when `video` is given.
 
     alpha=1 keeps every video token (the unpruned model); video=None skips scoring altogether. Greedy unless
     temperature > 0. `selection` swaps in the baselines: "random" (same per-frame count) or "complement" (the
     tokens LLM-VTP would drop). `scores="literal"` materialises all of A^(M) instead of the question rows only.
+    `fast_decode=True` decodes from a static cache, replaying one CUDA graph per token on a GPU.
     """
     if embeds.dim() != 3 or embeds.shape[0] != 1:
         raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
@@ -135,14 +182,24 @@ def generate(model, embeds, max_new_tokens: int, video=None, alpha=1.0, layer=No
     logits, pruning = prefill(model, embeds.to(model.embed.weight.dtype), caches, video, alpha, layer, head_pool,
                               ranking, selection, scores, generator, fused)
     cache_len = caches[0].length
+    step = None
+    if fast_decode:  # a static cache of exactly the slots still to be used, and (on CUDA) a graph
+        for cache in caches:
+            cache.resize(cache_len + max_new_tokens)
     tokens, all_logits = [], []
     for i in range(max_new_tokens):
-        token = pick(logits, temperature, generator).to(embeds.device)
+        token = pick(logits, temperature, generator)
         tokens.append(token)
         all_logits.append(logits)
         if (eos_id is not None and token.item() == eos_id) or i == max_new_tokens - 1:
             break
-        logits = decode_one_token(model, token, N + i, caches, fused)  # positions go on from N, not cache_len
+        # subtle: the new token's position goes on from N, the unpruned prompt length; its slot from cache_len
+        if fast_decode:
+            if step is None:
+                step = GraphDecode(model, caches, token, N + i, cache_len + i)
+            logits = step(token, N + i, cache_len + i)
+        else:
+            logits = decode_one_token(model, token, N + i, caches, fused)
     kept = pruning.kept if pruning else torch.arange(video.start, video.end) if video else torch.empty(0, dtype=torch.long)
     return Generation(tokens=torch.stack(tokens), logits=torch.stack(all_logits), kept=kept, cache_len=cache_len,
                       prompt_len=N, pruning=pruning)

@@ -10,7 +10,7 @@ from oracle import forward64, pruned_masks, select64
 import weights
 from minivtp import vtp
 from minivtp.generate import generate
-from minivtp.model import KVCache
+from minivtp.model import EMPTY, KVCache
 from minivtp.vtp import VideoSpan
 
 # ---- one test per equation -----------------------------------------------------------------------------------
@@ -251,3 +251,29 @@ def test_videospan_mismatch_and_bad_fields():
         VideoSpan(2, 3, 8).check(40, video_rows=20)
     with pytest.raises(ValueError, match="VideoSpan.frames=0 must be an integer >= 1"):
         VideoSpan(0, 0, 8)
+
+
+# ---- the fast decode path's CPU-side logic: static slots, positions after pruning -----------------------------
+
+
+@pytest.mark.parametrize("alpha,layer", [(1.0, 2), (0.25, 1), (0.25, 4)])
+def test_static_cache_decode_equals_eager(ckpt, alpha, layer):
+    model, _ = ckpt
+    embeds = model.embed(prompt(9, 44))[None]
+    video = VideoSpan(start=4, frames=4, tokens_per_frame=8)
+    eager = generate(model, embeds, 10, video=video, alpha=alpha, layer=layer)
+    fast = generate(model, embeds, 10, video=video, alpha=alpha, layer=layer, fast_decode=True)
+    assert fast.tokens.tolist() == eager.tokens.tolist()
+    torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_static_write_fills_slots_with_their_positions():
+    cache = KVCache(1, 1, 12, 2)
+    cache.update(0, torch.randn(1, 1, 8, 2), torch.randn(1, 1, 8, 2), torch.arange(8))
+    cache.keep(torch.tensor([0, 2, 5, 7]))
+    cache.resize(6)  # 4 kept rows + 2 new tokens
+    k_new = torch.randn(1, 1, 1, 2)
+    K, V, P = cache.write(torch.tensor([4]), k_new, k_new, torch.tensor([8]))  # first token after an 8-row prompt
+    assert K.shape == (1, 1, 6, 2)
+    assert P.tolist()[:5] == [0, 2, 5, 7, 8] and P[5] == EMPTY
+    torch.testing.assert_close(K[:, :, 4:5], k_new)
