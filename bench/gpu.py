@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 import weights  # noqa: E402
 from minivtp.flops import VICUNA_7B, prefill_flops  # noqa: E402
-from minivtp.generate import GraphDecode, decode_one_token, prefill  # noqa: E402
+from minivtp import model as model_py  # noqa: E402
+from minivtp.generate import GraphDecode, decode_one_token, generate, prefill  # noqa: E402
 from minivtp.vtp import VideoSpan  # noqa: E402
 
 PREFIX, T, NV, NQ, NEW = 35, 16, 144, 60, 72
@@ -169,17 +170,67 @@ def bench_setting(model, embeds, alpha, layer, reps=5):
             tokens.append(logits.argmax())
         end.record()
         torch.cuda.synchronize()
-        return dict(ms=start.elapsed_time(end) / (NEW - 2), tokens=torch.stack(tokens).tolist(),
-                    cache_len=cache_len, kv_used_bytes=kv_used, peak_gb=torch.cuda.max_memory_allocated() / 1e9,
-                    kept=0 if pruning is None else pruning.kept.numel())
+        return dict(ms=start.elapsed_time(end) / (NEW - 2), cache_len=cache_len, kv_used_bytes=kv_used,
+                    peak_gb=torch.cuda.max_memory_allocated() / 1e9, kept=0 if pruning is None else pruning.kept.numel())
 
     eager = [decode(False) for _ in range(2)][-1]
     fast = [decode(True) for _ in range(3)]
     flops = prefill_flops(model.cfg, PREFIX, T, NV, NQ, alpha=alpha, layer=layer or L)
     return dict(prefill_ms=prefill_ms, eager_decode_ms=eager["ms"], fast_decode_ms=statistics.median(f["ms"] for f in fast),
-                fast_equals_eager=fast[-1]["tokens"] == eager["tokens"], tokens=eager["tokens"],
                 cache_len=eager["cache_len"], kv_used_bytes=eager["kv_used_bytes"], peak_gb=eager["peak_gb"],
                 kept=eager["kept"], flops=flops["flops_pruned"] if layer else flops["flops_full"])
+
+
+@torch.no_grad()
+def teacher_forced(model, embeds, tokens, fast, **kw):
+    """Logits of every step when the given tokens are fed, eager or through the graph decode."""
+    caches = model.new_caches(1, N + NEW)
+    logits, _ = prefill(model, embeds.to(model.embed.weight.dtype), caches, **kw)
+    L0 = caches[0].length
+    if fast:
+        for c in caches:
+            c.resize(L0 + NEW)
+    out, step = [logits], None
+    for j, tok in enumerate(tokens[:-1]):
+        if fast:
+            if step is None:
+                step = GraphDecode(model, caches, tok, N + j, L0 + j)
+            out.append(step(tok, N + j, L0 + j))
+        else:
+            out.append(decode_one_token(model, tok, N + j, caches))
+    return torch.stack(out).float()
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@torch.no_grad()
+def correctness(model, ckpt, tokens):
+    """Equal tokens in float32 (where rounding cannot flip a near-tie), bf16 paths against float32."""
+    model32 = weights.load(ckpt, dtype=torch.float32, device="cuda")
+    e32 = model32.embed(tokens)
+    video = VideoSpan(PREFIX, T, NV)
+    out = {}
+    plain = generate(model32, e32, NEW)
+    a1 = generate(model32, e32, NEW, video=video, alpha=1.0, layer=10)
+    out["fp32_alpha1_same_tokens_as_unpruned"] = a1.tokens.tolist() == plain.tokens.tolist()
+    out["fp32_alpha1_logits_rel_err"] = rel(a1.logits, plain.logits)
+    for name, alpha, layer in SETTINGS[1:]:
+        kw = dict(video=video, alpha=alpha, layer=layer)
+        eager = generate(model32, e32, NEW, **kw)
+        fast = generate(model32, e32, NEW, fast_decode=True, **kw)
+        ref = eager.logits.float()
+        bf_eager = teacher_forced(model, e32, eager.tokens, False, **kw)
+        bf_fast = teacher_forced(model, e32, eager.tokens, True, **kw)
+        out[name] = dict(fp32_graph_same_tokens=fast.tokens.tolist() == eager.tokens.tolist(),
+                         fp32_graph_logits_rel_err=rel(fast.logits, ref),
+                         bf16_eager_vs_fp32=rel(bf_eager, ref), bf16_graph_vs_fp32=rel(bf_fast, ref),
+                         bf16_graph_vs_bf16_eager=rel(bf_fast, bf_eager))
+        print(f"check {name}: {out[name]}", flush=True)
+    del model32
+    torch.cuda.empty_cache()
+    return out
 
 
 def main():
@@ -223,41 +274,48 @@ def main():
     res["weight_bytes_per_token"] = weight_bytes
     with torch.no_grad():
         ours = model(tokens)[0].cpu()  # (N, V) float32 logits from bf16 weights
-    rel = ((ours - hf_logits).abs().max() / hf_logits.abs().max()).item()
+    err = rel(ours, hf_logits)
     agree = (ours.argmax(-1) == hf_logits.argmax(-1)).float().mean().item()
-    res["vs_transformers"] = dict(rel_max_err=rel, argmax_agreement=agree)
-    print(f"logits vs transformers (bf16 both): rel max err {rel:.2e}, argmax agreement {agree:.4f}", flush=True)
+    res["vs_transformers"] = dict(rel_max_err=err, argmax_agreement=agree)
+    print(f"logits vs transformers (bf16 both): rel max err {err:.2e}, argmax agreement {agree:.4f}", flush=True)
     del hf_logits, ours
 
     embeds = model.embed(tokens)
-    res["settings"] = {}
-    for name, alpha, layer in SETTINGS:
-        r = bench_setting(model, embeds, alpha, layer)
-        r["prefill_floor_ms"] = r["flops"] / res["matmul_flops"] * 1e3
-        kv_read = r["cache_len"] * model.cfg.n_layers * 2 * model.cfg.dim * 2
-        r["decode_floor_ms"] = (weight_bytes + kv_read) / res["copy_bytes_per_s"] * 1e3
-        res["settings"][name] = r
-        print(f"{name}: prefill {r['prefill_ms']:.1f} ms (floor {r['prefill_floor_ms']:.1f}), decode eager "
-              f"{r['eager_decode_ms']:.2f} / graph {r['fast_decode_ms']:.2f} ms/token (floor {r['decode_floor_ms']:.2f}), "
-              f"graph==eager {r['fast_equals_eager']}, cache {r['cache_len']} rows", flush=True)
-    with torch.no_grad():  # alpha = 1 with the video scored: same greedy tokens as no pruning
-        a1 = bench_setting(model, embeds, 1.0, 10, reps=1)
-    res["alpha1_same_tokens"] = a1["tokens"] == res["settings"]["none"]["tokens"]
+    res["checks"] = correctness(model, ckpt, tokens)
+    res["settings"], res["settings_compiled"] = {}, {}
+    for label in ("settings", "settings_compiled"):
+        if label == "settings_compiled":
+            t = time.perf_counter()
+            model_py.compile_pointwise()  # fused norms, RoPE and SwiGLU from here on
+            bench_setting(model, embeds, 0.1, 10, reps=1)  # compile for both prompt shapes and decode
+            res["compile_s"] = time.perf_counter() - t
+            print(f"compile_pointwise + first run: {res['compile_s']:.0f} s", flush=True)
+        for name, alpha, layer in SETTINGS:
+            r = bench_setting(model, embeds, alpha, layer)
+            r["prefill_floor_ms"] = r["flops"] / res["matmul_flops"] * 1e3
+            kv_read = r["cache_len"] * model.cfg.n_layers * 2 * model.cfg.dim * 2
+            r["decode_floor_ms"] = (weight_bytes + kv_read) / res["copy_bytes_per_s"] * 1e3
+            res[label][name] = r
+            print(f"{label} {name}: prefill {r['prefill_ms']:.1f} ms (floor {r['prefill_floor_ms']:.1f}), decode eager "
+                  f"{r['eager_decode_ms']:.2f} / graph {r['fast_decode_ms']:.2f} ms/token (floor {r['decode_floor_ms']:.2f}), "
+                  f"cache {r['cache_len']} rows", flush=True)
     res["total_s"] = time.perf_counter() - t0
 
-    base = res["settings"]["none"]
-    print("\n| setting | prefill ms | floor | x floor | speed-up (FLOPs ratio) | eager decode ms/tok | graph ms/tok | floor | "
-          "KV rows | KV / unpruned | peak GB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, r in res["settings"].items():
-        print(f"| {name} | {r['prefill_ms']:.1f} | {r['prefill_floor_ms']:.1f} | {r['prefill_ms'] / r['prefill_floor_ms']:.2f} | "
-              f"{base['prefill_ms'] / r['prefill_ms']:.2f}x ({base['flops'] / r['flops']:.2f}x) | {r['eager_decode_ms']:.2f} | "
-              f"{r['fast_decode_ms']:.2f} | {r['decode_floor_ms']:.2f} | {r['cache_len']} | "
-              f"{r['kv_used_bytes'] / base['kv_used_bytes']:.3f} | {r['peak_gb']:.1f} |")
     hfr = res["hf"]
-    print(f"| transformers | {hfr['prefill_ms']:.1f} | | | | {hfr['decode_ms_per_token']:.2f} | | | | | {hfr['peak_gb']:.1f} |")
-    print(f"\nalpha=1 tokens == unpruned: {res['alpha1_same_tokens']}; graph decode speed-up over transformers: "
-          f"{hfr['decode_ms_per_token'] / base['fast_decode_ms']:.1f}x; total {res['total_s']:.0f} s")
+    for label in ("settings", "settings_compiled"):
+        base = res[label]["none"]
+        print(f"\n{label}:\n| setting | prefill ms | floor | x floor | speed-up (FLOPs ratio) | eager decode ms/tok | "
+              "graph ms/tok | floor | x floor | KV rows | KV / unpruned | peak GB |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name, r in res[label].items():
+            print(f"| {name} | {r['prefill_ms']:.1f} | {r['prefill_floor_ms']:.1f} | {r['prefill_ms'] / r['prefill_floor_ms']:.2f} | "
+                  f"{base['prefill_ms'] / r['prefill_ms']:.2f}x ({base['flops'] / r['flops']:.2f}x) | {r['eager_decode_ms']:.2f} | "
+                  f"{r['fast_decode_ms']:.2f} | {r['decode_floor_ms']:.2f} | {r['fast_decode_ms'] / r['decode_floor_ms']:.2f} | "
+                  f"{r['cache_len']} | {r['kv_used_bytes'] / base['kv_used_bytes']:.3f} | {r['peak_gb']:.1f} |")
+        print(f"| transformers | {hfr['prefill_ms']:.1f} | | | | {hfr['decode_ms_per_token']:.2f} | | | | | | {hfr['peak_gb']:.1f} |")
+        print(f"graph decode (unpruned) vs transformers' eager decode: {hfr['decode_ms_per_token'] / base['fast_decode_ms']:.1f}x")
+    print(f"checks: {json.dumps(res['checks'])}")
+    print(f"total {res['total_s']:.0f} s")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "gpu.json").write_text(json.dumps(res, indent=1))
 

@@ -108,11 +108,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):  # (..., C) -> (..., C)
-        # The mean of squares is taken in float32 whatever the weights' dtype: in bf16 it loses digits.
-        # Like Hugging Face, I cast back to the input dtype before the gain, so bf16 runs round the same way.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x, weight, eps: float):
+    # The mean of squares is taken in float32 whatever the weights' dtype: in bf16 it loses digits.
+    # Like Hugging Face, I cast back to the input dtype before the gain, so bf16 runs round the same way.
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -319,7 +323,11 @@ class MLP(nn.Module):  # SwiGLU: down(silu(gate(x)) * up(x))
         self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.mlp_bias)
 
     def forward(self, x):  # (B, N, C) -> (B, N, F) -> (B, N, C)
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+        return self.w_down(swiglu(self.w_gate(x), self.w_up(x)))
+
+
+def swiglu(gate, up):  # (B, N, F) x2 -> (B, N, F)
+    return F.silu(gate) * up
 
 
 class Block(nn.Module):  # pre-norm: x + attn(norm(x)), then x + mlp(norm(x))
@@ -373,3 +381,19 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, pos, fused=fused)
         return self.head(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The fast path for the element-wise parts
+
+
+def compile_pointwise():
+    """Swap rms_norm, apply_rope and swiglu above for torch.compile'd twins, for every model in this process.
+
+    Eager PyTorch runs RMSNorm as seven kernels, RoPE as six and SwiGLU as two, each a full pass over memory and
+    a launch from Python. Compiled, each is one fused kernel. The math is the same code; the names are looked
+    up at call time, so swapping the module's globals is all it takes. Costs a compile on first use.
+    """
+    global rms_norm, apply_rope, swiglu
+    if not hasattr(rms_norm, "_torchdynamo_orig_callable"):
+        rms_norm, apply_rope, swiglu = (torch.compile(f, dynamic=True) for f in (rms_norm, apply_rope, swiglu))
