@@ -15,7 +15,6 @@ and with the CUDA-graph decode. Times are medians of repeats after warm-up, take
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
