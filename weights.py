@@ -58,6 +58,19 @@ def hf_to_ours(name: str):
     return None
 
 
+def hf_names(cfg: Config) -> list:
+    """Every tensor name a Hugging Face LlamaForCausalLM with this config saves."""
+    names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if cfg.tie_embeddings else ["lm_head.weight"])
+    for i in range(cfg.n_layers):
+        p = f"model.layers.{i}."
+        for proj in ("q", "k", "v", "o"):
+            names += [p + f"self_attn.{proj}_proj.weight"] + ([p + f"self_attn.{proj}_proj.bias"] if cfg.attention_bias else [])
+        for proj in ("gate", "up", "down"):
+            names += [p + f"mlp.{proj}_proj.weight"] + ([p + f"mlp.{proj}_proj.bias"] if cfg.mlp_bias else [])
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+    return names
+
+
 def read_config(path: Path) -> dict:
     f = path / "config.json"
     if not f.is_file():
@@ -180,6 +193,185 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
                 raise CheckpointError(f"{file.name}: tie_word_embeddings is true but lm_head.weight differs "
                                       "from model.embed_tokens.weight")
     model.load_info = dict(info, files=[f.name for f in files], path=str(path))
+    return model.eval()
+
+
+# LLaVA-family checkpoints: where each part's tensors live, in the layouts transformers has written over time.
+#   language model   language_model.model.* + language_model.lm_head.*   (<= v4.51, and v5's save_pretrained)
+#                    model.language_model.* + lm_head.*                    (v4.52 .. v4.5x)
+#                    language_model.base_model.model.model.*               (a PEFT-wrapped model saved whole)
+#   vision tower     vision_tower.vision_model.*  or  vision_tower.*  (each possibly under "model.")
+#   projector        multi_modal_projector.linear_1 / linear_2
+VISION_TO_OURS = [
+    (r"embeddings\.patch_embedding\.", "patch."),
+    (r"embeddings\.class_embedding$", "cls"),
+    (r"embeddings\.position_embedding\.", "pos."),
+    (r"pre_layrnorm\.", "pre_norm."),
+    (r"post_layernorm\.", "post_norm."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.q_proj\.", r"layers.\1.wq."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.k_proj\.", r"layers.\1.wk."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.v_proj\.", r"layers.\1.wv."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"layers.\1.wo."),
+    (r"encoder\.layers\.(\d+)\.layer_norm1\.", r"layers.\1.norm1."),
+    (r"encoder\.layers\.(\d+)\.layer_norm2\.", r"layers.\1.norm2."),
+    (r"encoder\.layers\.(\d+)\.mlp\.fc1\.", r"layers.\1.fc1."),
+    (r"encoder\.layers\.(\d+)\.mlp\.fc2\.", r"layers.\1.fc2."),
+]
+LORA = re.compile(r"(.*)\.lora_([AB])(?:\.default)?\.weight")
+LLAMA_DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6)
+CLIP_L336_DEFAULTS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                          image_size=336, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+
+
+def llava_to_ours(name: str):
+    """A LLaVA-family tensor name -> our VideoLLM parameter name; "" for derived buffers; None if unknown.
+    LoRA tensors are not parameters and are handled by the caller."""
+    name = re.sub(r"^model\.(?=vision_tower|multi_modal_projector|language_model)", "", name)
+    if name.startswith("vision_tower."):
+        rest = re.sub(r"^vision_tower\.(vision_model\.)?", "", name)
+        if rest == "embeddings.position_ids":
+            return ""  # arange(P + 1), a buffer in old checkpoints
+        for pattern, repl in VISION_TO_OURS:
+            ours, n = re.subn("^" + pattern, repl, rest)
+            if n:
+                return "vision." + ours
+        return None
+    if name.startswith("multi_modal_projector."):
+        return "projector." + name[len("multi_modal_projector."):]
+    if name.startswith("language_model."):
+        rest = name[len("language_model."):]
+        rest = re.sub(r"^base_model\.model\.", "", rest)  # PEFT wrapper
+        rest = re.sub(r"\.base_layer\.", ".", rest)  # PEFT keeps the frozen weight as X.base_layer.weight
+        if re.match(r"(layers|embed_tokens|norm)\b", rest):
+            rest = "model." + rest  # the v4.52 layout drops the inner "model."
+        if DERIVED.fullmatch(rest):
+            return ""
+        ours = hf_to_ours(rest)
+        return None if ours is None else "llm." + ours
+    if name.startswith("lm_head."):
+        return "llm.output." + name[len("lm_head."):]
+    return None
+
+
+def video_llm_kwargs(hf: dict) -> dict:
+    """Read a LLaVA / PLLaVA / Tarsier config.json into VideoLLM's arguments."""
+    from minivtp.vision import VisionConfig
+
+    text = dict(LLAMA_DEFAULTS, **hf.get("text_config", {}))  # old configs name only what differs from LLaMA's defaults
+    text.setdefault("model_type", "llama")
+    vision = dict(CLIP_L336_DEFAULTS, **hf.get("vision_config", {}))
+    if "pooling_shape" in hf or hf.get("model_type") == "pllava":
+        arrangement = "pllava"
+    elif "image_newline_idx" in hf:
+        arrangement = "tarsier"
+    else:
+        arrangement = "llava"
+    return dict(text=Config.from_hf(text), vision=VisionConfig.from_hf(vision), arrangement=arrangement,
+                pooling_shape=tuple(hf.get("pooling_shape") or (16, 12, 12)),
+                feature_layer=hf.get("vision_feature_layer", -2),
+                select=hf.get("vision_feature_select_strategy", "default"),
+                projector_act=hf.get("projector_hidden_act", "gelu"),
+                image_token=hf.get("image_token_index", 32000),
+                newline_token=hf.get("image_newline_idx"), frame_token=hf.get("image_new_idx"),
+                frames=hf.get("num_frames") or (hf.get("pooling_shape") or [16])[0])
+
+
+def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None):
+    """A video LLM directory -> minivtp.vision.VideoLLM (LLaVA, PLLaVA, Tarsier), or the toy of minivtp.toy.
+
+    Unmerged LoRA adapters (X.lora_A / X.lora_B beside X's weight) are merged at load time:
+    W = W + (lora_alpha / r) * B @ A. PLLaVA's released weights need this; its inference scripts pass
+    --lora_alpha 4 with r = 128 (docs/checkpoints.md). lora_alpha comes from, in order: the argument,
+    adapter_config.json in the directory, "lora_alpha" in config.json; with adapters and none of these, an error.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory")
+    hf = read_config(path)
+    files = shard_files(path)
+    kind = hf.get("model_type")
+    if kind == "minivtp-toy":
+        return load_toy(path, hf, files, dtype, device, progress)
+    if kind not in ("llava", "pllava", "tarsier") and "vision_config" not in hf:
+        raise CheckpointError(f"{path}: model_type {kind!r} is not a video LLM minivtp knows "
+                              "(llava, pllava, tarsier, minivtp-toy)")
+    from minivtp.vision import VideoLLM
+
+    with torch.device("meta"):
+        model = VideoLLM(**video_llm_kwargs(hf))
+    lora = {}  # target parameter -> {"A": (file, name), "B": (file, name)}
+    current = {}
+
+    def rename(name):
+        m = LORA.fullmatch(name)
+        if m:
+            target = llava_to_ours(m.group(1) + ".weight")
+            if target is None:
+                raise CheckpointError(f"{current['file'].name}: LoRA tensor {name} adapts nothing this model has")
+            lora.setdefault(target, {})[m.group(2)] = (current["file"], name)
+            return ""
+        return llava_to_ours(name)
+
+    def track(i, n, file):
+        current["file"] = file
+        if progress:
+            progress(i, n, file)
+
+    info = load_into(model, files, rename, dtype, device, progress=track)
+    if model.llm.cfg.tie_embeddings:
+        model.llm.output.weight = model.llm.embed.weight
+    if lora:
+        info["lora_merged"] = merge_lora(model, lora, path, hf, lora_alpha, device)
+    model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)
+    return model.eval()
+
+
+def merge_lora(model, lora: dict, path: Path, hf: dict, lora_alpha, device) -> dict:
+    alpha = lora_alpha
+    adapter = path / "adapter_config.json"
+    if alpha is None and adapter.is_file():
+        alpha = json.loads(adapter.read_text()).get("lora_alpha")
+    if alpha is None:
+        alpha = hf.get("lora_alpha")
+    if alpha is None:
+        raise CheckpointError(f"{path}: holds unmerged LoRA adapters but no lora_alpha (give lora_alpha=..., "
+                              "PLLaVA's scripts use 4)")
+    params = dict(model.named_parameters())
+    ranks = set()
+    for target, pair in sorted(lora.items()):
+        if set(pair) != {"A", "B"}:
+            raise CheckpointError(f"{path}: LoRA for {target} has only lora_{''.join(pair)}")
+        if str(device) == "meta":
+            continue
+        (fa, na), (fb, nb) = pair["A"], pair["B"]
+        A = open_shard(fa).get_tensor(na).float()  # (r, in)
+        B = open_shard(fb).get_tensor(nb).float()  # (out, r)
+        W = params[target]
+        if A.shape[1] != W.shape[1] or B.shape[0] != W.shape[0] or A.shape[0] != B.shape[1]:
+            raise CheckpointError(f"{fa.name}: LoRA {na} {list(A.shape)} / {nb} {list(B.shape)} do not fit "
+                                  f"{target} {list(W.shape)}")
+        r = A.shape[0]
+        ranks.add(r)
+        with torch.no_grad():  # subtle: merge in float32, then round once to the model's dtype
+            W.copy_((W.float() + (alpha / r) * (B.to(W.device) @ A.to(W.device))).to(W.dtype))
+    return dict(targets=len(lora), lora_alpha=alpha, ranks=sorted(ranks))
+
+
+def load_toy(path, hf, files, dtype, device, progress):
+    from minivtp.toy import ToyVideoLLM
+
+    with torch.device("meta"):
+        model = ToyVideoLLM(Config.from_hf(hf["text_config"]))
+
+    def rename(name):
+        if name.startswith("projector."):
+            return name
+        ours = hf_to_ours(name)
+        return None if ours is None else "llm." + ours
+
+    info = load_into(model, files, rename, dtype, device, progress=progress)
+    model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)
     return model.eval()
 
 

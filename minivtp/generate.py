@@ -10,6 +10,7 @@ M+1..L, and the caches of layers 1..M drop the other rows (Eq. 7-8). Positions t
 token keeps its RoPE position, and the first generated token sits at the *original* prompt length.
 """
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,8 @@ class Generation:
     cache_len: int  # rows in every layer's KV cache after prefill
     prompt_len: int  # N, before pruning
     pruning: Pruning = None  # None when nothing was pruned (video=None)
+    prefill_s: float = 0.0  # wall-clock seconds (the GPU synchronised first)
+    decode_s: float = 0.0
 
 
 def check_args(model, N, video, alpha, layer, head_pool, ranking, selection, scores):
@@ -182,9 +185,11 @@ def generate(model, embeds, max_new_tokens: int, video=None, alpha=1.0, layer=No
                          f"model's {model.cfg.max_seq_len} positions")
     generator = torch.Generator().manual_seed(seed)
     caches = model.new_caches(batch=1, max_len=N + max_new_tokens)
+    t0 = clock(embeds.device)
     logits, pruning = prefill(model, embeds.to(model.embed.weight.dtype), caches, video, alpha, layer, head_pool,
                               ranking, selection, scores, generator, fused)
     cache_len = caches[0].length
+    t1 = clock(embeds.device)
     step = None
     if fast_decode:  # a static cache of exactly the slots still to be used, and (on CUDA) a graph
         for cache in caches:
@@ -203,6 +208,13 @@ def generate(model, embeds, max_new_tokens: int, video=None, alpha=1.0, layer=No
             logits = step(token, N + i, cache_len + i)
         else:
             logits = decode_one_token(model, token, N + i, caches, fused)
+    t2 = clock(embeds.device)
     kept = pruning.kept if pruning else torch.arange(video.start, video.end) if video else torch.empty(0, dtype=torch.long)
     return Generation(tokens=torch.stack(tokens), logits=torch.stack(all_logits), kept=kept, cache_len=cache_len,
-                      prompt_len=N, pruning=pruning)
+                      prompt_len=N, pruning=pruning, prefill_s=t1 - t0, decode_s=t2 - t1)
+
+
+def clock(device) -> float:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()

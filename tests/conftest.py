@@ -44,3 +44,42 @@ def tiny_llama(tmp_path_factory):
     hf = write_llama(path, num_key_value_heads=2, max_shard_size="40KB")
     assert json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
     return path, hf
+
+
+
+TOKENIZER_CORPUS = ["The quick brown fox jumps over the lazy dog.", "What is the man doing in the video?",
+          "A woman is slicing tomatoes in the kitchen, 12 times!", "USER: describe ASSISTANT: a cat sits",
+          "Numbers 2024 and 3.14159 appear; so do    runs of spaces."] * 40
+
+def write_llama_tokenizer(tmp_path, legacy: bool = True):
+    """A LLaMA-shaped tokenizer.json: <unk> <s> </s>, 256 byte tokens, trained merges, <image> added."""
+    from tokenizers import (AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
+                            trainers)
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.normalizer = normalizers.Replace(" ", "\u2581")
+    trained.train_from_iterator(TOKENIZER_CORPUS, trainers.BpeTrainer(vocab_size=260, special_tokens=["<unk>", "<s>", "</s>"]))
+    d = json.loads(trained.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    for t in sorted(d["vocab"], key=d["vocab"].get):
+        if t not in vocab:
+            vocab[t] = len(vocab)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in d["merges"]]
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    if legacy:
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
+    tok.add_special_tokens([AddedToken("<image>", special=True, normalized=False)])
+    path = tmp_path / ("legacy" if legacy else "metaspace")
+    path.mkdir(exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    return path
+
+

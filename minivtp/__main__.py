@@ -1,0 +1,150 @@
+"""python -m minivtp answer: ask a video a question with a PLLaVA / Tarsier / LLaVA checkpoint, LLM-VTP on.
+
+    python -m minivtp answer --weights pllava-7b --video clip.mp4 --question "What is he doing?" \\
+        --alpha 0.1 --layer 10 --device cuda --dtype bfloat16 --heatmap kept.png
+
+Prints the answer, the kept ratio and the prefill and decode times (--json: one JSON object). Any problem is one
+line on stderr and exit code 2.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def answer(args):
+    import weights
+    from minivtp import png
+    from minivtp.generate import generate
+    from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
+    from minivtp.tokenizer import Tokenizer
+    from minivtp.vision import VideoLLM, preprocess, read_frames
+
+    if args.template and args.template not in PLLAVA_TEMPLATES:
+        raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA GPU")
+    t = time.perf_counter()
+
+    def progress(i, n, file):
+        print(f"loading shard {i + 1}/{n}: {file.name}  ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
+
+    model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device, progress=progress)
+    if not isinstance(model, VideoLLM):
+        raise ValueError(f"{args.weights}: the toy model answers through python -m minivtp.demo, not this command")
+    load_s = time.perf_counter() - t
+    tok = Tokenizer.from_file(args.weights)
+    if tok.added.get("<image>") != model.image_token:
+        raise ValueError(f"{args.weights}: the tokenizer's <image> is {tok.added.get('<image>')}, the model's video "
+                         f"token is {model.image_token}")
+    frames, note = read_frames(args.video, model.frames)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
+    text = build_prompt(model.arrangement, args.question, args.template)
+    ids = torch.tensor(tok.encode(text), device=args.device)
+    with torch.no_grad():
+        embeds, video = model.prompt(ids, pixels)
+    n_max = model.llm.cfg.max_seq_len
+    if embeds.shape[1] + args.max_new_tokens > n_max:
+        raise ValueError(f"the prompt is {embeds.shape[1]} rows ({video.end - video.start} of them video) and "
+                         f"--max-new-tokens {args.max_new_tokens} more would exceed the model's {n_max} positions")
+    prune = args.alpha < 1
+    out = generate(model.llm, embeds, args.max_new_tokens, video=video if prune else None, alpha=args.alpha,
+                   layer=args.layer, head_pool=args.head_pool, eos_id=tok.eos)
+    tokens = [t for t in out.tokens.tolist() if t != tok.eos]
+    result = dict(answer=tok.decode(tokens, skip_special=True).strip(), alpha=args.alpha,
+                  layer=args.layer if prune else None, video_tokens=video.end - video.start,
+                  kept_video_tokens=int(out.kept.numel()), kept_ratio=out.kept.numel() / (video.end - video.start),
+                  prompt_rows=out.prompt_len, cache_rows=out.cache_len, new_tokens=len(out.tokens),
+                  load_s=load_s, prefill_s=out.prefill_s, decode_s=out.decode_s,
+                  decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1))
+    if args.heatmap:
+        if not prune:
+            raise ValueError("--heatmap draws what LLM-VTP kept: give --alpha below 1")
+        png.write_png(args.heatmap, heatmap(frames, out.pruning.scores.float().cpu(), out.kept.cpu(), video, model))
+        result["heatmap"] = str(args.heatmap)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(result["answer"])
+        print(f"kept {result['kept_video_tokens']} of {result['video_tokens']} video tokens "
+              f"({result['kept_ratio']:.1%}); KV cache {result['cache_rows']} of {result['prompt_rows']} rows")
+        print(f"prefill {result['prefill_s'] * 1e3:.1f} ms, decode {result['decode_ms_per_token']:.1f} ms/token over "
+              f"{result['new_tokens']} tokens (load {load_s:.1f} s)")
+    return 0
+
+
+def heatmap(frames, scores, kept, video, model, size=168):
+    """Each frame (resized), darkened where layer M's question-to-video attention is low; kept tokens outlined."""
+    import torch.nn.functional as F
+
+    from minivtp import png
+
+    T, Nv = video.frames, video.tokens_per_frame
+    if model.arrangement == "tarsier":  # drop the newline and separator tokens: the grid is h x w
+        g = model.vision.cfg.grid
+        keep_cols = torch.tensor([j for j in range(Nv - 1) if j % (g + 1) != g])
+        grid_scores = scores.view(T, Nv)[:, keep_cols].view(T, g, g)
+        kept_mask = torch.zeros(T * Nv, dtype=torch.bool)
+        kept_mask[kept - video.start] = True
+        grid_kept = kept_mask.view(T, Nv)[:, keep_cols].view(T, g, g)
+    else:
+        g = int(Nv**0.5)
+        grid_scores = scores.view(T, g, g)
+        kept_mask = torch.zeros(T * Nv, dtype=torch.bool)
+        kept_mask[kept - video.start] = True
+        grid_kept = kept_mask.view(T, g, g)
+    # frames that PLLaVA pooled in time: show the first of each group
+    pick = torch.linspace(0, frames.shape[0] - 1, T).round().long()
+    imgs = F.interpolate(frames[pick].permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
+                         antialias=True, align_corners=False)  # (T, 3, size, size)
+    level = (grid_scores / grid_scores.max().clamp_min(1e-12))[:, None]  # (T, 1, g, g)
+    level = F.interpolate(level, size=(size, size), mode="nearest")
+    imgs = imgs * (0.25 + 0.75 * level)
+    cols = min(T, 8)
+    rows = (T + cols - 1) // cols
+    gap = 6
+    img = png.canvas(rows * (size + gap) + gap, cols * (size + gap) + gap, png.WHITE)
+    cell = size / g
+    for t in range(T):
+        y0, x0 = gap + (t // cols) * (size + gap), gap + (t % cols) * (size + gap)
+        img[y0 : y0 + size, x0 : x0 + size] = imgs[t].permute(1, 2, 0).clamp(0, 255).to(torch.uint8)
+        for r, c in grid_kept[t].nonzero().tolist():
+            png.outline(img, y0 + round(r * cell), x0 + round(c * cell), max(2, round(cell)), max(2, round(cell)),
+                        png.GREEN, width=1)
+    return img
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minivtp", description="minivtp: LLM-VTP on a video LLM")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("answer", help="ask a video a question")
+    a.add_argument("--weights", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")
+    a.add_argument("--video", required=True, help="video file (needs PyAV), folder of images (needs Pillow), "
+                                                  "or .safetensors with a 'frames' tensor")
+    a.add_argument("--question", required=True)
+    a.add_argument("--alpha", type=float, default=0.1, help="fraction of each frame's tokens kept, (0, 1]; 1 = no pruning")
+    a.add_argument("--layer", type=int, default=10, help="M, the layer that prunes, 1..L")
+    a.add_argument("--head-pool", default="max", choices=("max", "mean", "min"))
+    a.add_argument("--max-new-tokens", type=int, default=128)
+    a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=sorted(DTYPES))
+    a.add_argument("--template", default=None, help="PLLaVA conversation template (default 'plain')")
+    a.add_argument("--heatmap", default=None, help="write the attention / kept-token picture here (PNG)")
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    try:
+        return answer(args)
+    except ValueError as e:  # every expected problem is a ValueError with a message that names it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

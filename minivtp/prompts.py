@@ -1,0 +1,62 @@
+"""Prompt templates of PLLaVA and Tarsier, as their own inference code builds them (docs/checkpoints.md).
+
+Each returns a string with ONE video placeholder, `<image>`, which `VideoLLM.prompt` replaces with all the
+video's tokens. Everything before it is the prefix; everything after it, "ASSISTANT:" included, is what
+LLM-VTP counts as question rows.
+
+    >>> pllava_prompt("What is he doing?")
+    'USER:<image> What is he doing? ASSISTANT:'
+"""
+
+VIDEO = "<image>"
+
+# PLLaVA's tasks/eval/eval_utils.py: Conversation(system, roles, sep, mm_token, mm_style). get_prompt() joins
+#   system + sep[0], then role + message + sep for each message, and the assistant role at the end.
+SYSTEM_VCG = ("You are Video-ChatGPT, a large vision-language assistant. You are able to understand the video "
+              "content that the user provides, and assist the user with a variety of tasks using natural language."
+              "Follow the instructions carefully and explain your answers in detail based on the provided video.")
+SYSTEM_MVBENCH = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and "
+                  "movement of objects, and the action and pose of persons. Based on your observations, select the "
+                  "best option that accurately addresses the question.\n")
+VIDEOQA_PRE = ("The input consists of a sequence of key frames from a video. Answer the question concisely first "
+               "and followed by significant events, characters, or objects that appear throughout the frames. "
+               "Question:")
+
+PLLAVA_TEMPLATES = {
+    # name: (system, user role, video alone in its own message?, video token, pre-query, post-query, answer prompt)
+    "plain": ("", "USER:", False, "<image>", None, None, None),  # the demo's conv_mode
+    "eval_mvbench": (SYSTEM_MVBENCH, "USER: ", True, "<image>\n", None, None, "Best option:("),
+    "eval_vcgbench": (SYSTEM_VCG, "USER: ", True, "<image>\n", None, None, None),
+    "eval_videoqabench": ("", "USER: ", False, "<image>\n", VIDEOQA_PRE, "\n", "\nAnswer: In the video,"),
+}
+
+
+def pllava_prompt(question: str, template: str = "plain") -> str:
+    if template not in PLLAVA_TEMPLATES:
+        raise ValueError(f"template {template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
+    system, user, alone, mm, pre, post, answer = PLLAVA_TEMPLATES[template]
+    query = question
+    if post is not None:
+        query = f"{query} {post}"
+    if pre is not None:
+        query = f"{pre} {query}"
+    messages = [mm, query] if alone else [f"{mm} {query}"]
+    text = system + " " if system else ""
+    for m in messages:
+        text += user + m + " "  # sep[user] is one space
+    text += "ASSISTANT:"
+    if answer:
+        text += answer
+    return text
+
+
+def tarsier_prompt(question: str) -> str:
+    """Tarsier's Processor.process_prompt: 'USER: <video> question ASSISTANT: ', <video> -> one <image> per
+    frame. The frames are consecutive, so here one placeholder stands for all of them."""
+    return f"USER: {VIDEO} {question.strip()} ASSISTANT: "
+
+
+def build_prompt(kind: str, question: str, template: str = None) -> str:
+    if kind == "tarsier":
+        return tarsier_prompt(question)
+    return pllava_prompt(question, template or "plain")

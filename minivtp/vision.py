@@ -1,0 +1,276 @@
+"""From pixels to video tokens: the CLIP ViT vision tower, the multi-modal projector, PLLaVA's pooling and
+Tarsier's frame layout, and the video LLM that puts them in front of `model.Transformer`.
+
+    frames (T, 3, 336, 336) --CLIP ViT-L/14--> (T, 1+576, 1024) --layer -2, drop CLS--> (T, 576, 1024)
+        --projector--> (T, 576, 4096) --PLLaVA: adaptive avg pool over (T, 24, 24) to (16, 12, 12)--> (2304, 4096)
+
+Dimensions: T frames, P patches per frame (h x w), Cv vision width, C language width, Nv tokens per frame
+after pooling or layout.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from minivtp.model import Config, Transformer
+from minivtp.vtp import VideoSpan
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class VisionConfig:
+    dim: int = 1024  # Cv
+    n_layers: int = 24
+    n_heads: int = 16
+    hidden_dim: int = 4096
+    image_size: int = 336
+    patch_size: int = 14
+    eps: float = 1e-5
+    act: str = "quick_gelu"
+
+    @property
+    def grid(self) -> int:  # patches per side: 336 / 14 = 24
+        return self.image_size // self.patch_size
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "VisionConfig":
+        act = hf.get("hidden_act", "quick_gelu")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"vision hidden_act {act!r} is not supported (known: {', '.join(ACTIVATIONS)})")
+        return cls(dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
+                   hidden_dim=hf["intermediate_size"], image_size=hf["image_size"], patch_size=hf["patch_size"],
+                   eps=hf.get("layer_norm_eps", 1e-5), act=act)
+
+
+def quick_gelu(x):  # CLIP's GELU approximation: x * sigmoid(1.702 x)
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
+
+
+class VisionBlock(nn.Module):  # pre-norm ViT layer, LayerNorm and biases everywhere, no causal mask
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.n_heads, self.act = cfg.n_heads, ACTIVATIONS[cfg.act]
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.fc1 = nn.Linear(cfg.dim, cfg.hidden_dim)
+        self.fc2 = nn.Linear(cfg.hidden_dim, cfg.dim)
+
+    def forward(self, x):  # (T, 1+P, Cv) -> (T, 1+P, Cv)
+        h = self.norm1(x)
+        q, k, v = (rearrange(w(h), "t n (h d) -> t h n d", h=self.n_heads) for w in (self.wq, self.wk, self.wv))
+        a = F.scaled_dot_product_attention(q, k, v)  # (T, H, 1+P, D): every patch sees every patch
+        x = x + self.wo(rearrange(a, "t h n d -> t n (h d)"))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class VisionTower(nn.Module):
+    """CLIP's vision transformer, up to the features of one layer (the last norm is loaded but not used)."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch = nn.Conv2d(3, cfg.dim, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.cls = nn.Parameter(torch.zeros(cfg.dim))
+        self.pos = nn.Embedding(cfg.grid**2 + 1, cfg.dim)
+        self.pre_norm = nn.LayerNorm(cfg.dim, eps=cfg.eps)  # "pre_layrnorm" in the checkpoints (sic)
+        self.layers = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.n_layers))
+        self.post_norm = nn.LayerNorm(cfg.dim, eps=cfg.eps)
+
+    def forward(self, pixels, layer: int = -2):
+        """pixels (T, 3, S, S), CLIP-normalised -> hidden states of `layer` (T, 1+P, Cv).
+
+        Layer numbering is Hugging Face's `hidden_states`: 0 is the embeddings, i the output of block i, and -2
+        the second to last block, which is what LLaVA-family models read."""
+        n = self.cfg.n_layers
+        stop = layer % (n + 1)
+        x = rearrange(self.patch(pixels.to(self.patch.weight.dtype)), "t c h w -> t (h w) c")  # (T, P, Cv)
+        x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1) + self.pos.weight  # (T, 1+P, Cv)
+        x = self.pre_norm(x)
+        for block in self.layers[:stop]:
+            x = block(x)
+        return x
+
+
+class Projector(nn.Module):  # linear, GELU, linear: vision width -> language width
+    def __init__(self, vision_dim, dim, act="gelu"):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+        self.act = ACTIVATIONS[act]
+
+    def forward(self, x):  # (..., Cv) -> (..., C)
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+def pllava_pool(x, grid: int, shape):
+    """PLLaVA: average-pool projected frame features over (frames, h, w) to `shape`, then flatten frame by frame.
+
+    x (T, h*w, C) -> (T' * h' * w', C), with (T', h', w') = shape. Frames stay contiguous, so the result is
+    described by VideoSpan(start, T', h' * w')."""
+    v = rearrange(x, "t (h w) c -> 1 c t h w", h=grid)  # (1, C, T, h, w)
+    v = F.adaptive_avg_pool3d(v, tuple(shape))  # (1, C, T', h', w')
+    return rearrange(v, "1 c t h w -> (t h w) c")
+
+
+def tarsier_layout(x, grid: int, newline, frame_sep):
+    """Tarsier: each frame's h x w tokens row by row, a newline embedding after every row and a separator
+    embedding after the frame. x (T, h*w, C) -> (T * (h*(w+1) + 1), C); Nv = h*(w+1) + 1 per frame."""
+    T, _, C = x.shape
+    rows = rearrange(x, "t (h w) c -> t h w c", h=grid)  # (T, h, w, C)
+    rows = torch.cat([rows, newline.expand(T, grid, 1, C)], dim=2)  # (T, h, w+1, C)
+    frames = torch.cat([rearrange(rows, "t h w c -> t (h w) c"), frame_sep.expand(T, 1, C)], dim=1)
+    return rearrange(frames, "t n c -> (t n) c")
+
+
+class VideoLLM(nn.Module):
+    """Vision tower + projector + a token arrangement + minivtp's Transformer (PLLaVA, Tarsier, or plain LLaVA)."""
+
+    def __init__(self, text: Config, vision: VisionConfig, arrangement="pllava", pooling_shape=(16, 12, 12),
+                 feature_layer=-2, select="default", projector_act="gelu", image_token=32000,
+                 newline_token=None, frame_token=None, frames=16):
+        super().__init__()
+        if arrangement not in ("pllava", "tarsier", "llava"):
+            raise ValueError(f"arrangement {arrangement!r} must be 'pllava', 'tarsier' or 'llava'")
+        if select not in ("default", "full"):
+            raise ValueError(f"vision_feature_select_strategy {select!r} must be 'default' or 'full'")
+        self.vision = VisionTower(vision)
+        self.projector = Projector(vision.dim, text.dim, projector_act)
+        self.llm = Transformer(text)
+        self.arrangement, self.pooling_shape, self.frames = arrangement, tuple(pooling_shape), frames
+        self.feature_layer, self.select, self.image_token = feature_layer, select, image_token
+        self.newline_token, self.frame_token = newline_token, frame_token
+
+    def tokens_per_frame(self) -> int:
+        g = self.vision.cfg.grid + (1 if self.select == "full" else 0) * 0
+        if self.arrangement == "pllava":
+            return self.pooling_shape[1] * self.pooling_shape[2]
+        if self.arrangement == "tarsier":
+            return g * (g + 1) + 1
+        return g * g + (1 if self.select == "full" else 0)
+
+    def video_tokens(self, pixels):
+        """pixels (T, 3, S, S) -> (video rows, C) and the number of frames they form."""
+        feats = self.vision(pixels, self.feature_layer)  # (T, 1+P, Cv)
+        if self.select == "default":
+            feats = feats[:, 1:]  # drop CLS: (T, P, Cv)
+        x = self.projector(feats)  # (T, P, C)
+        grid = self.vision.cfg.grid
+        if self.arrangement == "pllava":
+            if self.select != "default":
+                raise ValueError("PLLaVA pooling needs the patch grid: vision_feature_select_strategy 'default'")
+            return pllava_pool(x, grid, self.pooling_shape), self.pooling_shape[0]
+        if self.arrangement == "tarsier":
+            emb = self.llm.embed.weight
+            return tarsier_layout(x, grid, emb[self.newline_token], emb[self.frame_token]), x.shape[0]
+        return rearrange(x, "t p c -> (t p) c"), x.shape[0]
+
+    def prompt(self, ids: torch.Tensor, pixels):
+        """Token ids (N0,) with ONE image token where the video goes -> embeds (1, N, C) and the VideoSpan."""
+        where = (ids == self.image_token).nonzero().flatten()
+        if where.numel() != 1:
+            raise ValueError(f"the prompt must hold exactly one video placeholder (token {self.image_token}); "
+                             f"it holds {where.numel()}")
+        i = where.item()
+        video, T = self.video_tokens(pixels)
+        e = self.llm.embed
+        embeds = torch.cat([e(ids[:i]), video.to(e.weight.dtype), e(ids[i + 1 :])])[None]  # (1, N, C)
+        span = VideoSpan(i, T, video.shape[0] // T)
+        span.check(embeds.shape[1], video_rows=video.shape[0])
+        return embeds, span
+
+
+def preprocess(frames, size: int, mean=CLIP_MEAN, std=CLIP_STD):
+    """frames (T, H, W, 3) uint8 -> (T, 3, size, size) float32: shortest side resized to `size` (bicubic,
+    antialiased), centre crop, scaled to 0..1, CLIP mean and std."""
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3), got {tuple(frames.shape)}")
+    x = rearrange(frames, "t h w c -> t c h w").float() / 255
+    H, W = x.shape[-2:]
+    scale = size / min(H, W)
+    h, w = max(size, round(H * scale)), max(size, round(W * scale))
+    x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    top, left = (h - size) // 2, (w - size) // 2
+    x = x[..., top : top + size, left : left + size]
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def sample_indices(n_available: int, n: int):
+    """Uniform sampling: the middle frame of each of n equal segments (how PLLaVA's loaders pick frames)."""
+    if n_available < 1:
+        raise ValueError("the video has no frames")
+    seg = n_available / n
+    return [min(n_available - 1, int(seg / 2 + seg * i)) for i in range(n)]
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_frames(path, n: int):
+    """n frames (n, H, W, 3) uint8, sampled uniformly, and a note when the video had fewer than n frames.
+
+    `path` is a folder of images (sorted by name; needs Pillow), a video file (needs PyAV), or a .safetensors
+    file holding a "frames" tensor (T, H, W, 3) uint8. With fewer frames than n, frames are repeated, as
+    PLLaVA's projector does, and the note says so."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        Image = optional("PIL.Image", "pillow", "reading a folder of images")
+        pick = sample_indices(len(files), n)
+        def load(file):
+            img = Image.open(file).convert("RGB")
+            return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.size[1], img.size[0], 3)
+
+        try:
+            frames = [load(files[i]) for i in pick]
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read an image ({e})") from None
+        video, available = torch.stack(frames), len(files)
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            video = load_file(str(path)).get("frames")
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        if video is None or video.dim() != 4 or video.shape[-1] != 3 or video.dtype != torch.uint8:
+            raise ValueError(f"{path}: needs a 'frames' tensor (T, H, W, 3) uint8")
+        available = video.shape[0]
+        video = video[sample_indices(available, n)]
+    else:
+        av = optional("av", "av", "reading video files")
+        try:
+            with av.open(str(path)) as container:
+                all_frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        except Exception as e:  # PyAV raises its own error types for unreadable files
+            raise ValueError(f"{path}: cannot decode this video ({e})") from None
+        if not all_frames:
+            raise ValueError(f"{path}: the video has no frames")
+        available = len(all_frames)
+        video = torch.stack([torch.from_numpy(all_frames[i]) for i in sample_indices(available, n)])
+    note = None
+    if available < n:
+        note = f"the video has {available} frames, fewer than the model's {n}: frames are repeated"
+    return video, note
+
+
+def optional(module: str, package: str, purpose: str):
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"{purpose} needs the optional package '{package}': pip install {package}  "
+                         f"(or pip install -e .[video])") from None

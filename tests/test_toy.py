@@ -1,0 +1,115 @@
+"""The toy video QA task, the shipped toy checkpoint, and the demo."""
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import weights
+from minivtp import png, toy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_answer(sample):
+    """Answer the question from the patch features alone, the way the task defines it (not from .objects)."""
+    f = sample.features.reshape(toy.T, toy.ROWS, toy.COLS, toy.P)
+    ns, nc = len(toy.SHAPES), len(toy.COLOURS)
+    shape_word = next(w for w in sample.question if w in toy.SHAPES)
+    hits = (f[..., toy.SHAPES.index(shape_word)] == 1.0).nonzero().tolist()
+    assert len(hits) == 1  # every shape is drawn exactly once; clutter never reaches 1.0
+    t, r, c = hits[0]
+    if sample.question[:2] == ["what", "colour"]:
+        return toy.COLOURS[int(f[t, r, c, ns : ns + nc].argmax())]
+    if sample.question[:2] == ["in", "which"]:
+        assert int(f[t, r, c, ns + nc : ns + nc + toy.T].argmax()) == t  # the frame stamp agrees with the layout
+        return str(t)
+    left = f[t, r, c - 1, :ns]
+    assert left.max() == 1.0  # an object sits on the left
+    return toy.SHAPES[int(left.argmax())]
+
+
+def test_answers_are_determined_by_the_video():
+    g = torch.Generator().manual_seed(0)
+    for kind in toy.KINDS:
+        for _ in range(200):
+            s = toy.make_sample(g, kind)
+            assert s.features.shape == (toy.T, toy.NV, toy.P)
+            assert read_answer(s) == s.answer
+
+
+def test_questions_alone_do_not_tell_the_answer():
+    # for one fixed question text, the answers spread over all values: the video is needed
+    g = torch.Generator().manual_seed(1)
+    for kind, n_values in (("colour", 4), ("frame", 8), ("left", 3)):
+        answers = Counter()
+        while sum(answers.values()) < 600:
+            s = toy.make_sample(g, kind)
+            if "circle" in s.question:
+                answers[s.answer] += 1
+        assert len(answers) == n_values
+        assert max(answers.values()) / 600 < 2.0 / n_values  # no answer is much likelier than the rest
+
+
+def test_vocabulary_and_prompt_layout():
+    model = toy.ToyVideoLLM()
+    s = toy.make_sample(torch.Generator().manual_seed(2), "colour")
+    embeds, video = model.prompt(s.features[None], [s.question])
+    assert video.start == 2 and video.end == 2 + toy.T * toy.NV
+    assert embeds.shape == (1, video.end + len(s.question) + 1, model.llm.cfg.dim)
+    torch.testing.assert_close(embeds[0, 0], model.llm.embed.weight[toy.ID["<s>"]])
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return weights.load_video_llm(toy.ASSETS)
+
+
+def test_shipped_checkpoint_beats_chance_by_far(shipped):
+    for kind in toy.KINDS:
+        acc = toy.accuracy(shipped, n=60, seed=99, kind=kind)
+        assert acc >= 0.8 and acc > 3 * toy.chance(kind), (kind, acc)
+
+
+def test_llm_vtp_keeps_accuracy_where_random_and_complement_lose_it(shipped):
+    from minivtp.demo import DEFAULT_LAYER
+    from minivtp.experiments import evaluate
+    g = torch.Generator().manual_seed(7)
+    samples = [toy.make_sample(g) for _ in range(120)]
+    full = evaluate(shipped, samples)
+    vtp = evaluate(shipped, samples, alpha=0.1, layer=DEFAULT_LAYER)
+    rand = evaluate(shipped, samples, alpha=0.1, layer=DEFAULT_LAYER, selection="random")
+    comp = evaluate(shipped, samples, alpha=0.1, layer=DEFAULT_LAYER, selection="complement")
+    assert vtp >= full - 0.1
+    assert vtp - rand >= 0.25 and vtp - comp >= 0.25
+
+
+def test_toy_checkpoint_is_refused_by_the_plain_loader_with_a_clear_error():
+    with pytest.raises(ValueError, match="model_type 'minivtp-toy' is not a LLaMA decoder"):
+        weights.load(toy.ASSETS)
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo.png"
+    run = subprocess.run([sys.executable, "-m", "minivtp.demo", "--out", str(out)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "all 128 video tokens:" in run.stdout and "LLM-VTP alpha=0.1" in run.stdout
+    assert "kept 16 of 128 video tokens" in run.stdout
+    W, H = png.read_png_size(out)
+    assert (W, H) > (400, 100)
+
+
+def test_png_writer_roundtrip(tmp_path):
+    zlib = pytest.importorskip("zlib")
+    img = torch.randint(0, 256, (5, 7, 3), dtype=torch.uint8)
+    png.write_png(tmp_path / "x.png", img)
+    data = (tmp_path / "x.png").read_bytes()
+    assert png.read_png_size(tmp_path / "x.png") == (7, 5)
+    idat = data[data.index(b"IDAT") + 4 : data.index(b"IEND") - 8]
+    raw = zlib.decompress(idat)
+    rows = torch.tensor(list(raw), dtype=torch.uint8).view(5, 1 + 7 * 3)
+    assert (rows[:, 0] == 0).all() and torch.equal(rows[:, 1:].reshape(5, 7, 3), img)

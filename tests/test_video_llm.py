@@ -1,0 +1,225 @@
+"""PLLaVA / Tarsier / LLaVA end to end on tiny checkpoints transformers wrote: vision tower, projector, pooling,
+prompt splicing, LoRA merging, and the `python -m minivtp answer` command."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import randomize, transformers, write_llama_tokenizer
+from safetensors.torch import load_file, save_file
+
+import weights
+from minivtp import png
+from minivtp.tokenizer import Tokenizer
+from minivtp.vision import pllava_pool, preprocess, tarsier_layout
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = 4  # 28 x 28 images, 7 x 7 patches
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    """(plain LLaVA dir, PLLaVA dir, transformers model): vocab and <image> id shared with a tokenizer.json."""
+    root = tmp_path_factory.mktemp("llava")
+    tok_dir = write_llama_tokenizer(root)
+    tok = Tokenizer.from_file(tok_dir)
+    image_id = tok.added["<image>"]
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                           num_attention_heads=4, image_size=28, patch_size=7)
+    text = transformers.LlamaConfig(vocab_size=image_id + 1, hidden_size=48, intermediate_size=80,
+                                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                    max_position_embeddings=512)
+    torch.manual_seed(0)
+    hf = transformers.LlavaForConditionalGeneration(
+        transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id))
+    randomize(hf, seed=3, std=0.3).eval()
+    plain = root / "llava"
+    hf.save_pretrained(plain)
+    shutil.copy(tok_dir / "tokenizer.json", plain)
+    pllava = root / "pllava"
+    shutil.copytree(plain, pllava)
+    cfg = json.loads((pllava / "config.json").read_text())
+    cfg.update(pooling_shape=[2, 2, 2], num_frames=4, frame_shape=[GRID, GRID], use_pooling=True)
+    (pllava / "config.json").write_text(json.dumps(cfg))
+    return plain, pllava, hf
+
+
+def test_vision_features_and_projector_equal_transformers(llava):
+    plain, _, hf = llava
+    model = weights.load_video_llm(plain)
+    px = torch.randn(3, 3, 28, 28)
+    with torch.no_grad():
+        ref = hf.model.vision_tower(px, output_hidden_states=True).hidden_states[-2]  # (T, 1+P, Cv)
+        ours = model.vision(px, -2)
+        assert rel_err(ours, ref) <= 1e-4
+        assert rel_err(model.projector(ours[:, 1:]), hf.model.multi_modal_projector(ref[:, 1:])) <= 1e-4
+
+
+def test_without_pooling_the_whole_prompt_equals_llava(llava):
+    plain, _, hf = llava
+    model = weights.load_video_llm(plain)
+    assert model.arrangement == "llava" and model.tokens_per_frame() == GRID * GRID
+    T, image = 3, model.image_token
+    px = torch.randn(T, 3, 28, 28)
+    ids = torch.tensor([1, 40, 41, image, 42, 43, 44, 45])
+    hf_ids = torch.cat([ids[:3], torch.full((T * GRID * GRID,), image), ids[4:]])  # transformers wants one per feature
+    with torch.no_grad():
+        ref = hf(input_ids=hf_ids[None], pixel_values=px).logits
+        embeds, span = model.prompt(ids, px)
+        ours = model.llm.forward_embeds(embeds)
+    assert (span.start, span.frames, span.tokens_per_frame) == (3, T, GRID * GRID)
+    assert ours.shape == ref.shape and rel_err(ours, ref) <= 1e-4
+
+
+def test_pllava_pooling_is_adaptive_avg_pool3d_on_the_frame_grid(llava):
+    _, pllava, hf = llava
+    model = weights.load_video_llm(pllava)
+    assert model.arrangement == "pllava" and model.pooling_shape == (2, 2, 2) and model.frames == 4
+    px = torch.randn(4, 3, 28, 28)
+    with torch.no_grad():
+        feats = hf.model.multi_modal_projector(hf.model.vision_tower(px, output_hidden_states=True).hidden_states[-2][:, 1:])
+        ref = F.adaptive_avg_pool3d(feats.permute(2, 0, 1).reshape(1, -1, 4, GRID, GRID), (2, 2, 2))  # (1, C, 2, 2, 2)
+        ref = ref[0].permute(1, 2, 3, 0).reshape(8, -1)  # frame by frame, row by row
+        ours, T = model.video_tokens(px)
+    assert T == 2 and rel_err(ours, ref) <= 1e-4
+    # by hand: pooled token (frame 0, row 0, col 0) is the mean of frames 0-1, rows 0-1, cols 0-1
+    block = feats.view(4, GRID, GRID, -1)[:2, :2, :2].mean(dim=(0, 1, 2))
+    torch.testing.assert_close(ours[0], block, rtol=1e-5, atol=1e-6)
+
+
+def test_tarsier_layout_inserts_newlines_and_frame_separators():
+    x = torch.arange(2 * 4).float().view(2, 4, 1)  # 2 frames of a 2 x 2 grid, one channel
+    out = tarsier_layout(x, 2, newline=torch.tensor([-1.0]), frame_sep=torch.tensor([-2.0]))
+    assert out.flatten().tolist() == [0, 1, -1, 2, 3, -1, -2, 4, 5, -1, 6, 7, -1, -2]
+
+
+def test_pooling_helper_keeps_frames_contiguous():
+    x = torch.randn(4, 16, 5)
+    out = pllava_pool(x, 4, (4, 4, 4))  # no pooling at all: the identity, frame by frame
+    torch.testing.assert_close(out, x.reshape(64, 5))
+
+
+def test_preprocess_shape_and_normalisation():
+    frames = torch.full((2, 40, 60, 3), 255, dtype=torch.uint8)
+    px = preprocess(frames, 28)
+    assert px.shape == (2, 3, 28, 28)
+    torch.testing.assert_close(px[:, 0], torch.full((2, 28, 28), (1 - 0.48145466) / 0.26862954))
+
+
+# ---- LoRA --------------------------------------------------------------------------------------------------------
+
+
+def test_lora_merge_equals_base_plus_adapter_unmerged(llava, tmp_path):
+    plain, _, _ = llava
+    lora_dir = tmp_path / "lora"
+    shutil.copytree(plain, lora_dir)
+    tensors = load_file(lora_dir / "model.safetensors")
+    g = torch.Generator().manual_seed(0)
+    r, alpha, adapters = 4, 8.0, {}
+    for i in range(3):
+        for proj in ("q_proj", "v_proj"):  # what PLLaVA adapts
+            name = f"language_model.model.layers.{i}.self_attn.{proj}"
+            W = tensors.pop(name + ".weight")
+            tensors[name + ".base_layer.weight"] = W  # PEFT's layout
+            A = torch.randn(r, W.shape[1], generator=g) * 0.3
+            B = torch.randn(W.shape[0], r, generator=g) * 0.3
+            tensors[name + ".lora_A.default.weight"], tensors[name + ".lora_B.default.weight"] = A, B
+            adapters[(i, proj)] = (A, B)
+    save_file(tensors, lora_dir / "model.safetensors", metadata={"format": "pt"})
+    (lora_dir / "adapter_config.json").write_text(json.dumps({"lora_alpha": alpha, "r": r}))
+    merged = weights.load_video_llm(lora_dir)
+    assert merged.load_info["lora_merged"] == {"targets": 6, "lora_alpha": alpha, "ranks": [r]}
+    base = weights.load_video_llm(plain)  # the same base weights, adapters run beside them
+    for (i, proj), (A, B) in adapters.items():
+        lin = getattr(base.llm.layers[i].attn, {"q_proj": "wq", "v_proj": "wv"}[proj])
+        lin.register_forward_hook(lambda mod, inp, out, A=A, B=B: out + (alpha / r) * (inp[0] @ A.T @ B.T))
+    tokens = torch.randint(0, 200, (1, 20))
+    with torch.no_grad():
+        assert rel_err(merged.llm(tokens), base.llm(tokens)) <= 1e-4
+        assert rel_err(base.llm(tokens), weights.load_video_llm(plain).llm(tokens)) > 1e-2  # the adapter matters
+
+
+def test_lora_without_alpha_is_an_error(llava, tmp_path):
+    plain, _, _ = llava
+    d = tmp_path / "lora"
+    shutil.copytree(plain, d)
+    t = load_file(d / "model.safetensors")
+    t["language_model.model.layers.0.self_attn.q_proj.lora_A.weight"] = torch.zeros(2, 48)
+    t["language_model.model.layers.0.self_attn.q_proj.lora_B.weight"] = torch.zeros(48, 2)
+    save_file(t, d / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(weights.CheckpointError, match="no lora_alpha"):
+        weights.load_video_llm(d)
+
+
+# ---- the command line -------------------------------------------------------------------------------------------
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "minivtp", "answer", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def frames_folder(path, n, size=(30, 40)):
+    path.mkdir()
+    g = torch.Generator().manual_seed(1)
+    for i in range(n):
+        png.write_png(path / f"{i:03d}.png", torch.randint(0, 256, (*size, 3), dtype=torch.uint8, generator=g))
+    return path
+
+
+def test_cli_answers_with_llm_vtp(llava, tmp_path):
+    _, pllava, _ = llava
+    video = frames_folder(tmp_path / "frames", 6)
+    out = cli("--weights", pllava, "--video", video, "--question", "What is the man doing?", "--alpha", 0.1,
+              "--layer", 2, "--max-new-tokens", 5, "--device", "cpu", "--dtype", "float32", "--json",
+              "--heatmap", tmp_path / "kept.png")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["video_tokens"] == 8 and d["kept_video_tokens"] == 2  # ceil(0.1 * 4) = 1 per pooled frame
+    assert d["kept_ratio"] == 0.25 and d["cache_rows"] == d["prompt_rows"] - 6
+    assert 1 <= d["new_tokens"] <= 5 and isinstance(d["answer"], str) and d["prefill_s"] > 0
+    assert png.read_png_size(tmp_path / "kept.png")[0] > 100
+    assert "loading shard 1/1" in out.stderr
+
+
+def test_cli_plain_text_output_and_repeated_frames(llava, tmp_path):
+    _, pllava, _ = llava
+    frames = tmp_path / "clip.safetensors"
+    save_file({"frames": torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)}, frames)
+    out = cli("--weights", pllava, "--video", frames, "--question", "Why?", "--layer", 1, "--max-new-tokens", 3,
+              "--device", "cpu", "--dtype", "float32")
+    assert out.returncode == 0, out.stderr
+    assert "the video has 2 frames, fewer than the model's 4: frames are repeated" in out.stderr
+    assert "kept 2 of 8 video tokens (25.0%)" in out.stdout and "ms/token" in out.stdout
+
+
+@pytest.mark.parametrize("case", ["unreadable", "too long", "not a video LLM", "missing file"])
+def test_cli_bad_input_one_line_nonzero(llava, tiny_llama, tmp_path, case):
+    _, pllava, _ = llava
+    video = frames_folder(tmp_path / "frames", 4)
+    args = ["--weights", pllava, "--video", video, "--question", "Why?", "--device", "cpu", "--layer", 1]
+    want = {"unreadable": "not a readable safetensors file", "too long": "would exceed the model's 512 positions",
+            "not a video LLM": "is not a video LLM minivtp knows", "missing file": "no such file or folder"}[case]
+    if case == "unreadable":
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(b"this is not a video")
+        args[3] = bad
+    elif case == "too long":
+        args += ["--max-new-tokens", 600]
+    elif case == "not a video LLM":
+        args[1] = tiny_llama[0]
+    else:
+        args[3] = tmp_path / "nowhere.mp4"
+    out = cli(*args)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and want in errors[0], out.stderr
