@@ -274,7 +274,7 @@ def video_llm_kwargs(hf: dict) -> dict:
                 projector_act=hf.get("projector_hidden_act", "gelu"),
                 image_token=hf.get("image_token_index", 32000),
                 newline_token=hf.get("image_newline_idx"), frame_token=hf.get("image_new_idx"),
-                frames=hf.get("num_frames") or (hf.get("pooling_shape") or [16])[0])
+                frames=hf.get("num_frames") or (8 if arrangement == "tarsier" else (hf.get("pooling_shape") or [16])[0]))
 
 
 def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None):

@@ -149,11 +149,12 @@ def main():
     save_file({"frames": torch.randint(0, 256, (16, 360, 640, 3), dtype=torch.uint8)}, frames)
     print(f"wrote {args.dir}: {n} shards in {time.perf_counter() - t:.0f} s", flush=True)
     results = {}
-    for name, extra in (("unpruned", ["--alpha", "1"]), ("alpha 0.1, M 10", ["--alpha", "0.1", "--layer", "10"])):
+    for name, extra in (("unpruned", ["--alpha", "1"]), ("alpha 0.1, M 10", ["--alpha", "0.1", "--layer", "10"]),
+                        ("alpha 0.1, M 10, fast decode", ["--alpha", "0.1", "--layer", "10", "--fast-decode"])):
         cmd = [sys.executable, "-m", "minivtp", "answer", "--weights", str(args.dir), "--video", str(frames),
                "--question", "What is the person doing after opening the window?", "--max-new-tokens", "72",
                "--device", "cuda", "--dtype", "bfloat16", "--json", *extra]
-        if name != "unpruned":
+        if name == "alpha 0.1, M 10":
             cmd += ["--heatmap", str(args.out / "heatmap.png")]
         t = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

@@ -48,21 +48,25 @@ def answer(args):
     pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
     text = build_prompt(model.arrangement, args.question, args.template)
     ids = torch.tensor(tok.encode(text), device=args.device)
+    t = time.perf_counter()
     with torch.no_grad():
-        embeds, video = model.prompt(ids, pixels)
+        embeds, video = model.prompt(ids, pixels)  # vision tower, projector, pooling, splice
+    if embeds.is_cuda:
+        torch.cuda.synchronize()
+    encode_s = time.perf_counter() - t
     n_max = model.llm.cfg.max_seq_len
     if embeds.shape[1] + args.max_new_tokens > n_max:
         raise ValueError(f"the prompt is {embeds.shape[1]} rows ({video.end - video.start} of them video) and "
                          f"--max-new-tokens {args.max_new_tokens} more would exceed the model's {n_max} positions")
     prune = args.alpha < 1
     out = generate(model.llm, embeds, args.max_new_tokens, video=video if prune else None, alpha=args.alpha,
-                   layer=args.layer, head_pool=args.head_pool, eos_id=tok.eos)
+                   layer=args.layer, head_pool=args.head_pool, eos_id=tok.eos, fast_decode=args.fast_decode)
     tokens = [t for t in out.tokens.tolist() if t != tok.eos]
     result = dict(answer=tok.decode(tokens, skip_special=True).strip(), alpha=args.alpha,
                   layer=args.layer if prune else None, video_tokens=video.end - video.start,
                   kept_video_tokens=int(out.kept.numel()), kept_ratio=out.kept.numel() / (video.end - video.start),
                   prompt_rows=out.prompt_len, cache_rows=out.cache_len, new_tokens=len(out.tokens),
-                  load_s=load_s, prefill_s=out.prefill_s, decode_s=out.decode_s,
+                  load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s, decode_s=out.decode_s,
                   decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1))
     if args.heatmap:
         if not prune:
@@ -75,7 +79,7 @@ def answer(args):
         print(result["answer"])
         print(f"kept {result['kept_video_tokens']} of {result['video_tokens']} video tokens "
               f"({result['kept_ratio']:.1%}); KV cache {result['cache_rows']} of {result['prompt_rows']} rows")
-        print(f"prefill {result['prefill_s'] * 1e3:.1f} ms, decode {result['decode_ms_per_token']:.1f} ms/token over "
+        print(f"video encoding {encode_s * 1e3:.1f} ms, prefill {result['prefill_s'] * 1e3:.1f} ms, decode {result['decode_ms_per_token']:.1f} ms/token over "
               f"{result['new_tokens']} tokens (load {load_s:.1f} s)")
     return 0
 
@@ -137,6 +141,7 @@ def main(argv=None):
     a.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=sorted(DTYPES))
     a.add_argument("--template", default=None, help="PLLaVA conversation template (default 'plain')")
     a.add_argument("--heatmap", default=None, help="write the attention / kept-token picture here (PNG)")
+    a.add_argument("--fast-decode", action="store_true", help="decode from a static cache with a CUDA graph")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     try:

@@ -1,21 +1,25 @@
 """A toy video LLM that a laptop can train, so LLM-VTP's claim can be seen without a 7B model.
 
-The task. A "video" is T=8 frames of a 4x4 grid of patches (Nv=16). Four objects, one of each shape, each with
-a random colour, sit in random frames at random cells; every other patch is background clutter. A question
-asks about one object, so its answer lives in one or two of the 128 patches:
+The task. A "video" is T=8 frames of a 3x3 grid of patches (Nv=9, 72 video tokens). Four objects, one of each
+shape and one of each colour, sit in random frames at random cells; every other patch is background clutter.
+A question asks about one object, so its answer lives in one of the 72 patches:
 
-    what colour is the triangle ?      -> red          (one patch)
-    in which frame is the star ?       -> 5            (one patch, and where it is)
-    what is left of the circle ?       -> square       (two patches: the circle and its left neighbour)
+    colour of triangle   -> red       (find the triangle, read its colour)
+    shape of blue        -> star      (find the blue object, read its shape)
+    frame of circle      -> 5         (find the circle, read when it appears)
 
-Answers are drawn uniformly at random, so nothing but the video tells them.
+Shapes and colours are dealt at random, so nothing but the video tells the answer.
 
-The model. A patch's features (shape and colour channels, frame and cell one-hots, clutter noise) go through
-one linear projector to the width of `minivtp.model.Transformer`, used unchanged as the language model:
+The model. A patch's features (shape and colour channels, frame and cell one-hots, an objectness channel,
+clutter noise) go through one linear projector to the width of `minivtp.model.Transformer`, used unchanged
+as the language model. The question's last row answers:
 
-    <s> USER: [8 x 16 video rows] what colour is the triangle ? ASSISTANT:   ->  red </s>
+    <s> USER: [8 x 9 video rows] colour of triangle   ->  red
 
-    python -m minivtp.toy train          # about 4 minutes on 2 CPU cores; writes minivtp/assets/toy/
+    python -m minivtp.toy train          # about 25 minutes on 2 CPU cores; writes minivtp/assets/toy/
+
+Training uses a curriculum: one object per video for the first quarter of the steps (find *the* object),
+two for the second, then four. Without it the model sits at chance for thousands of steps.
 """
 
 import argparse
@@ -61,7 +65,7 @@ class Object:
 class Sample:
     features: torch.Tensor  # (T, Nv, P)
     objects: list
-    question: list  # words, "?" included, "ASSISTANT:" not
+    question: list  # words; the last one names the object
     answer: str
 
 
@@ -129,7 +133,7 @@ class ToyVideoLLM(nn.Module):
         self.llm = Transformer(cfg)
 
     def prompt(self, features, questions):
-        """Embeddings of `<s> USER: [video] question ASSISTANT:` (B, N, C), and where the video sits.
+        """Embeddings of `<s> USER: [video] question` (B, N, C), and where the video sits.
 
         features (B, T, Nv, P); questions: B word lists of one length (one question kind per batch)."""
         B = features.shape[0]

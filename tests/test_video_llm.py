@@ -223,3 +223,21 @@ def test_cli_bad_input_one_line_nonzero(llava, tiny_llama, tmp_path, case):
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and want in errors[0], out.stderr
+
+
+def test_tarsier_config_loads_with_its_frame_layout(llava, tmp_path):
+    plain, _, _ = llava
+    d = tmp_path / "tarsier"
+    shutil.copytree(plain, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(image_newline_idx=5, image_new_idx=6)
+    (d / "config.json").write_text(json.dumps(cfg))
+    model = weights.load_video_llm(d)
+    assert model.arrangement == "tarsier" and model.frames == 8
+    assert model.tokens_per_frame() == GRID * (GRID + 1) + 1
+    with torch.no_grad():
+        rows, T = model.video_tokens(torch.randn(2, 3, 28, 28))
+    assert T == 2 and rows.shape[0] == 2 * 21
+    emb = model.llm.embed.weight
+    torch.testing.assert_close(rows[GRID], emb[5])  # after the first row of 4 patches: the newline embedding
+    torch.testing.assert_close(rows[20], emb[6])  # the frame's last token: the separator

@@ -1,0 +1,27 @@
+"""Chapter 05: Eq. 4-6."""
+
+import torch
+from tutorial import run_chapter
+
+from minivtp.vtp import VideoSpan, n_keep, pool_heads, question_to_video, select_per_frame, video_scores
+
+
+def test_chapter_runs_and_prints_what_it_shows():
+    ns = run_chapter(5)
+    assert ns["video"].end == 11
+
+
+def test_the_worked_example_by_hand():
+    video = VideoSpan(start=3, frames=2, tokens_per_frame=4)
+    a_v = torch.tensor([.1, .9, .3, .2, .5, .1, .1, .6])
+    # frame 1: .9 (j=1) and .3 (j=2); frame 2: .6 (j=3) and .5 (j=0); then + 3 for the prefix, + 4 for frame 2
+    assert select_per_frame(a_v, video, 0.5).tolist() == [3 + 1, 3 + 2, 3 + 4 + 0, 3 + 4 + 3]
+    assert n_keep(0.5, 4) == 2 and n_keep(0.3, 10) == 3 and n_keep(0.01, 144) == 2
+
+
+def test_eq4_then_mean_then_pool_shapes():
+    A = torch.rand(4, 12, 12)  # (H, N, N); 2 prefix rows, 2 frames x 3 tokens, 4 question rows
+    video = VideoSpan(2, 2, 3)
+    A_qv = question_to_video(pool_heads(A, "max"), video)
+    assert A_qv.shape == (4, 6)
+    torch.testing.assert_close(video_scores(A_qv), A.amax(0)[8:, 2:8].mean(0))
