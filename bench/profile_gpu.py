@@ -7,7 +7,6 @@ profiles prefill unpruned and pruned, and compares the decode paths (eager, CUDA
 CUDA graph) teacher-forced on the same tokens, so their logits can be compared step by step.
 """
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -16,11 +15,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from minivtp.flops import VICUNA_7B  # noqa: E402
 from minivtp.generate import GraphDecode, decode_one_token, prefill  # noqa: E402
 from minivtp.model import Transformer  # noqa: E402
 from minivtp.vtp import VideoSpan  # noqa: E402
+from gpu import cuda_ms  # noqa: E402  (bench/gpu.py)
 from weights import set_parameter  # noqa: E402
 
 PREFIX, T, NV, NQ, NEW = 35, 16, 144, 60, 72
@@ -41,20 +42,6 @@ def random_model(cfg, device="cuda", dtype=torch.bfloat16, std=0.02, seed=0):
     if cfg.tie_embeddings:
         model.output.weight = model.embed.weight
     return model.eval()
-
-
-def cuda_ms(fn, warmup=2, reps=5):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
 
 
 def kernel_summary(prof, top=8):

@@ -64,7 +64,8 @@ def answer(args):
     tokens = [t for t in out.tokens.tolist() if t != tok.eos]
     result = dict(answer=tok.decode(tokens, skip_special=True).strip(), alpha=args.alpha,
                   layer=args.layer if prune else None, video_tokens=video.end - video.start,
-                  kept_video_tokens=int(out.kept.numel()), kept_ratio=out.kept.numel() / (video.end - video.start),
+                  kept_video_tokens=int(out.kept.numel()) if prune else video.end - video.start,
+                  kept_ratio=out.kept.numel() / (video.end - video.start) if prune else 1.0,
                   prompt_rows=out.prompt_len, cache_rows=out.cache_len, new_tokens=len(out.tokens),
                   load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s, decode_s=out.decode_s,
                   decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1))
