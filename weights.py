@@ -402,12 +402,36 @@ def main(argv=None):
         return 2
     try:
         # A structural check on the meta device: every name, shape and file, without reading 13 GB of data.
-        model = load(argv[0], device="meta")
+        hf = read_config(Path(argv[0])) if Path(argv[0]).is_dir() else {}
+        if "vision_config" in hf or hf.get("model_type") in ("llava", "pllava", "minivtp-toy"):
+            model = load_video_llm(argv[0], device="meta")
+            print(describe_video(model))
+        else:
+            print(describe(load(argv[0], device="meta")))
     except ValueError as e:  # CheckpointError is a ValueError, and so is a config we cannot build
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(describe(model))
     return 0
+
+
+def describe_video(model) -> str:
+    """The language model as `describe` says it, then the video side."""
+    llm = model.llm
+    llm.load_info = model.load_info
+    lines = describe(llm).splitlines()
+    lines[1] = f"architecture video LLM ({model.load_info['config'].get('model_type')}), LLaMA decoder inside"
+    if hasattr(model, "vision"):
+        v = model.vision.cfg
+        lines.insert(2, f"vision       CLIP ViT, {v.n_layers} layers, width {v.dim}, {v.image_size}px / {v.patch_size}px "
+                        f"patches; features of layer {model.feature_layer}")
+        lines.insert(3, f"video        {model.arrangement}: {model.frames} frames, {model.tokens_per_frame()} tokens "
+                        f"per frame")
+        if "lora_merged" in model.load_info:
+            lines.insert(4, f"lora         {model.load_info['lora_merged']['targets']} adapted weights "
+                            "(merged when loaded for real)")
+    n_params = sum(p.numel() for p in model.parameters())
+    lines = [line if not line.startswith("parameters") else f"parameters   {n_params:,} (all parts)" for line in lines]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

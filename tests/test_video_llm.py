@@ -241,3 +241,11 @@ def test_tarsier_config_loads_with_its_frame_layout(llava, tmp_path):
     emb = model.llm.embed.weight
     torch.testing.assert_close(rows[GRID], emb[5])  # after the first row of 4 patches: the newline embedding
     torch.testing.assert_close(rows[20], emb[6])  # the frame's last token: the separator
+
+
+def test_weights_cli_describes_a_video_llm(llava):
+    _, pllava, _ = llava
+    out = subprocess.run([sys.executable, str(ROOT / "weights.py"), str(pllava)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "video        pllava: 4 frames, 4 tokens per frame" in out.stdout
+    assert "vision       CLIP ViT, 3 layers, width 32" in out.stdout
