@@ -249,3 +249,16 @@ def test_weights_cli_describes_a_video_llm(llava):
     assert out.returncode == 0, out.stderr
     assert "video        pllava: 4 frames, 4 tokens per frame" in out.stdout
     assert "vision       CLIP ViT, 3 layers, width 32" in out.stdout
+
+
+def test_video_file_without_pyav_names_the_extra(tmp_path):
+    try:
+        import av  # noqa: F401
+        pytest.skip("PyAV is installed here")
+    except ImportError:
+        pass
+    from minivtp.vision import read_frames
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"needs the optional package 'av': pip install av"):
+        read_frames(clip, 4)
