@@ -8,6 +8,12 @@ import torch
 transformers = pytest.importorskip("transformers", reason="transformers is the test oracle: pip install -e .[test]")
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same random state, so a failure is the same failure on every run."""
+    torch.manual_seed(0)
+
+
 def llama_config(**overrides):
     base = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
                 num_key_value_heads=6, max_position_embeddings=256, rms_norm_eps=1e-6)
