@@ -150,7 +150,7 @@ class VideoLLM(nn.Module):
         self.newline_token, self.frame_token = newline_token, frame_token
 
     def tokens_per_frame(self) -> int:
-        g = self.vision.cfg.grid + (1 if self.select == "full" else 0) * 0
+        g = self.vision.cfg.grid
         if self.arrangement == "pllava":
             return self.pooling_shape[1] * self.pooling_shape[2]
         if self.arrangement == "tarsier":

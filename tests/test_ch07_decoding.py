@@ -1,6 +1,5 @@
 """Chapter 07: decoding from the pruned cache at the original positions."""
 
-import torch
 from tutorial import run_chapter
 
 from minivtp.generate import decode_one_token
