@@ -16,7 +16,8 @@ as the language model. The question's last row answers:
 
     <s> USER: [8 x 9 video rows] colour of triangle   ->  red
 
-    python -m minivtp.toy train          # about 25 minutes on 2 CPU cores; writes minivtp/assets/toy/
+    OMP_NUM_THREADS=1 python -m minivtp.toy train     # how the shipped weights were made: 27 minutes;
+                                                      # writes minivtp/assets/toy/
 
 Training uses a curriculum: one object per video for the first quarter of the steps (find *the* object),
 two for the second, then four. Without it the model sits at chance for thousands of steps.
