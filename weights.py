@@ -81,8 +81,19 @@ def read_config(path: Path) -> dict:
         raise CheckpointError(f"{f}: not valid JSON ({e})") from None
 
 
-def shard_files(path: Path) -> list:
-    """The safetensors files of a checkpoint, in load order. Refuses pickle-only directories."""
+def open_checkpoint(path):
+    """(directory, parsed config.json, safetensors files in load order, the index's weight_map or None).
+    Refuses what is not a directory, and pickle-only directories."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory")
+    hf = read_config(path)
+    files, weight_map = shard_files(path)
+    return path, hf, files, weight_map
+
+
+def shard_files(path: Path):
+    """(the safetensors files of a checkpoint in load order, the index's weight_map or None)."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text()).get("weight_map")
@@ -92,10 +103,10 @@ def shard_files(path: Path) -> list:
         for name in files:
             if not (path / name).is_file():
                 raise CheckpointError(f"{index}: lists shard {name}, which is not in {path}")
-        return [path / name for name in files]
+        return [path / name for name in files], weight_map
     single = path / "model.safetensors"
     if single.is_file():
-        return [single]
+        return [single], None
     pickles = [n for n in PICKLE_NAMES if (path / n).exists()] + [p.name for p in path.glob("*.bin")]
     if pickles:
         raise CheckpointError(
@@ -162,15 +173,8 @@ def load_into(model: nn.Module, files: list, rename, dtype, device, index: dict 
 
 def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
     """A ready minivtp Transformer from a Hugging Face LLaMA checkpoint directory."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a directory")
-    hf = read_config(path)
-    files = shard_files(path)
+    path, hf, files, index = open_checkpoint(path)
     cfg = Config.from_hf(hf)
-    index = None
-    if (path / "model.safetensors.index.json").is_file():
-        index = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
     with torch.device("meta"):
         model = Transformer(cfg)
     head_in_file = []
@@ -249,8 +253,8 @@ def llava_to_ours(name: str):
             return ""
         ours = hf_to_ours(rest)
         return None if ours is None else "llm." + ours
-    if name.startswith("lm_head."):
-        return "llm.output." + name[len("lm_head."):]
+    if name.startswith("lm_head."):  # the v4.52 layout keeps the head at the top level
+        return "llm." + hf_to_ours(name)
     return None
 
 
@@ -285,14 +289,10 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
     --lora_alpha 4 with r = 128 (docs/checkpoints.md). lora_alpha comes from, in order: the argument,
     adapter_config.json in the directory, "lora_alpha" in config.json; with adapters and none of these, an error.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a directory")
-    hf = read_config(path)
-    files = shard_files(path)
+    path, hf, files, index = open_checkpoint(path)
     kind = hf.get("model_type")
     if kind == "minivtp-toy":
-        return load_toy(path, hf, files, dtype, device, progress)
+        return load_toy(path, hf, files, index, dtype, device, progress)
     if kind not in ("llava", "pllava", "tarsier") and "vision_config" not in hf:
         raise CheckpointError(f"{path}: model_type {kind!r} is not a video LLM minivtp knows "
                               "(llava, pllava, tarsier, minivtp-toy)")
@@ -318,7 +318,7 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
         if progress:
             progress(i, n, file)
 
-    info = load_into(model, files, rename, dtype, device, progress=track)
+    info = load_into(model, files, rename, dtype, device, index, progress=track)
     if model.llm.cfg.tie_embeddings:
         model.llm.output.weight = model.llm.embed.weight
     if lora:
@@ -358,7 +358,7 @@ def merge_lora(model, lora: dict, path: Path, hf: dict, lora_alpha, device) -> d
     return dict(targets=len(lora), lora_alpha=alpha, ranks=sorted(ranks))
 
 
-def load_toy(path, hf, files, dtype, device, progress):
+def load_toy(path, hf, files, index, dtype, device, progress):
     from minivtp.toy import ToyVideoLLM
 
     with torch.device("meta"):
@@ -370,7 +370,7 @@ def load_toy(path, hf, files, dtype, device, progress):
         ours = hf_to_ours(name)
         return None if ours is None else "llm." + ours
 
-    info = load_into(model, files, rename, dtype, device, progress=progress)
+    info = load_into(model, files, rename, dtype, device, index, progress=progress)
     model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)
     return model.eval()
 

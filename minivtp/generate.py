@@ -94,19 +94,16 @@ def prefill(model, embeds, caches, video=None, alpha=1.0, layer=PAPER_LAYER, hea
 @torch.no_grad()
 def decode_one_token(model, token, pos: int, caches, fused=True):
     """One new token at position `pos`, written after the last filled slot of every cache. Returns logits (V,)."""
-    x = model.embed(token.view(1, 1))  # (1, 1, C)
-    p = torch.tensor([pos], device=x.device)  # (1,)
-    cos, sin = model.rope(p)
+    p = torch.tensor([pos], device=token.device)  # (1,)
     slot = caches[0].length  # after pruning slot < pos: the cache is shorter than the sequence it represents
-    for block, cache in zip(model.layers, caches):
-        x = block(x, cos, sin, p, cache, slot=slot, fused=fused)
-    return model.head(x)[0, -1]
+    return decode_static(model, token, p, slot, caches, fused)
 
 
 @torch.no_grad()
 def decode_static(model, token, pos, slot, caches, fused=True):
-    """decode_one_token for the fast path: token, pos and slot are (1,) tensors and every cache is read whole
-    (its empty slots masked), so the same kernels run at every step and the step can be captured in a graph."""
+    """One decode step through every layer. pos (1,) tensor. slot an int: each cache returns its filled rows
+    (the eager path). slot a (1,) tensor: each cache is read whole, its empty slots masked, so the same kernels
+    run at every step and the step can be captured in a CUDA graph (the fast path)."""
     x = model.embed(token.view(1, 1))  # (1, 1, C)
     cos, sin = model.rope(pos)
     for block, cache in zip(model.layers, caches):
