@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import weights  # noqa: E402
 from minivtp.flops import VICUNA_7B, prefill_flops  # noqa: E402
-from minivtp import model as model_py  # noqa: E402
+from minivtp.model import StaticKVCache  # noqa: E402
 from minivtp.generate import GraphDecode, decode_one_token, generate, prefill  # noqa: E402
 from minivtp.vtp import VideoSpan  # noqa: E402
 
@@ -152,8 +152,7 @@ def bench_setting(model, embeds, alpha, layer, reps=5):
         cache_len = caches[0].length
         kv_used = sum(c.k[:, :, :cache_len].numel() + c.v[:, :, :cache_len].numel() for c in caches) * 2
         if fast:
-            for c in caches:
-                c.resize(cache_len + NEW)
+            caches = [StaticKVCache.from_cache(c, cache_len + NEW) for c in caches]
         tokens = [logits.argmax()]
         step = None
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -187,8 +186,7 @@ def teacher_forced(model, embeds, tokens, fast, **kw):
     logits, _ = prefill(model, embeds.to(model.embed.weight.dtype), caches, **kw)
     L0 = caches[0].length
     if fast:
-        for c in caches:
-            c.resize(L0 + NEW)
+        caches = [StaticKVCache.from_cache(c, L0 + NEW) for c in caches]
     out, step = [logits], None
     for j, tok in enumerate(tokens[:-1]):
         if fast:
@@ -285,7 +283,7 @@ def main():
     for label in ("settings", "settings_compiled"):
         if label == "settings_compiled":
             t = time.perf_counter()
-            model_py.compile_pointwise()  # fused norms, RoPE and SwiGLU from here on
+            model.compile_pointwise()  # fused norms, RoPE and SwiGLU from here on
             bench_setting(model, embeds, 0.1, 10, reps=1)  # compile for both prompt shapes and decode
             res["compile_s"] = time.perf_counter() - t
             print(f"compile_pointwise + first run: {res['compile_s']:.0f} s", flush=True)

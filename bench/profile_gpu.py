@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from minivtp.flops import VICUNA_7B  # noqa: E402
+from minivtp.model import StaticKVCache  # noqa: E402
 from minivtp.generate import GraphDecode, decode_one_token, prefill  # noqa: E402
 from minivtp.model import Transformer  # noqa: E402
 from minivtp.vtp import VideoSpan  # noqa: E402
@@ -87,8 +88,7 @@ def main():
     for label, compiled in (("graph", False), ("compile+graph", True)):
         caches = model.new_caches(1, N + NEW)
         prefill(model, embeds, caches, **kw)
-        for c in caches:
-            c.resize(L0 + NEW)
+        caches = [StaticKVCache.from_cache(c, L0 + NEW) for c in caches]
         t = time.perf_counter()
         step = GraphDecode(model, caches, toks[0], N, L0, compile=compiled)
         build = time.perf_counter() - t

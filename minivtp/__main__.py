@@ -23,7 +23,7 @@ def answer(args):
     from minivtp.generate import generate
     from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
     from minivtp.tokenizer import Tokenizer
-    from minivtp.vision import VideoLLM, preprocess, read_frames
+    from minivtp.vision import preprocess, read_frames
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
@@ -35,8 +35,6 @@ def answer(args):
         print(f"loading shard {i + 1}/{n}: {file.name}  ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
 
     model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device, progress=progress)
-    if not isinstance(model, VideoLLM):
-        raise ValueError(f"{args.weights}: the toy model answers through python -m minivtp.demo, not this command")
     load_s = time.perf_counter() - t
     tok = Tokenizer.from_file(args.weights)
     if tok.added.get("<image>") != model.image_token:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-import weights
 from minivtp import png, toy
 from minivtp.flops import prefill_flops
 
@@ -55,7 +54,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=Path("vtp_demo.png"))
     args = p.parse_args(argv)
     try:
-        model = weights.load_video_llm(args.weights)
+        model = toy.load(args.weights)
         sample = toy.make_sample(torch.Generator().manual_seed(args.seed))
         full, _ = toy.ask(model, sample)
         pruned, out = toy.ask(model, sample, alpha=args.alpha, layer=args.layer)

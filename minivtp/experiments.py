@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-import weights
 from minivtp import png, toy
 
 ALPHAS = (0.05, 0.1, 0.2, 0.5)
@@ -117,7 +116,7 @@ def main(argv=None):
     p.add_argument("--plot", type=Path, default=Path("accuracy_vs_alpha.png"))
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    model = weights.load_video_llm(args.weights)
+    model = toy.load(args.weights)
     res = run(model, args.n, args.seed, progress=(lambda s: None) if args.json else print)
     L = model.llm.cfg.n_layers
     plot(res, res["ablation_layer"], args.plot)

@@ -11,17 +11,70 @@ token keeps its RoPE position, and the first generated token sits at the *origin
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from minivtp import vtp
+from minivtp.model import StaticKVCache
 
 PAPER_LAYER = 10  # M used for PLLaVA and Tarsier multiple-choice runs (Sec. 4.3)
+METHODS = ("llm-vtp", "random", "complement")
 HEAD_POOLS = ("max", "mean", "min")
 RANKINGS = ("frame", "sequence")
-SELECTIONS = ("attention", "random", "complement")
 SCORES = ("fast", "literal")
+
+
+@dataclass(frozen=True)
+class Method:
+    """Which video tokens go on past layer M, and how they are chosen: one small value instead of six keywords.
+
+        Method(alpha=0.1, layer=10)                 # LLM-VTP as the paper runs PLLaVA on multiple choice
+        Method("random", alpha=0.1, layer=2)        # a baseline: the same count per frame, chosen at random
+        Method(alpha=0.1, layer=2, ranking="sequence", head_pool="mean")   # the ablations of Tab. 5 and 6
+
+    alpha=1 keeps every video token. `layer=None` means the paper's M=10.
+    """
+
+    name: str = "llm-vtp"  # "llm-vtp"; "random" (same per-frame count); "complement" (what LLM-VTP drops, Tab. 10)
+    alpha: float = 1.0  # fraction of each frame's tokens kept, (0, 1]
+    layer: int = None  # M, counted from 1
+    head_pool: str = "max"  # how A^(M)'s heads become one matrix (Tab. 6)
+    ranking: str = "frame"  # top ceil(alpha*Nv) per frame (Eq. 5), or over the whole video (Tab. 5)
+    scores: str = "fast"  # "literal" materialises all of A^(M) and slices it as Eq. 4 writes
+
+    @classmethod
+    def from_keywords(cls, method=None, selection=None, **kw) -> "Method":
+        """generate's keywords as one Method. `selection` is the older spelling of the name ("attention" is
+        LLM-VTP); `method` may be a Method (then no other keyword) or a name."""
+        if isinstance(method, Method):
+            if kw or selection:
+                raise ValueError(f"give either method=Method(...) or keywords ({', '.join(kw)}), not both")
+            return method
+        if selection is not None:
+            if selection not in ("attention", "random", "complement"):
+                raise ValueError(f"selection={selection!r} must be one of 'attention', 'random', 'complement'")
+            name = "llm-vtp" if selection == "attention" else selection
+            if method is not None and method != name:
+                raise ValueError(f"method={method!r} and selection={selection!r} disagree")
+            method = name
+        return cls(method or "llm-vtp", **kw)
+
+    def resolved(self, n_layers: int) -> "Method":
+        """This method with M filled in and every field checked against a model of `n_layers` layers."""
+        layer = self.layer
+        if layer is None:
+            if n_layers < PAPER_LAYER:
+                raise ValueError(f"layer must be given: the default M={PAPER_LAYER} is outside 1..{n_layers}")
+            layer = PAPER_LAYER
+        if not (isinstance(layer, int) and 1 <= layer <= n_layers):
+            raise ValueError(f"layer={layer!r} is outside 1..{n_layers} (M counts decoder layers from 1, as in the paper)")
+        vtp.check_alpha(self.alpha)
+        for name, value, allowed in (("method", self.name, METHODS), ("head_pool", self.head_pool, HEAD_POOLS),
+                                     ("ranking", self.ranking, RANKINGS), ("scores", self.scores, SCORES)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} must be one of {', '.join(map(repr, allowed))}")
+        return replace(self, layer=layer)
 
 
 @dataclass
@@ -46,23 +99,23 @@ class Generation:
     decode_s: float = 0.0
 
 
-def check_args(model, N, video, alpha, layer, head_pool, ranking, selection, scores):
-    vtp.check_alpha(alpha)
-    L = model.cfg.n_layers
-    if not (isinstance(layer, int) and 1 <= layer <= L):
-        raise ValueError(f"layer={layer!r} is outside 1..{L} (M counts decoder layers from 1, as in the paper)")
-    for name, value, allowed in (("head_pool", head_pool, HEAD_POOLS), ("ranking", ranking, RANKINGS),
-                                 ("selection", selection, SELECTIONS), ("scores", scores, SCORES)):
-        if value not in allowed:
-            raise ValueError(f"{name}={value!r} must be one of {', '.join(map(repr, allowed))}")
-    if video is not None:
-        video.check(N)
+def choose(method: Method, a_v, video, generator=None):
+    """S, the kept video tokens as sorted prompt positions, from the scores a_v (T*Nv,)."""
+    if method.name == "random":
+        return vtp.select_random(video, method.alpha, generator).to(a_v.device)
+    if method.ranking == "frame":
+        S = vtp.select_per_frame(a_v, video, method.alpha)  # Eq. 5-6
+    else:
+        S = vtp.select_whole_sequence(a_v, video, method.alpha)  # Tab. 5's alternative
+    return vtp.complement(S, video) if method.name == "complement" else S
 
 
 @torch.no_grad()
-def prefill(model, embeds, caches, video=None, alpha=1.0, layer=PAPER_LAYER, head_pool="max", ranking="frame",
-            selection="attention", scores="fast", generator=None, fused=True):
-    """Run the prompt (1, N, C) through every layer, pruning at layer M. Returns (last row's logits (V,), Pruning)."""
+def prefill(model, embeds, caches, video=None, method=None, generator=None, fused=True, **keywords):
+    """Run the prompt (1, N, C) through every layer, pruning at layer M. Returns (last row's logits (V,), Pruning).
+
+    `method` is a Method (or its name, with the keywords of Method: alpha=, layer=, ...)."""
+    method = Method.from_keywords(method, **keywords).resolved(model.cfg.n_layers)
     N = embeds.shape[1]
     x = embeds
     pos = torch.arange(N, device=embeds.device)  # (N,) positions; after layer M only the kept ones remain
@@ -71,22 +124,14 @@ def prefill(model, embeds, caches, video=None, alpha=1.0, layer=PAPER_LAYER, hea
     for l, (block, cache) in enumerate(zip(model.layers, caches), start=1):
         x_in = x
         x = block(x, cos, sin, pos, cache, slot=0, fused=fused)  # (1, N or len(rows), C)
-        if video is None or l != layer:
+        if video is None or l != method.layer:
             continue
         # --- LLM-VTP at layer M -----------------------------------------------------------------------------
-        score = vtp.scores_fast if scores == "fast" else vtp.scores_literal
-        a_v = score(block, x_in, cos, sin, pos, cache, video, head_pool)  # Eq. 4 + mean over questions: (T*Nv,)
-        if selection == "random":
-            S = vtp.select_random(video, alpha, generator).to(pos.device)
-        elif ranking == "frame":
-            S = vtp.select_per_frame(a_v, video, alpha)  # Eq. 5-6
-        else:
-            S = vtp.select_whole_sequence(a_v, video, alpha)
-        if selection == "complement":
-            S = vtp.complement(S, video)
+        score = vtp.scores_fast if method.scores == "fast" else vtp.scores_literal
+        a_v = score(block, x_in, cos, sin, pos, cache, video, method.head_pool)  # Eq. 4, mean over questions: (T*Nv,)
+        S = choose(method, a_v, video, generator)
         rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
-        x, pos, cos, sin = x[:, rows], pos[rows], cos[rows], sin[rows]  # layers M+1..L see only these rows
-        vtp.compress_caches(caches[:l], rows)  # Eq. 7-8 on layers 1..M
+        x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, caches[:l], rows)  # layers M+1..L; Eq. 7-8 on 1..M
         pruning = Pruning(layer=l, kept=S, rows=rows, scores=a_v)
     return model.head(x[:, -1:])[0, -1], pruning  # (V,)
 
@@ -101,9 +146,9 @@ def decode_one_token(model, token, pos: int, caches, fused=True):
 
 @torch.no_grad()
 def decode_static(model, token, pos, slot, caches, fused=True):
-    """One decode step through every layer. pos (1,) tensor. slot an int: each cache returns its filled rows
-    (the eager path). slot a (1,) tensor: each cache is read whole, its empty slots masked, so the same kernels
-    run at every step and the step can be captured in a CUDA graph (the fast path)."""
+    """One decode step through every layer. pos (1,) tensor. With KVCaches, slot is an int and each cache returns
+    its filled rows (the eager path). With StaticKVCaches, slot is a (1,) tensor and each cache is read whole, its
+    empty slots masked, so the same kernels run at every step and the step can be captured in a CUDA graph."""
     x = model.embed(token.view(1, 1))  # (1, 1, C)
     cos, sin = model.rope(pos)
     for block, cache in zip(model.layers, caches):
@@ -118,7 +163,7 @@ class GraphDecode:
     the replay makes anyway. On a CPU there are no graphs and it simply calls decode_static.
     """
 
-    def __init__(self, model, caches, token, pos: int, slot: int, compile=False):
+    def __init__(self, model, caches, token, pos: int, slot: int, compile=False):  # caches: StaticKVCaches
         dev = caches[0].k.device
         # torch.compile fuses the small element-wise kernels (norms, RoPE, SiLU) that dominate a decode step
         # once the matmuls are down to reading the weights; the graph then removes the launch gaps.
@@ -157,24 +202,27 @@ def pick(logits, temperature: float, generator=None):
 
 
 @torch.no_grad()
-def generate(model, embeds, max_new_tokens: int, video=None, alpha=1.0, layer=None, head_pool="max",
-             ranking="frame", selection="attention", scores="fast", temperature=0.0, eos_id=None, seed=0,
-             fused=True, fast_decode=False) -> Generation:
-    """Answer a prompt of embeddings (1, N, C), with LLM-VTP at layer `layer` when `video` is given.
+def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, temperature=0.0, eos_id=None, seed=0,
+             fused=True, fast_decode=False, **keywords) -> Generation:
+    """Answer a prompt of embeddings (1, N, C), pruning at layer M when `video` (a VideoSpan) is given.
 
-    alpha=1 keeps every video token (the unpruned model); video=None skips scoring altogether. Greedy unless
-    temperature > 0. `selection` swaps in the baselines: "random" (same per-frame count) or "complement" (the
-    tokens LLM-VTP would drop). `scores="literal"` materialises all of A^(M) instead of the question rows only.
-    `fast_decode=True` decodes from a static cache, replaying one CUDA graph per token on a GPU.
+        generate(model, embeds, 64, video=VideoSpan(35, 16, 144), alpha=0.1, layer=10)
+        generate(model, embeds, 64, video=span, method=Method("random", alpha=0.1, layer=10))
+
+    The pruning is a Method, or its keywords (alpha=, layer=, head_pool=, ranking=, scores=, and the older
+    selection="attention" | "random" | "complement"); alpha=1 keeps every video token, video=None skips scoring.
+    Greedy unless temperature > 0. `fast_decode=True` decodes from a static cache, replaying one CUDA graph per
+    token on a GPU.
     """
     if embeds.dim() != 3 or embeds.shape[0] != 1:
         raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
     N = embeds.shape[1]
-    if layer is None:
-        if model.cfg.n_layers < PAPER_LAYER and video is not None:
-            raise ValueError(f"layer must be given: the default M={PAPER_LAYER} is outside 1..{model.cfg.n_layers}")
-        layer = PAPER_LAYER if video is not None else 1
-    check_args(model, N, video, alpha, layer, head_pool, ranking, selection, scores)
+    method = Method.from_keywords(method, **keywords)
+    if video is None and method.layer is None:
+        method = replace(method, layer=1)  # nothing is pruned; any valid M will do
+    method = method.resolved(model.cfg.n_layers)
+    if video is not None:
+        video.check(N)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
     if N + max_new_tokens > model.cfg.max_seq_len:
@@ -183,14 +231,12 @@ def generate(model, embeds, max_new_tokens: int, video=None, alpha=1.0, layer=No
     generator = torch.Generator().manual_seed(seed)
     caches = model.new_caches(batch=1, max_len=N + max_new_tokens)
     t0 = clock(embeds.device)
-    logits, pruning = prefill(model, embeds.to(model.embed.weight.dtype), caches, video, alpha, layer, head_pool,
-                              ranking, selection, scores, generator, fused)
+    logits, pruning = prefill(model, embeds.to(model.embed.weight.dtype), caches, video, method, generator, fused)
     cache_len = caches[0].length
     t1 = clock(embeds.device)
     step = None
     if fast_decode:  # a static cache of exactly the slots still to be used, and (on CUDA) a graph
-        for cache in caches:
-            cache.resize(cache_len + max_new_tokens)
+        caches = [StaticKVCache.from_cache(c, cache_len + max_new_tokens) for c in caches]
     tokens, all_logits = [], []
     for i in range(max_new_tokens):
         token = pick(logits, temperature, generator)

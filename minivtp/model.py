@@ -106,9 +106,10 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.kernel = rms_norm  # Transformer.compile_pointwise() puts a compiled twin here, for its model only
 
     def forward(self, x):  # (..., C) -> (..., C)
-        return rms_norm(x, self.weight, self.eps)
+        return self.kernel(x, self.weight, self.eps)
 
 
 def rms_norm(x, weight, eps: float):
@@ -170,7 +171,7 @@ EMPTY = torch.iinfo(torch.long).max  # the position of a slot nothing has been w
 
 
 class KVCache(nn.Module):
-    """One layer's keys and values, preallocated for `max_len` rows.
+    """One layer's keys and values, preallocated for `max_len` rows: the cache of prefill and of eager decoding.
 
     Rows are written at explicit slots, and each slot remembers the position (for RoPE and the causal
     mask) of what it holds. Before pruning slot == position; after Eq. 7-8 (`keep`) the kept rows are
@@ -203,29 +204,6 @@ class KVCache(nn.Module):
         self.length = slot + n
         return self.k[:, :, : self.length], self.v[:, :, : self.length], self.pos[: self.length]  # (B, Hkv, Nk, D) x2, (Nk,)
 
-    def write(self, slot: torch.Tensor, k, v, pos):
-        """The static twin of `update`, for CUDA graphs: `slot` is a tensor, nothing depends on a Python int,
-        and the whole buffer comes back. Slots never written have position EMPTY, which the mask hides."""
-        self.k.index_copy_(2, slot, k)
-        self.v.index_copy_(2, slot, v)
-        self.pos.index_copy_(0, slot, pos)
-        return self.k, self.v, self.pos  # (B, Hkv, max_len, D) x2, (max_len,)
-
-    def resize(self, max_len: int):
-        """Reallocate to `max_len` slots, keeping the filled ones: after pruning, a static decode then reads
-        cache_len + new tokens slots, not the unpruned prompt's."""
-        if max_len < self.length:
-            raise ValueError(f"cannot resize a cache holding {self.length} rows to {max_len} slots")
-        B, Hkv, _, D = self.k.shape
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = old.new_zeros(B, Hkv, max_len, D)
-            new[:, :, : self.length] = old[:, :, : self.length]
-            setattr(self, name, new)
-        pos = torch.full((max_len,), EMPTY, device=self.pos.device)
-        pos[: self.length] = self.pos[: self.length]
-        self.pos = pos
-
     def keep(self, rows: torch.Tensor):
         """Eq. 7-8: keep only the given filled slots (sorted), packed to the front; the rest is emptied."""
         n = rows.numel()
@@ -235,6 +213,33 @@ class KVCache(nn.Module):
         self.pos[:n] = self.pos.index_select(0, rows)
         self.pos[n:] = EMPTY
         self.length = n
+
+
+class StaticKVCache(KVCache):
+    """The same cache for CUDA graphs: `update` takes the slot as a tensor and returns the whole buffer, so the
+    kernels of a decode step never depend on a Python number and the step can be captured once and replayed.
+    Slots not yet written hold position EMPTY, which the causal mask hides.
+
+    Made from a filled KVCache after prefill, with exactly the slots the rest of the answer needs:
+    after pruning a static decode reads cache_len + new tokens slots, not the unpruned prompt's.
+    """
+
+    @classmethod
+    def from_cache(cls, cache: KVCache, max_len: int) -> "StaticKVCache":
+        if max_len < cache.length:
+            raise ValueError(f"cannot fit a cache holding {cache.length} rows into {max_len} slots")
+        B, Hkv, _, D = cache.k.shape
+        static = cls(B, Hkv, max_len, D, cache.k.dtype, cache.k.device)
+        n = cache.length
+        static.k[:, :, :n], static.v[:, :, :n], static.pos[:n] = cache.k[:, :, :n], cache.v[:, :, :n], cache.pos[:n]
+        static.length = n
+        return static
+
+    def update(self, slot: torch.Tensor, k, v, pos):
+        self.k.index_copy_(2, slot, k)
+        self.v.index_copy_(2, slot, v)
+        self.pos.index_copy_(0, slot, pos)
+        return self.k, self.v, self.pos  # (B, Hkv, max_len, D) x2, (max_len,)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,29 +285,29 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attention_bias)
+        self.rope = apply_rope  # or its compiled twin, see Transformer.compile_pointwise
 
     def heads(self, x, w, n):  # (B, N, C) -> (B, n, N, D)
         B, N, _ = x.shape
         return w(x).view(B, N, n, self.head_dim).transpose(1, 2)
 
     def query(self, x, cos, sin):  # (B, N, C) -> (B, H, N, D), RoPE applied
-        return apply_rope(self.heads(x, self.wq, self.n_heads), cos, sin)
+        return self.rope(self.heads(x, self.wq, self.n_heads), cos, sin)
 
     def forward(self, x, cos, sin, pos, cache=None, slot=0, fused=True):
         B, N, C = x.shape
+        # Eq. 2: Q = X W_Q, K = X W_K, V = X W_V (per head; RoPE turns positions into rotations of Q and K)
         q = self.query(x, cos, sin)  # (B, H, N, D)
-        k = apply_rope(self.heads(x, self.wk, self.n_kv_heads), cos, sin)  # (B, Hkv, N, D)
+        k = self.rope(self.heads(x, self.wk, self.n_kv_heads), cos, sin)  # (B, Hkv, N, D)
         v = self.heads(x, self.wv, self.n_kv_heads)  # (B, Hkv, N, D)
-        k_pos, same_rows = pos, True
-        if cache is not None and isinstance(slot, int):  # eager: only the filled slots come back
+        k_pos = pos
+        if cache is not None:  # a KVCache gives back its filled rows, a StaticKVCache its whole buffer
             k, v, k_pos = cache.update(slot, k, v, pos)  # (B, Hkv, Nk, D) x2, (Nk,)
-            same_rows = slot == 0
-        elif cache is not None:  # static (CUDA graphs): slot is a tensor, the whole buffer comes back
-            k, v, k_pos = cache.write(slot, k, v, pos)  # (B, Hkv, max_len, D) x2, (max_len,)
-            same_rows = False
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, Nk, D)
         mask = causal_mask(pos, k_pos)  # (N, Nk)
+        # the keys are exactly these N rows (no cache, or a prefill into an empty one): the mask is a triangle
+        same_rows = k_pos.shape[0] == N
         if fused:
             out = attention_fused(q, k, v, mask, causal=same_rows and N > 1)  # (B, H, N, D)
         else:
@@ -315,19 +320,20 @@ class Attention(nn.Module):
 # MLP and block
 
 
+def swiglu(gate, up):  # (B, N, F) x2 -> (B, N, F)
+    return F.silu(gate) * up
+
+
 class MLP(nn.Module):  # SwiGLU: down(silu(gate(x)) * up(x))
     def __init__(self, cfg: Config):
         super().__init__()
         self.w_gate = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
         self.w_up = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
         self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.mlp_bias)
+        self.act = swiglu  # or its compiled twin, see Transformer.compile_pointwise
 
     def forward(self, x):  # (B, N, C) -> (B, N, F) -> (B, N, C)
-        return self.w_down(swiglu(self.w_gate(x), self.w_up(x)))
-
-
-def swiglu(gate, up):  # (B, N, F) x2 -> (B, N, F)
-    return F.silu(gate) * up
+        return self.w_down(self.act(self.w_gate(x), self.w_up(x)))
 
 
 class Block(nn.Module):  # pre-norm: x + attn(norm(x)), then x + mlp(norm(x))
@@ -371,6 +377,23 @@ class Transformer(nn.Module):
         return [KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, w.dtype, w.device)
                 for _ in self.layers]
 
+    def compile_pointwise(self):
+        """Use torch.compile'd twins of rms_norm, apply_rope and swiglu in this model (no other model changes).
+
+        Eager PyTorch runs RMSNorm as seven kernels, RoPE as six and SwiGLU as two, each a full pass over memory
+        and a launch from Python. Compiled, each is one fused kernel. The math is the same functions above.
+        Costs a compile on first use; returns the model, so `model = load(...).compile_pointwise()` reads.
+        """
+        norm, rope, act = (torch.compile(f, dynamic=True) for f in (rms_norm, apply_rope, swiglu))
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.kernel = norm
+            elif isinstance(module, Attention):
+                module.rope = rope
+            elif isinstance(module, MLP):
+                module.act = act
+        return self
+
     def forward(self, tokens, fused=True):
         """The plain model: tokens (B, N) -> logits (B, N, V). No cache, no pruning."""
         return self.forward_embeds(self.embed(tokens), fused=fused)
@@ -381,19 +404,3 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, pos, fused=fused)
         return self.head(x)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The fast path for the element-wise parts
-
-
-def compile_pointwise():
-    """Swap rms_norm, apply_rope and swiglu above for torch.compile'd twins, for every model in this process.
-
-    Eager PyTorch runs RMSNorm as seven kernels, RoPE as six and SwiGLU as two, each a full pass over memory and
-    a launch from Python. Compiled, each is one fused kernel. The math is the same code; the names are looked
-    up at call time, so swapping the module's globals is all it takes. Costs a compile on first use.
-    """
-    global rms_norm, apply_rope, swiglu
-    if not hasattr(rms_norm, "_torchdynamo_orig_callable"):
-        rms_norm, apply_rope, swiglu = (torch.compile(f, dynamic=True) for f in (rms_norm, apply_rope, swiglu))

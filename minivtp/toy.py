@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import weights
 from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
 
@@ -142,6 +143,7 @@ class ToyVideoLLM(nn.Module):
         prefix = torch.tensor([ID[w] for w in PREFIX]).expand(B, -1)  # (B, 2)
         text = torch.tensor([[ID[w] for w in q] for q in questions])  # (B, Nq)
         video = self.projector(features.to(self.projector.weight.dtype))  # (B, T*Nv, C)
+        # Eq. 1: X = [X_v; X_q], after the prefix rows
         embeds = torch.cat([self.llm.embed(prefix), video, self.llm.embed(text)], dim=1)  # (B, N, C)
         return embeds, VideoSpan(len(PREFIX), T, NV)
 
@@ -228,9 +230,28 @@ def save(model, out: Path, info: dict):
 
 def hf_names(llm: Transformer) -> dict:
     """Our parameters under Hugging Face LLaMA names, so the toy checkpoint loads through the same mapping."""
-    import weights
     ours = dict(llm.named_parameters())
     return {hf: ours[weights.hf_to_ours(hf)] for hf in weights.hf_names(llm.cfg)}
+
+
+def load(path=ASSETS, dtype=torch.float32, device="cpu", progress=None) -> "ToyVideoLLM":
+    """The toy checkpoint in `path` (the shipped one by default), loaded as strictly as any other: the
+    language model's tensors under Hugging Face LLaMA names, the projector under its own."""
+    path, hf, files, index = weights.open_checkpoint(path)
+    if hf.get("model_type") != "minivtp-toy":
+        raise weights.CheckpointError(f"{path}: model_type {hf.get('model_type')!r} is not the minivtp toy")
+    with torch.device("meta"):
+        model = ToyVideoLLM(Config.from_hf(hf["text_config"]))
+
+    def rename(name):
+        if name.startswith("projector."):
+            return name
+        ours = weights.hf_to_ours(name)
+        return None if ours is None else "llm." + ours
+
+    info = weights.load_into(model, files, rename, dtype, device, index, progress=progress)
+    model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)
+    return model.eval()
 
 
 def main(argv=None):

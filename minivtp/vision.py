@@ -182,6 +182,8 @@ class VideoLLM(nn.Module):
         i = where.item()
         video, T = self.video_tokens(pixels)
         e = self.llm.embed
+        # Eq. 1: X = [X_v; X_q], the video rows spliced in where the placeholder was, the question after them
+        # (and, unlike the paper's equation, the system prompt before them: VideoSpan.start says where X_v begins)
         embeds = torch.cat([e(ids[:i]), video.to(e.weight.dtype), e(ids[i + 1 :])])[None]  # (1, N, C)
         span = VideoSpan(i, T, video.shape[0] // T)
         span.check(embeds.shape[1], video_rows=video.shape[0])

@@ -69,8 +69,9 @@ def check_alpha(alpha: float):
 def n_keep(alpha: float, n: int) -> int:
     """ceil(alpha * n), at least 1.
 
-    subtle: in floating point 0.3 * 10 = 3.0000000000000004, whose ceiling is 4, not 3. I round the product to
-    9 decimals first, so alpha * n that is an integer on paper stays that integer.
+    subtle: alpha is a decimal that doubles cannot hold exactly, so alpha * n can land a hair above an integer:
+    0.55 * 100 = 55.00000000000001 in doubles, whose ceiling is 56, not 55 (0.3 * 10 happens to round to
+    exactly 3.0). I round the product to 9 decimals first, so alpha * n that is an integer on paper stays it.
     """
     check_alpha(alpha)
     return max(1, math.ceil(round(alpha * n, 9)))
@@ -182,5 +183,17 @@ def rows_to_keep(prompt_len: int, video: VideoSpan, S):
 
 def compress_caches(caches, rows):
     """Eq. 7-8: K~ = [K_v[S]; K_q], V~ = [V_v[S]; V_q] in every given layer's cache (prefix rows kept too)."""
+    # Eq. 7: K~_v = K_v[S, :], V~_v = V_v[S, :]. Eq. 8: K~ = [K~_v; K_q], V~ = [V~_v; V_q].
+    # `rows` holds the prefix, S and the question rows in order, so one row selection is both equations.
     for cache in caches:
         cache.keep(rows)
+
+
+def drop_rows(x, pos, cos, sin, caches, rows):
+    """The step at layer M. Only `rows` go on to layers M+1..L (Sec. 3.2.1): the hidden states (1, N, C), their
+    positions and RoPE tables. The caches of layers 1..M (`caches`, all of them, not only layer M's) keep the
+    same rows (Eq. 7-8), so a decoded token sees the same prompt in every layer.
+
+    subtle: positions are selected, not renumbered: kept row 57 stays at position 57 for RoPE and the mask."""
+    compress_caches(caches, rows)
+    return x[:, rows], pos[rows], cos[rows], sin[rows]

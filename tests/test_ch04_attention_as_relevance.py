@@ -3,7 +3,6 @@
 import torch
 from tutorial import run_chapter
 
-import weights
 from minivtp import toy
 from minivtp.vtp import layer_attention
 
@@ -14,7 +13,7 @@ def test_chapter_runs_and_prints_what_it_shows():
 
 
 def test_layer_attention_rows_are_distributions_over_the_cached_keys():
-    model = weights.load_video_llm(toy.ASSETS)
+    model = toy.load()
     sample = toy.make_sample(torch.Generator().manual_seed(0))
     embeds, _ = model.prompt(sample.features[None], [sample.question])
     llm = model.llm

@@ -1,5 +1,7 @@
 """Chapter 05: Eq. 4-6."""
 
+import math
+
 import torch
 from tutorial import run_chapter
 
@@ -16,7 +18,8 @@ def test_the_worked_example_by_hand():
     a_v = torch.tensor([.1, .9, .3, .2, .5, .1, .1, .6])
     # frame 1: .9 (j=1) and .3 (j=2); frame 2: .6 (j=3) and .5 (j=0); then + 3 for the prefix, + 4 for frame 2
     assert select_per_frame(a_v, video, 0.5).tolist() == [3 + 1, 3 + 2, 3 + 4 + 0, 3 + 4 + 3]
-    assert n_keep(0.5, 4) == 2 and n_keep(0.3, 10) == 3 and n_keep(0.01, 144) == 2
+    assert n_keep(0.5, 4) == 2 and n_keep(0.3, 10) == 3 and n_keep(0.55, 100) == 55 and n_keep(0.01, 144) == 2
+    assert math.ceil(0.55 * 100) == 56  # the trap the chapter shows
 
 
 def test_eq4_then_mean_then_pool_shapes():

@@ -1,16 +1,26 @@
 """The exercises of tutorial/exercises.md. MINIVTP_SOLUTIONS=path/to/file.py runs them on a student's code;
-without it, on minivtp's. Every reference here is independent of minivtp's implementation."""
+without it, on minivtp's. Every reference here is independent of minivtp's implementation.
+
+Each exercise is a `check_N(f)` that raises AssertionError with a hint when `f` is wrong, and a `test_N` that
+runs it on the solution at hand. tests/test_exercise_mistakes.py feeds the checks plausible wrong solutions and
+makes sure each one is caught.
+"""
 
 import importlib.util
 import math
 import os
+from contextlib import contextmanager
 from fractions import Fraction
 
 import pytest
 import torch
+from conftest import write_llama
+from oracle import forward64, pruned_masks, select64
 
+import weights
 from minivtp import model as mv_model
 from minivtp import vtp as mv_vtp
+from minivtp.generate import generate
 from minivtp.model import Config, rope_cos_sin
 from minivtp.vtp import VideoSpan
 
@@ -28,7 +38,7 @@ def _solutions():
 SOLUTIONS = _solutions()
 OURS = {"rms_norm": mv_model.rms_norm, "apply_rope": mv_model.apply_rope, "KVCache": mv_model.KVCache,
         "question_to_video": mv_vtp.question_to_video, "select_per_frame": mv_vtp.select_per_frame,
-        "compress": lambda k, v, rows: (k[:, :, rows], v[:, :, rows])}
+        "compress": lambda k, v, rows: (k[:, :, rows], v[:, :, rows]), "drop_rows": mv_vtp.drop_rows}
 
 
 def impl(name):
@@ -39,20 +49,21 @@ def impl(name):
     return getattr(SOLUTIONS, name)
 
 
-def test_1_rms_norm():
-    f = impl("rms_norm")
+# ---- 1-7: one function at a time --------------------------------------------------------------------------------
+
+
+def check_1_rms_norm(f):
     x = torch.randn(4, 32, dtype=torch.float64)
     w = torch.rand(32, dtype=torch.float64)
     ref = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * w
     torch.testing.assert_close(f(x.float(), w.float(), 1e-6).double(), ref, rtol=1e-5, atol=1e-6)
     big = (torch.randn(2, 64) * 300).bfloat16()
     y = f(big, torch.ones(64, dtype=torch.bfloat16), 1e-6)
-    assert y.dtype == torch.bfloat16
+    assert y.dtype == torch.bfloat16, f"rms_norm returned {y.dtype} for bfloat16 input: cast back to x's dtype"
     assert (y.float().pow(2).mean(-1) - 1).abs().max() < 0.05
 
 
-def test_2_rope():
-    f = impl("apply_rope")
+def check_2_rope(f):
     cfg = Config(dim=64, n_heads=4, n_kv_heads=4)  # D = 16
     pos = torch.arange(10)
     cos, sin = rope_cos_sin(cfg, pos)
@@ -63,7 +74,8 @@ def test_2_rope():
     i, p = 3, 7
     ang = torch.tensor(p * cfg.rope_theta ** (-2 * i / 16))
     a, b = x[0, 0, p, i], x[0, 0, p, i + 8]
-    torch.testing.assert_close(y[0, 0, p, i], a * ang.cos() - b * ang.sin())
+    torch.testing.assert_close(y[0, 0, p, i], a * ang.cos() - b * ang.sin(),
+                               msg="channel i must turn with channel i + D/2 (split halves), not with i + 1")
     try:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
     except ImportError:
@@ -72,8 +84,8 @@ def test_2_rope():
     torch.testing.assert_close(y, q_ref)
 
 
-def test_3_kv_cache():
-    cache = impl("KVCache")(1, 2, 8, 4)
+def check_3_kv_cache(KVCache):
+    cache = KVCache(1, 2, 8, 4)
     k, v = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
     K, V, P = cache.update(0, k, v, torch.arange(6))
     assert K.shape == (1, 2, 6, 4) and P.tolist() == list(range(6))
@@ -81,41 +93,164 @@ def test_3_kv_cache():
     assert cache.length == 3
     torch.testing.assert_close(cache.k[:, :, :3], k[:, :, [1, 4, 5]])
     torch.testing.assert_close(cache.v[:, :, :3], v[:, :, [1, 4, 5]])
-    assert cache.pos[:3].tolist() == [1, 4, 5]
+    assert cache.pos[:3].tolist() == [1, 4, 5], (
+        f"after keep([1, 4, 5]) the positions are {cache.pos[:3].tolist()}: a kept row keeps its old position")
     K, V, P = cache.update(3, torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4), torch.tensor([6]))
     assert P.tolist() == [1, 4, 5, 6]
 
 
-def test_4_eq4():
-    f = impl("question_to_video")
+def check_4_eq4(f):
     N = 15
     A = torch.arange(N * N, dtype=torch.float64).view(N, N)  # A[i, j] = i * N + j
     video = VideoSpan(start=3, frames=2, tokens_per_frame=4)  # video rows 3..10, question rows 11..14
     out = f(A, video)
-    assert out.shape == (4, 8)
+    assert out.shape == (4, 8), f"A_qv has shape {tuple(out.shape)}: (question rows, video columns) is (4, 8)"
     rows, cols = (out // N).long(), (out % N).long()
-    assert rows[:, 0].tolist() == [11, 12, 13, 14] and cols[0].tolist() == list(range(3, 11))
+    assert rows[:, 0].tolist() == [11, 12, 13, 14], f"rows {rows[:, 0].tolist()}: the question rows are 11..14"
+    assert cols[0].tolist() == list(range(3, 11)), f"columns {cols[0].tolist()}: the video columns are 3..10"
 
 
-@pytest.mark.parametrize("alpha,Nv", [(0.3, 10), (0.25, 10), (0.1, 9), (0.5, 7), (1.0, 5)])
-def test_5_eq5_eq6(alpha, Nv):
-    f = impl("select_per_frame")
+# (alpha, Nv): the float traps are the last three: 0.55 * 100 is 55.00000000000001 in doubles, 0.28 * 25 is
+# 7.000000000000001 and 0.07 * 100 is 7.000000000000001, so a plain math.ceil keeps one token too many.
+EQ5_CASES = [(0.3, 10), (0.25, 10), (0.1, 9), (0.5, 7), (1.0, 5), (0.55, 100), (0.28, 25), (0.07, 100)]
+
+
+def check_5_eq5_eq6(f, alpha, Nv):
     T, start = 4, 2
     g = torch.Generator().manual_seed(Nv)
     a_v = torch.rand(T * Nv, generator=g)
+    a_v[:Nv] += 1  # frame 0 outranks every other frame: ranking across the whole video would take only it
     S = f(a_v, VideoSpan(start, T, Nv), alpha).tolist()
-    k = math.ceil(Fraction(str(alpha)) * Nv)
-    assert S == sorted(S) and len(S) == T * k
+    k = math.ceil(Fraction(str(alpha)) * Nv)  # exact: the paper's ceil(alpha * Nv) on the decimal alpha
+    assert S == sorted(S), "S must be sorted prompt positions (Eq. 6)"
+    assert len(S) == T * k, (f"kept {len(S)} tokens, expected {T} frames x ceil({alpha} * {Nv}) = {T * k}"
+                             f"{'' if len(S) % T else ': count with exact arithmetic, not a float ceil'}")
     for t in range(T):
+        lo = start + t * Nv
+        mine = [s - lo for s in S if lo <= s < lo + Nv]
+        assert len(mine) == k, f"frame {t} kept {len(mine)} tokens, expected {k}: rank within each frame"
         frame = a_v[t * Nv : (t + 1) * Nv].tolist()
         best = sorted(sorted(range(Nv), key=lambda j: -frame[j])[:k])
-        assert [s - start - t * Nv for s in S if start + t * Nv <= s < start + (t + 1) * Nv] == best
+        assert mine == best, f"frame {t} kept {mine}, its top {k} are {best} (positions are start + t * Nv + j)"
 
 
-def test_6_eq7_eq8():
-    f = impl("compress")
+def check_6_eq7_eq8(f):
     k = torch.arange(10.0).view(1, 1, 10, 1).expand(1, 2, 10, 3)
     v = -k
     rows = torch.tensor([0, 1, 4, 8, 9])  # prefix 0-1, kept video 4, questions 8-9
     K, V = f(k, v, rows)
+    assert K.shape == (1, 2, 5, 3), f"compressed K has shape {tuple(K.shape)}: select along the row axis (dim 2)"
     assert K[0, 0, :, 0].tolist() == [0, 1, 4, 8, 9] and V[0, 1, :, 2].tolist() == [-0.0, -1, -4, -8, -9]
+
+
+def check_7_drop_rows(f, KVCache):
+    """After layer M = 2 of 3: the rows that go on, and the caches of layers 1..M."""
+    N, C = 10, 4
+    x = torch.randn(1, N, C)
+    pos = torch.arange(N)
+    cos, sin = torch.randn(N, 6), torch.randn(N, 6)
+    caches = [KVCache(1, 1, N + 2, 2) for _ in range(3)]
+    keys = [torch.randn(1, 1, N, 2) for _ in caches]
+    for cache, k in zip(caches, keys):
+        cache.update(0, k, -k, pos)
+    rows = torch.tensor([0, 3, 4, 8, 9])
+    x2, pos2, cos2, sin2 = f(x, pos, cos, sin, caches[:2], rows)
+    torch.testing.assert_close(x2, x[:, rows])
+    assert pos2.tolist() == [0, 3, 4, 8, 9], (
+        f"positions after pruning are {pos2.tolist()}: keep each row's position, do not renumber them")
+    torch.testing.assert_close(cos2, cos[rows])
+    torch.testing.assert_close(sin2, sin[rows])
+    for l in (0, 1):
+        assert caches[l].length == 5, (f"the cache of layer {l + 1} holds {caches[l].length} rows after pruning at "
+                                       "M = 2: Eq. 7-8 compress every layer 1..M, not only layer M")
+        torch.testing.assert_close(caches[l].k[:, :, :5], keys[l][:, :, rows])
+        assert caches[l].pos[:5].tolist() == [0, 3, 4, 8, 9]
+    assert caches[2].length == N, "the cache of layer M+1 is not written yet at layer M: leave it alone"
+
+
+def test_1_rms_norm():
+    check_1_rms_norm(impl("rms_norm"))
+
+
+def test_2_rope():
+    check_2_rope(impl("apply_rope"))
+
+
+def test_3_kv_cache():
+    check_3_kv_cache(impl("KVCache"))
+
+
+def test_4_eq4():
+    check_4_eq4(impl("question_to_video"))
+
+
+@pytest.mark.parametrize("alpha,Nv", EQ5_CASES)
+def test_5_eq5_eq6(alpha, Nv):
+    check_5_eq5_eq6(impl("select_per_frame"), alpha, Nv)
+
+
+def test_6_eq7_eq8():
+    check_6_eq7_eq8(impl("compress"))
+
+
+def test_7_drop_rows():
+    check_7_drop_rows(impl("drop_rows"), impl("KVCache"))
+
+
+# ---- 8, the capstone: your functions run the whole pruned generation -------------------------------------------
+
+PLUGS = {  # where each exercise's function is used inside minivtp
+    "rms_norm": (mv_model, "rms_norm"), "apply_rope": (mv_model, "apply_rope"), "KVCache": (mv_model, "KVCache"),
+    "question_to_video": (mv_vtp, "question_to_video"), "select_per_frame": (mv_vtp, "select_per_frame"),
+    "drop_rows": (mv_vtp, "drop_rows"),
+}
+CAPSTONE_CASES = [  # (start, T, Nv, Nq, alpha, M, new tokens); the last one holds a float trap: 0.28 * 25
+    (3, 4, 8, 5, 0.25, 1, 5), (2, 3, 9, 4, 0.3, 2, 5), (0, 4, 6, 6, 0.5, 4, 4), (3, 2, 25, 5, 0.28, 3, 4)]
+
+
+@contextmanager
+def plugged(solution: dict):
+    """minivtp with the given functions swapped in for its own, for the duration of a `with` block."""
+    saved = {name: getattr(*PLUGS[name]) for name in solution}
+    try:
+        for name, f in solution.items():
+            setattr(*PLUGS[name], f)
+        yield
+    finally:
+        for name, f in saved.items():
+            setattr(*PLUGS[name], f)
+
+
+@pytest.fixture(scope="module")
+def capstone_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("capstone")
+    hf = write_llama(path, seed=11, num_hidden_layers=4, num_key_value_heads=2)
+    return path, hf
+
+
+def check_8_capstone(solution: dict, path, hf, case):
+    """Load the model and generate with LLM-VTP (the literal Eq. 4 path) using `solution`'s functions, then compare
+    the kept tokens and every logit with the float64 oracle, which knows nothing but masks."""
+    start, T, Nv, Nq, alpha, M, n_new = case
+    N = start + T * Nv + Nq
+    tokens = torch.randint(0, 97, (N,), generator=torch.Generator().manual_seed(N))
+    with plugged(solution):
+        model = weights.load(path)  # built with the plugged functions inside
+        out = generate(model, model.embed(tokens)[None], n_new, video=VideoSpan(start, T, Nv), alpha=alpha,
+                       layer=M, scores="literal")
+    sd, cfg = hf.state_dict(), hf.config
+    S, _ = select64(sd, cfg, tokens, start, T, Nv, alpha, M)
+    assert out.kept.tolist() == S, f"kept {out.kept.tolist()}, the oracle keeps {S} (check exercises 4 and 5)"
+    seq = torch.cat([tokens, out.tokens[:-1]])
+    masks = pruned_masks(N, len(seq), start, start + T * Nv, S, M, cfg.num_hidden_layers)
+    ref = forward64(sd, cfg, seq, masks)[N - 1 :]
+    err = ((out.logits.double() - ref).abs().max() / ref.abs().max()).item()
+    # float32 against float64 over 4 layers: ~1e-6 when right; a wrong cache or position is off by > 1e-2
+    assert err <= 1e-4, (f"logits differ from the oracle by {err:.2g} (relative): the kept tokens are right, so "
+                         "look at what decoding reads: exercises 3 and 7 (positions, every layer's cache)")
+
+
+@pytest.mark.parametrize("case", CAPSTONE_CASES, ids=lambda c: f"M{c[5]}-a{c[4]}")
+def test_8_capstone(capstone_checkpoint, case):
+    solution = {name: impl(name) for name in PLUGS}
+    check_8_capstone(solution, *capstone_checkpoint, case)

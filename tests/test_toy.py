@@ -64,7 +64,7 @@ def test_vocabulary_and_prompt_layout():
 
 @pytest.fixture(scope="module")
 def shipped():
-    return weights.load_video_llm(toy.ASSETS)
+    return toy.load()
 
 
 def test_shipped_checkpoint_beats_chance_by_far(shipped):

@@ -10,7 +10,7 @@ from oracle import forward64, pruned_masks, select64
 import weights
 from minivtp import vtp
 from minivtp.generate import generate
-from minivtp.model import EMPTY, KVCache
+from minivtp.model import EMPTY, KVCache, StaticKVCache
 from minivtp.vtp import VideoSpan
 
 # ---- one test per equation -----------------------------------------------------------------------------------
@@ -49,10 +49,11 @@ def test_video_scores_average_over_question_rows():
 
 
 @pytest.mark.parametrize("alpha,Nv,k", [(0.25, 10, 3), (0.3, 10, 3), (0.1, 144, 15), (0.2, 144, 29),
-                                        (0.001, 10, 1), (1.0, 7, 7), (0.5, 7, 4)])
+                                        (0.001, 10, 1), (1.0, 7, 7), (0.5, 7, 4), (0.55, 100, 55), (0.28, 25, 7),
+                                        (0.07, 100, 7)])
 def test_eq5_keeps_ceil_alpha_nv(alpha, Nv, k):
     assert vtp.n_keep(alpha, Nv) == k
-    # the paper's ceiling, checked with exact fractions (0.3 * 10 is 3, whatever floating point says)
+    # the paper's ceiling, checked with exact fractions (0.55 * 100 is 55, whatever floating point says)
     from fractions import Fraction
     assert k == max(1, math.ceil(Fraction(str(alpha)) * Nv))
 
@@ -271,9 +272,68 @@ def test_static_write_fills_slots_with_their_positions():
     cache = KVCache(1, 1, 12, 2)
     cache.update(0, torch.randn(1, 1, 8, 2), torch.randn(1, 1, 8, 2), torch.arange(8))
     cache.keep(torch.tensor([0, 2, 5, 7]))
-    cache.resize(6)  # 4 kept rows + 2 new tokens
+    static = StaticKVCache.from_cache(cache, 6)  # 4 kept rows + 2 new tokens
+    torch.testing.assert_close(static.k[:, :, :4], cache.k[:, :, :4])
     k_new = torch.randn(1, 1, 1, 2)
-    K, V, P = cache.write(torch.tensor([4]), k_new, k_new, torch.tensor([8]))  # first token after an 8-row prompt
+    K, V, P = static.update(torch.tensor([4]), k_new, k_new, torch.tensor([8]))  # first token after an 8-row prompt
     assert K.shape == (1, 1, 6, 2)
     assert P.tolist()[:5] == [0, 2, 5, 7, 8] and P[5] == EMPTY
     torch.testing.assert_close(K[:, :, 4:5], k_new)
+
+
+def test_static_cache_refuses_fewer_slots_than_rows():
+    cache = KVCache(1, 1, 8, 2)
+    cache.update(0, torch.randn(1, 1, 5, 2), torch.randn(1, 1, 5, 2), torch.arange(5))
+    with pytest.raises(ValueError, match="cannot fit a cache holding 5 rows into 4 slots"):
+        StaticKVCache.from_cache(cache, 4)
+
+
+# ---- one value for a method and its parameters -----------------------------------------------------------------
+
+
+def test_method_value_equals_the_keywords(ckpt):
+    from minivtp.generate import Method
+    model, _ = ckpt
+    embeds = model.embed(prompt(10, 40))[None]
+    video = VideoSpan(start=2, frames=4, tokens_per_frame=8)
+    by_keywords = generate(model, embeds, 4, video=video, alpha=0.25, layer=2, head_pool="mean", ranking="sequence")
+    by_value = generate(model, embeds, 4, video=video, method=Method(alpha=0.25, layer=2, head_pool="mean",
+                                                                    ranking="sequence"))
+    assert by_value.kept.tolist() == by_keywords.kept.tolist()
+    torch.testing.assert_close(by_value.logits, by_keywords.logits, rtol=0, atol=0)
+    rand = generate(model, embeds, 2, video=video, method="random", alpha=0.25, layer=2, seed=1)
+    old = generate(model, embeds, 2, video=video, selection="random", alpha=0.25, layer=2, seed=1)
+    assert rand.kept.tolist() == old.kept.tolist()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(method="fastest"), r"method='fastest' must be one of 'llm-vtp'"),
+    (dict(selection="best"), r"selection='best' must be one of 'attention', 'random', 'complement'"),
+    (dict(method="random", selection="complement"), r"method='random' and selection='complement' disagree"),
+    (dict(ranking="global"), r"ranking='global' must be one of 'frame', 'sequence'"),
+])
+def test_bad_method_arguments(ckpt, kwargs, match):
+    model, _ = ckpt
+    embeds = model.embed(prompt(8, 30))[None]
+    with pytest.raises(ValueError, match=match):
+        generate(model, embeds, 2, video=VideoSpan(2, 3, 8), alpha=0.5, layer=2, **kwargs)
+
+
+def test_a_method_value_and_keywords_together_are_refused(ckpt):
+    from minivtp.generate import Method
+    model, _ = ckpt
+    with pytest.raises(ValueError, match=r"either method=Method\(...\) or keywords \(alpha\)"):
+        generate(model, model.embed(prompt(8, 30))[None], 2, video=VideoSpan(2, 3, 8), method=Method(layer=2),
+                 alpha=0.5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
+def test_compile_pointwise_changes_only_the_model_it_is_called_on():
+    from minivtp import model as model_py
+    a = model_py.Transformer(model_py.Config(vocab_size=11, dim=16, n_layers=2, n_heads=2, n_kv_heads=2, hidden_dim=32))
+    b = model_py.Transformer(a.cfg)
+    assert a.compile_pointwise() is a  # compiles lazily, at the first call: nothing runs here
+    assert a.layers[0].attn_norm.kernel is not model_py.rms_norm and a.layers[1].mlp.act is not model_py.swiglu
+    assert a.layers[0].attn.rope is not model_py.apply_rope
+    assert b.layers[0].attn_norm.kernel is model_py.rms_norm and b.layers[0].attn.rope is model_py.apply_rope
+    assert b.norm.kernel is model_py.rms_norm and b.layers[1].mlp.act is model_py.swiglu
