@@ -28,6 +28,7 @@ from safetensors import safe_open
 from torch import nn
 
 from minivtp.model import Config, Transformer
+from minivtp.vision import VideoLLM
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -273,35 +274,6 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
     return model.eval()
 
 
-LLAMA_DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6)
-CLIP_L336_DEFAULTS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                          image_size=336, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)
-
-
-def video_llm_kwargs(hf: dict) -> dict:
-    """Read a LLaVA / PLLaVA / Tarsier config.json into VideoLLM's arguments."""
-    from minivtp.vision import VisionConfig
-
-    text = dict(LLAMA_DEFAULTS, **hf.get("text_config", {}))  # old configs name only what differs from LLaMA's defaults
-    text.setdefault("model_type", "llama")
-    vision = dict(CLIP_L336_DEFAULTS, **hf.get("vision_config", {}))
-    if "pooling_shape" in hf or hf.get("model_type") == "pllava":
-        arrangement = "pllava"
-    elif "image_newline_idx" in hf:
-        arrangement = "tarsier"
-    else:
-        arrangement = "llava"
-    return dict(text=Config.from_hf(text), vision=VisionConfig.from_hf(vision), arrangement=arrangement,
-                pooling_shape=tuple(hf.get("pooling_shape") or (16, 12, 12)),
-                feature_layer=hf.get("vision_feature_layer", -2),
-                select=hf.get("vision_feature_select_strategy", "default"),
-                projector_act=hf.get("projector_hidden_act", "gelu"),
-                image_token=hf.get("image_token_index", 32000),
-                newline_token=hf.get("image_newline_idx"), frame_token=hf.get("image_new_idx"),
-                frames=hf.get("num_frames") or (8 if arrangement == "tarsier" else (hf.get("pooling_shape") or [16])[0]))
-
-
 def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None):
     """A video LLM directory -> minivtp.vision.VideoLLM (LLaVA, PLLaVA, Tarsier). The toy loads with minivtp.toy.load.
 
@@ -318,10 +290,8 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
     if kind not in ("llava", "pllava", "tarsier") and "vision_config" not in hf:
         raise CheckpointError(f"{path}: model_type {kind!r} is not a video LLM minivtp knows "
                               "(llava, pllava, tarsier)")
-    from minivtp.vision import VideoLLM
-
     with torch.device("meta"):
-        model = VideoLLM(**video_llm_kwargs(hf))
+        model = VideoLLM.from_hf(hf)
     lora = {}  # target parameter -> {"A": (file, name), "B": (file, name)}
     current = {}
 

@@ -131,6 +131,13 @@ def tarsier_layout(x, grid: int, newline, frame_sep):
     return rearrange(frames, "t n c -> (t n) c")
 
 
+# What old LLaVA configs leave out because it is the library default: Vicuna-7B's and CLIP ViT-L/336's sizes.
+LLAMA_DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6)
+CLIP_L336_DEFAULTS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                          image_size=336, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+
+
 class VideoLLM(nn.Module):
     """Vision tower + projector + a token arrangement + minivtp's Transformer (PLLaVA, Tarsier, or plain LLaVA)."""
 
@@ -148,6 +155,26 @@ class VideoLLM(nn.Module):
         self.arrangement, self.pooling_shape, self.frames = arrangement, tuple(pooling_shape), frames
         self.feature_layer, self.select, self.image_token = feature_layer, select, image_token
         self.newline_token, self.frame_token = newline_token, frame_token
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "VideoLLM":
+        """Built (on the current device, meta included) from a LLaVA / PLLaVA / Tarsier `config.json`."""
+        text = dict(LLAMA_DEFAULTS, **hf.get("text_config", {}))  # old configs name only what differs
+        text.setdefault("model_type", "llama")
+        vision = dict(CLIP_L336_DEFAULTS, **hf.get("vision_config", {}))
+        if "pooling_shape" in hf or hf.get("model_type") == "pllava":
+            arrangement = "pllava"
+        elif "image_newline_idx" in hf:
+            arrangement = "tarsier"
+        else:
+            arrangement = "llava"
+        pooling = tuple(hf.get("pooling_shape") or (16, 12, 12))
+        return cls(Config.from_hf(text), VisionConfig.from_hf(vision), arrangement=arrangement, pooling_shape=pooling,
+                   feature_layer=hf.get("vision_feature_layer", -2),
+                   select=hf.get("vision_feature_select_strategy", "default"),
+                   projector_act=hf.get("projector_hidden_act", "gelu"), image_token=hf.get("image_token_index", 32000),
+                   newline_token=hf.get("image_newline_idx"), frame_token=hf.get("image_new_idx"),
+                   frames=hf.get("num_frames") or (8 if arrangement == "tarsier" else pooling[0]))
 
     def tokens_per_frame(self) -> int:
         g = self.vision.cfg.grid

@@ -53,3 +53,19 @@ def test_the_lower_rooms_do_not_know_the_upper_ones():
     assert local_imports(ROOT / "minivtp/model.py") == set()
     assert local_imports(ROOT / "minivtp/vtp.py") <= {"minivtp.model"}
     assert not {m for m in local_imports(ROOT / "weights.py")} & {"minivtp.toy", "minivtp.generate", "minivtp.demo"}
+
+
+def test_demo_and_answer_print_no_warning_even_without_numpy(tmp_path):
+    # torch warns on import when numpy is missing, as on a fresh `pip install torch -e .`; numpy is not ours to need
+    import subprocess
+    import sys
+    block_numpy = "import sys, runpy; sys.modules['numpy'] = None; sys.argv = {argv!r}; runpy.run_module({mod!r}, run_name='__main__')"
+    demo = subprocess.run([sys.executable, "-c", block_numpy.format(argv=["demo", "--out", str(tmp_path / "d.png")],
+                                                                   mod="minivtp.demo")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stderr == "", demo.stderr
+    answer = subprocess.run([sys.executable, "-c", block_numpy.format(
+        argv=["minivtp", "answer", "--weights", str(tmp_path / "none"), "--video", "v.mp4", "--question", "q"],
+        mod="minivtp")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert answer.returncode == 2 and answer.stderr.splitlines() == [f"error: {tmp_path / 'none'}: not a directory"]
