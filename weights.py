@@ -46,10 +46,18 @@ def read_config(path: Path) -> dict:
     f = path / "config.json"
     if not f.is_file():
         raise CheckpointError(f"{path}: no config.json (is this a Hugging Face checkpoint directory?)")
+    return read_json(f)
+
+
+def read_json(f: Path) -> dict:
+    """A JSON object from a file, or a CheckpointError naming the file (not UTF-8, not JSON, not an object)."""
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+        d = json.loads(f.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{f}: holds a JSON {type(d).__name__}, not an object")
+    return d
 
 
 def open_checkpoint(path):
@@ -67,7 +75,7 @@ def shard_files(path: Path):
     """(the safetensors files of a checkpoint in load order, the index's weight_map or None)."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not weight_map:
             raise CheckpointError(f"{index}: no weight_map")
         files = sorted(set(weight_map.values()))

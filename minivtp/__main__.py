@@ -27,8 +27,7 @@ def answer(args):
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch sees no CUDA GPU")
+    check_device(args.device)
     t = time.perf_counter()
 
     def progress(i, n, file):
@@ -83,6 +82,34 @@ def answer(args):
     return 0
 
 
+def check_device(name: str):
+    """One line for every device string that will not run: unknown names, a GPU that is not there."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device name torch knows (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}, but torch sees no CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"numbered 0..{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}, but torch sees no Apple GPU")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name!r}: minivtp runs on cpu, cuda or mps")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported as one `error:` line and exit code 2, like every other problem."""
+
+    def error(self, message):
+        print(f"error: {message} ({self.prog} --help lists the arguments)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def heatmap(frames, scores, kept, video, model, size=168):
     """Each frame (resized), darkened where layer M's question-to-video attention is low; kept tokens outlined."""
     import torch.nn.functional as F
@@ -104,9 +131,9 @@ def heatmap(frames, scores, kept, video, model, size=168):
         kept_mask[kept - video.start] = True
         grid_kept = kept_mask.view(T, g, g)
     # frames that PLLaVA pooled in time: show the first of each group
-    pick = torch.linspace(0, frames.shape[0] - 1, T).round().long()
-    imgs = F.interpolate(frames[pick].permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
-                         antialias=True, align_corners=False)  # (T, 3, size, size)
+    pick = torch.linspace(0, len(frames) - 1, T).round().long().tolist()
+    imgs = torch.cat([F.interpolate(frames[i].permute(2, 0, 1)[None].float(), size=(size, size), mode="bilinear",
+                                    antialias=True, align_corners=False) for i in pick])  # (T, 3, size, size)
     level = (grid_scores / grid_scores.max().clamp_min(1e-12))[:, None]  # (T, 1, g, g)
     level = F.interpolate(level, size=(size, size), mode="nearest")
     imgs = imgs * (0.25 + 0.75 * level)
@@ -125,7 +152,7 @@ def heatmap(frames, scores, kept, video, model, size=168):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minivtp", description="minivtp: LLM-VTP on a video LLM")
+    p = Parser(prog="python -m minivtp", description="minivtp: LLM-VTP on a video LLM")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("answer", help="ask a video a question")
     a.add_argument("--weights", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")

@@ -14,9 +14,10 @@ How LLaMA tokenizes, in the order it happens:
 4. BPE: repeatedly merge the adjacent pair with the best (lowest) rank in the merge list, until none applies.
 """
 
-import json
 import re
 from pathlib import Path
+
+from weights import read_json
 
 SPACE = "\u2581"  # ▁
 BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -42,10 +43,12 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise ValueError(f"{path}: no tokenizer.json (minivtp reads the fast-tokenizer file, not tokenizer.model)")
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = read_json(path)
         model = d.get("model") or {}
         if model.get("type") != "BPE":
             raise ValueError(f"{path}: model type {model.get('type')!r} is not BPE (not a LLaMA tokenizer)")
+        if not isinstance(model.get("vocab"), dict) or not isinstance(model.get("merges"), list):
+            raise ValueError(f"{path}: a BPE model needs a 'vocab' object and a 'merges' list")
         merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
         added = {t["content"]: t["id"] for t in d.get("added_tokens", [])}
         special = {t["id"] for t in d.get("added_tokens", []) if t.get("special")}

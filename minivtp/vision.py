@@ -218,17 +218,24 @@ class VideoLLM(nn.Module):
 
 
 def preprocess(frames, size: int, mean=CLIP_MEAN, std=CLIP_STD):
-    """frames (T, H, W, 3) uint8 -> (T, 3, size, size) float32: shortest side resized to `size` (bicubic,
-    antialiased), centre crop, scaled to 0..1, CLIP mean and std."""
-    if frames.dim() != 4 or frames.shape[-1] != 3:
+    """frames, each (H, W, 3) uint8 (a list, or a (T, H, W, 3) tensor) -> (T, 3, size, size) float32: shortest side
+    resized to `size` (bicubic, antialiased), centre crop, scaled to 0..1, CLIP mean and std. Each frame on its
+    own, so a folder of photos of different sizes is fine."""
+    if isinstance(frames, torch.Tensor) and (frames.dim() != 4 or frames.shape[-1] != 3):
         raise ValueError(f"frames must be (T, H, W, 3), got {tuple(frames.shape)}")
-    x = rearrange(frames, "t h w c -> t c h w").float() / 255
+    return torch.stack([preprocess_one(f, size, mean, std) for f in frames])
+
+
+def preprocess_one(frame, size: int, mean=CLIP_MEAN, std=CLIP_STD):  # (H, W, 3) uint8 -> (3, size, size)
+    if frame.dim() != 3 or frame.shape[-1] != 3 or frame.dtype != torch.uint8:
+        raise ValueError(f"a frame must be (H, W, 3) uint8, got {tuple(frame.shape)} {frame.dtype}")
+    x = rearrange(frame, "h w c -> 1 c h w").float() / 255
     H, W = x.shape[-2:]
     scale = size / min(H, W)
     h, w = max(size, round(H * scale)), max(size, round(W * scale))
     x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
     top, left = (h - size) // 2, (w - size) // 2
-    x = x[..., top : top + size, left : left + size]
+    x = x[0, :, top : top + size, left : left + size]  # (3, size, size)
     return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
@@ -244,56 +251,101 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def read_frames(path, n: int):
-    """n frames (n, H, W, 3) uint8, sampled uniformly, and a note when the video had fewer than n frames.
+    """n frames, each (H, W, 3) uint8 in a list, sampled uniformly, and a note when the video had fewer than n.
 
     `path` is a folder of images (sorted by name; needs Pillow), a video file (needs PyAV), or a .safetensors
-    file holding a "frames" tensor (T, H, W, 3) uint8. With fewer frames than n, frames are repeated, as
-    PLLaVA's projector does, and the note says so."""
+    file holding a "frames" tensor (T, H, W, 3) uint8. Only the n sampled frames are ever decoded and kept, so
+    memory does not grow with the video's length. With fewer frames than n, frames are repeated, as PLLaVA's
+    projector does, and the note says so. Anything unreadable is a ValueError that names the file."""
     from pathlib import Path
 
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        Image = optional("PIL.Image", "pillow", "reading a folder of images")
-        pick = sample_indices(len(files), n)
-        def load(file):
-            img = Image.open(file).convert("RGB")
-            return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.size[1], img.size[0], 3)
-
-        try:
-            frames = [load(files[i]) for i in pick]
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read an image ({e})") from None
-        video, available = torch.stack(frames), len(files)
+        frames, available = read_image_folder(path, n)
     elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            video = load_file(str(path)).get("frames")
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-        if video is None or video.dim() != 4 or video.shape[-1] != 3 or video.dtype != torch.uint8:
-            raise ValueError(f"{path}: needs a 'frames' tensor (T, H, W, 3) uint8")
-        available = video.shape[0]
-        video = video[sample_indices(available, n)]
+        frames, available = read_frames_tensor(path, n)
     else:
-        av = optional("av", "av", "reading video files")
-        try:
-            with av.open(str(path)) as container:
-                all_frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        except Exception as e:  # PyAV raises its own error types for unreadable files
-            raise ValueError(f"{path}: cannot decode this video ({e})") from None
-        if not all_frames:
-            raise ValueError(f"{path}: the video has no frames")
-        available = len(all_frames)
-        video = torch.stack([torch.from_numpy(all_frames[i]) for i in sample_indices(available, n)])
+        frames, available = read_video_file(path, n)
     note = None
     if available < n:
         note = f"the video has {available} frames, fewer than the model's {n}: frames are repeated"
-    return video, note
+    return frames, note
+
+
+def read_image_folder(path, n: int):
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    Image = optional("PIL.Image", "pillow", "reading a folder of images")
+    frames = []
+    for i in sample_indices(len(files), n):
+        try:
+            img = Image.open(files[i]).convert("RGB")
+        except (OSError, ValueError) as e:  # Pillow: truncated, empty or not an image at all
+            raise ValueError(f"{files[i]}: cannot read this image ({e})") from None
+        frames.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.size[1], img.size[0], 3))
+    return frames, len(files)
+
+
+def read_frames_tensor(path, n: int):
+    """The sampled frames of a .safetensors "frames" tensor, read one by one: the file is never loaded whole."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if "frames" not in f.keys():
+                raise ValueError(f"{path}: needs a 'frames' tensor (T, H, W, 3) uint8; it holds {sorted(f.keys())}")
+            frames = f.get_slice("frames")
+            shape, dtype = frames.get_shape(), frames.get_dtype()
+            if len(shape) != 4 or shape[-1] != 3 or dtype != "U8" or 0 in shape:
+                raise ValueError(f"{path}: 'frames' is {dtype} {list(shape)}; it must be (T, H, W, 3) uint8, "
+                                 "none of them 0")
+            return [frames[i : i + 1][0] for i in sample_indices(shape[0], n)], shape[0]
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated / corrupt files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def read_video_file(path, n: int):
+    """The sampled frames of a video file, decoding it once and converting only the n frames it keeps.
+
+    The frame count comes first, from the container's packets (no decoding). Then one decoding pass keeps the
+    frames at the sampled indices and drops every other one as soon as it is decoded. If decoding finds another
+    count than the packets said (a container that lies), the indices are recomputed and the pass is repeated."""
+    av = optional("av", "av", "reading video files")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path}: has no video stream")
+            count = sum(1 for packet in container.demux(video=0) if packet.size)
+        for _ in range(2):
+            frames, decoded = decode_frames(av, path, sample_indices(max(count, 1), n))
+            if decoded == 0:
+                raise ValueError(f"{path}: the video has no frames")
+            if decoded == count:
+                return frames, count
+            count = decoded
+    except ValueError:
+        raise
+    except Exception as e:  # PyAV raises its own error types for unreadable files
+        raise ValueError(f"{path}: cannot decode this video ({e})") from None
+    raise ValueError(f"{path}: decodes to a different number of frames each time")
+
+
+def decode_frames(av, path, wanted: list):
+    """(the frames at the indices in `wanted`, in order and repeated where it repeats, (H, W, 3) uint8;
+    the number of frames decoded)."""
+    kept, decoded = {}, 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # decode with the cores there are
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted and i not in kept:
+                kept[i] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+            decoded = i + 1
+    return [kept[i] for i in wanted if i in kept], decoded
 
 
 def optional(module: str, package: str, purpose: str):

@@ -1,6 +1,7 @@
 """Tiny checkpoints written by Hugging Face transformers itself: the oracle every loader test compares against."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -89,3 +90,32 @@ def write_llama_tokenizer(tmp_path, legacy: bool = True):
     return path
 
 
+GRID = 4  # the tiny video LLMs' 28 x 28 images: 4 x 4 patches of 7
+
+
+@pytest.fixture(scope="session")
+def llava(tmp_path_factory):
+    """(plain LLaVA dir, PLLaVA dir, transformers model): vocab and <image> id shared with a tokenizer.json."""
+    root = tmp_path_factory.mktemp("llava")
+    tok_dir = write_llama_tokenizer(root)
+    from minivtp.tokenizer import Tokenizer
+    tok = Tokenizer.from_file(tok_dir)
+    image_id = tok.added["<image>"]
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                           num_attention_heads=4, image_size=28, patch_size=7)
+    text = transformers.LlamaConfig(vocab_size=image_id + 1, hidden_size=48, intermediate_size=80,
+                                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                    max_position_embeddings=512)
+    torch.manual_seed(0)
+    hf = transformers.LlavaForConditionalGeneration(
+        transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id))
+    randomize(hf, seed=3, std=0.3).eval()
+    plain = root / "llava"
+    hf.save_pretrained(plain)
+    shutil.copy(tok_dir / "tokenizer.json", plain)
+    pllava = root / "pllava"
+    shutil.copytree(plain, pllava)
+    cfg = json.loads((pllava / "config.json").read_text())
+    cfg.update(pooling_shape=[2, 2, 2], num_frames=4, frame_shape=[GRID, GRID], use_pooling=True)
+    (pllava / "config.json").write_text(json.dumps(cfg))
+    return plain, pllava, hf

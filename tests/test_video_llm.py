@@ -10,47 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize, transformers, write_llama_tokenizer
+from conftest import GRID, transformers
 from safetensors.torch import load_file, save_file
 
 import weights
 from minivtp import png
-from minivtp.tokenizer import Tokenizer
 from minivtp.vision import pllava_pool, preprocess, tarsier_layout
 
 ROOT = Path(__file__).resolve().parents[1]
-GRID = 4  # 28 x 28 images, 7 x 7 patches
 
 
 def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
-
-
-@pytest.fixture(scope="module")
-def llava(tmp_path_factory):
-    """(plain LLaVA dir, PLLaVA dir, transformers model): vocab and <image> id shared with a tokenizer.json."""
-    root = tmp_path_factory.mktemp("llava")
-    tok_dir = write_llama_tokenizer(root)
-    tok = Tokenizer.from_file(tok_dir)
-    image_id = tok.added["<image>"]
-    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                           num_attention_heads=4, image_size=28, patch_size=7)
-    text = transformers.LlamaConfig(vocab_size=image_id + 1, hidden_size=48, intermediate_size=80,
-                                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                                    max_position_embeddings=512)
-    torch.manual_seed(0)
-    hf = transformers.LlavaForConditionalGeneration(
-        transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id))
-    randomize(hf, seed=3, std=0.3).eval()
-    plain = root / "llava"
-    hf.save_pretrained(plain)
-    shutil.copy(tok_dir / "tokenizer.json", plain)
-    pllava = root / "pllava"
-    shutil.copytree(plain, pllava)
-    cfg = json.loads((pllava / "config.json").read_text())
-    cfg.update(pooling_shape=[2, 2, 2], num_frames=4, frame_shape=[GRID, GRID], use_pooling=True)
-    (pllava / "config.json").write_text(json.dumps(cfg))
-    return plain, pllava, hf
 
 
 def test_vision_features_and_projector_equal_transformers(llava):
@@ -251,13 +222,9 @@ def test_weights_cli_describes_a_video_llm(llava):
     assert "vision       CLIP ViT, 3 layers, width 32" in out.stdout
 
 
-def test_video_file_without_pyav_names_the_extra(tmp_path):
-    try:
-        import av  # noqa: F401
-        pytest.skip("PyAV is installed here")
-    except ImportError:
-        pass
+def test_video_file_without_pyav_names_the_extra(tmp_path, monkeypatch):
     from minivtp.vision import read_frames
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match=r"needs the optional package 'av': pip install av"):
