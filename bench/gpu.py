@@ -161,8 +161,8 @@ def bench_setting(model, embeds, alpha, layer, reps=5):
                 start.record()
             if fast:
                 if step is None:
-                    step = GraphDecode(model, caches, tokens[-1], N + j, cache_len + j)
-                logits = step(tokens[-1], N + j, cache_len + j)
+                    step = GraphDecode(model, caches, tokens[-1], N + j, j)
+                logits = step(tokens[-1], N + j, j)
             else:
                 logits = decode_one_token(model, tokens[-1], N + j, caches)
             tokens.append(logits.argmax())
@@ -191,8 +191,8 @@ def teacher_forced(model, embeds, tokens, fast, **kw):
     for j, tok in enumerate(tokens[:-1]):
         if fast:
             if step is None:
-                step = GraphDecode(model, caches, tok, N + j, L0 + j)
-            out.append(step(tok, N + j, L0 + j))
+                step = GraphDecode(model, caches, tok, N + j, j)
+            out.append(step(tok, N + j, j))
         else:
             out.append(decode_one_token(model, tok, N + j, caches))
     return torch.stack(out).float()

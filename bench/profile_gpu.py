@@ -90,14 +90,14 @@ def main():
         prefill(model, embeds, caches, **kw)
         caches = [StaticKVCache.from_cache(c, L0 + NEW) for c in caches]
         t = time.perf_counter()
-        step = GraphDecode(model, caches, toks[0], N, L0, compile=compiled)
+        step = GraphDecode(model, caches, toks[0], N, 0, compile=compiled)
         build = time.perf_counter() - t
         outs = []
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         for j in range(NEW - 1):
             if j == 1:
                 s.record()
-            outs.append(step(toks[j], N + j, L0 + j))
+            outs.append(step(toks[j], N + j, j))
         e.record()
         torch.cuda.synchronize()
         err = max(((o - r).abs().max() / r.abs().max()).item() for o, r in zip(outs, ref))
@@ -105,7 +105,7 @@ def main():
         print(f"{label}: build {build:.1f} s, {s.elapsed_time(e) / (NEW - 2):.2f} ms/token, teacher-forced logits rel "
               f"max err {err:.2e}, same argmax {same}/{NEW - 1}", flush=True)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            step(toks[5], N + 5, L0 + 5)
+            step(toks[5], N + 5, 5)
             torch.cuda.synchronize()
         gpu, count, top = kernel_summary(prof, top=6)
         print(f"  one step: kernels {gpu:.2f} ms in {count} launches\n{top}", flush=True)

@@ -15,11 +15,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from minivtp import vtp
+from minivtp import baselines, vtp
 from minivtp.model import StaticKVCache
 
 PAPER_LAYER = 10  # M used for PLLaVA and Tarsier multiple-choice runs (Sec. 4.3)
-METHODS = ("llm-vtp", "random", "complement")
+METHODS = ("llm-vtp", "random", "complement", "fastv", "look-m")
+MERGES = ("average", "pivotal", "none")
 HEAD_POOLS = ("max", "mean", "min")
 RANKINGS = ("frame", "sequence")
 SCORES = ("fast", "literal")
@@ -27,21 +28,27 @@ SCORES = ("fast", "literal")
 
 @dataclass(frozen=True)
 class Method:
-    """Which video tokens go on past layer M, and how they are chosen: one small value instead of six keywords.
+    """Which video tokens go on past layer M, and how they are chosen: one small value instead of a dozen keywords.
 
         Method(alpha=0.1, layer=10)                 # LLM-VTP as the paper runs PLLaVA on multiple choice
         Method("random", alpha=0.1, layer=2)        # a baseline: the same count per frame, chosen at random
         Method(alpha=0.1, layer=2, ranking="sequence", head_pool="mean")   # the ablations of Tab. 5 and 6
+        Method("fastv", alpha=0.1, layer=2)         # FastV: the last row's attention at layer K=2 (baselines.py)
+        Method("look-m", recent=0.05, important=0.05)   # Look-M: every layer's cache, after a full prefill
 
-    alpha=1 keeps every video token. `layer=None` means the paper's M=10.
+    alpha=1 keeps every video token. `layer=None` means the paper's M=10 (Look-M uses no layer).
+    PruMerge+ prunes in the vision tower, before the LLM: VideoLLM.prompt(..., prumerge=True).
     """
 
-    name: str = "llm-vtp"  # "llm-vtp"; "random" (same per-frame count); "complement" (what LLM-VTP drops, Tab. 10)
-    alpha: float = 1.0  # fraction of each frame's tokens kept, (0, 1]
-    layer: int = None  # M, counted from 1
+    name: str = "llm-vtp"  # see METHODS: "random" keeps the same per-frame count, "complement" what LLM-VTP drops
+    alpha: float = 1.0  # fraction of the video's tokens kept, (0, 1]: per frame (LLM-VTP), over the video (FastV)
+    layer: int = None  # M (FastV's K), counted from 1
     head_pool: str = "max"  # how A^(M)'s heads become one matrix (Tab. 6)
     ranking: str = "frame"  # top ceil(alpha*Nv) per frame (Eq. 5), or over the whole video (Tab. 5)
     scores: str = "fast"  # "literal" materialises all of A^(M) and slices it as Eq. 4 writes
+    recent: float = 0.05  # Look-M: fraction of the prompt's rows kept as the most recent ones, [0, 1]
+    important: float = 0.05  # Look-M: fraction kept by received attention, text rows first, [0, 1]
+    merge: str = "average"  # Look-M: how evicted rows join kept ones: "average", "pivotal", "none"
 
     @classmethod
     def from_keywords(cls, method=None, selection=None, **kw) -> "Method":
@@ -62,7 +69,17 @@ class Method:
 
     def resolved(self, n_layers: int) -> "Method":
         """This method with M filled in and every field checked against a model of `n_layers` layers."""
+        if self.name == "prumerge+":
+            raise ValueError("method='prumerge+' prunes in the vision tower, before the LLM: build the prompt with "
+                             "VideoLLM.prompt(ids, pixels, prumerge=True) and generate with video=None")
+        for name in ("recent", "important"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} is outside [0, 1]: a fraction of the prompt's rows")
+        if self.recent + self.important == 0:
+            raise ValueError("recent=0 and important=0 would keep no row at all")
         layer = self.layer
+        if self.name == "look-m" and layer is None:
+            layer = 1  # Look-M has no pruning layer; any valid one keeps the checks below simple
         if layer is None:
             if n_layers < PAPER_LAYER:
                 raise ValueError(f"layer must be given: the default M={PAPER_LAYER} is outside 1..{n_layers}")
@@ -71,7 +88,8 @@ class Method:
             raise ValueError(f"layer={layer!r} is outside 1..{n_layers} (M counts decoder layers from 1, as in the paper)")
         vtp.check_alpha(self.alpha)
         for name, value, allowed in (("method", self.name, METHODS), ("head_pool", self.head_pool, HEAD_POOLS),
-                                     ("ranking", self.ranking, RANKINGS), ("scores", self.scores, SCORES)):
+                                     ("ranking", self.ranking, RANKINGS), ("scores", self.scores, SCORES),
+                                     ("merge", self.merge, MERGES)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} must be one of {', '.join(map(repr, allowed))}")
         return replace(self, layer=layer)
@@ -79,12 +97,12 @@ class Method:
 
 @dataclass
 class Pruning:
-    """What LLM-VTP decided at layer M."""
+    """What the method decided (at layer M for LLM-VTP and FastV; in every layer's cache for Look-M)."""
 
-    layer: int  # M
-    kept: torch.Tensor  # (S,) sorted prompt positions of the kept video tokens
-    rows: torch.Tensor  # prompt rows that went on to layers M+1..L
-    scores: torch.Tensor  # (T*Nv,) a_v, the question-to-video score of every video token (float32)
+    layer: int  # M (Look-M: None)
+    kept: torch.Tensor  # (S,) sorted prompt positions of the kept video tokens (Look-M: those of layer 1's cache)
+    rows: torch.Tensor  # prompt rows that went on to layers M+1..L (Look-M: kept in layer 1's cache)
+    scores: torch.Tensor  # (T*Nv,) the score of every video token (float32), at layer M (Look-M: layer 1)
 
 
 @dataclass
@@ -92,8 +110,9 @@ class Generation:
     tokens: torch.Tensor  # (n,) long
     logits: torch.Tensor  # (n, V) the logits each token was chosen from; row 0 comes from the prefill
     kept: torch.Tensor  # (S,) sorted prompt positions of the kept video tokens (all of them when not pruned)
-    cache_len: int  # rows in every layer's KV cache after prefill
+    cache_len: int  # rows in the KV cache of layer 1 after prefill (LLM-VTP, Look-M: of every layer)
     prompt_len: int  # N, before pruning
+    cache_lens: list = None  # rows in each layer's KV cache after prefill (FastV: N in layers 1..K)
     pruning: Pruning = None  # None when nothing was pruned (video=None)
     prefill_s: float = 0.0  # wall-clock seconds (the GPU synchronised first)
     decode_s: float = 0.0
@@ -116,6 +135,9 @@ def prefill(model, embeds, caches, video=None, method=None, generator=None, fuse
 
     `method` is a Method (or its name, with the keywords of Method: alpha=, layer=, ...)."""
     method = Method.from_keywords(method, **keywords).resolved(model.cfg.n_layers)
+    if video is not None and not isinstance(video, vtp.VideoSpan):
+        raise ValueError(f"video must be a VideoSpan, got {type(video).__name__} (a video PruMerge+ already pruned "
+                         "goes to generate with video=None)")
     N = embeds.shape[1]
     x = embeds
     pos = torch.arange(N, device=embeds.device)  # (N,) positions; after layer M only the kept ones remain
@@ -124,35 +146,53 @@ def prefill(model, embeds, caches, video=None, method=None, generator=None, fuse
     for l, (block, cache) in enumerate(zip(model.layers, caches), start=1):
         x_in = x
         x = block(x, cos, sin, pos, cache, slot=0, fused=fused)  # (1, N or len(rows), C)
-        if video is None or l != method.layer:
+        if video is None:
             continue
-        # --- LLM-VTP at layer M -----------------------------------------------------------------------------
-        score = vtp.scores_fast if method.scores == "fast" else vtp.scores_literal
-        a_v = score(block, x_in, cos, sin, pos, cache, video, method.head_pool)  # Eq. 4, mean over questions: (T*Nv,)
-        S = choose(method, a_v, video, generator)
-        rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
-        x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, caches[:l], rows)  # layers M+1..L; Eq. 7-8 on 1..M
+        if method.name == "look-m":  # every layer: compress this layer's cache, the hidden states go on whole
+            scores = baselines.received_attention(block, x_in, cos, sin, pos, cache)  # (N,)
+            rows, evicted = baselines.look_m_rows(scores, video, method.recent, method.important)
+            baselines.merge_evicted(cache, rows, evicted, method.merge)
+            if l == 1:
+                S = rows[(rows >= video.start) & (rows < video.end)]
+                pruning = Pruning(layer=None, kept=S, rows=rows, scores=scores[video.start : video.end])
+            continue
+        if l != method.layer:
+            continue
+        if method.name == "fastv":  # --- FastV at layer K: the last row decides; layers 1..K keep their caches
+            a_v = baselines.last_row_scores(block, x_in, cos, sin, pos, cache, video)  # (T*Nv,)
+            S = baselines.fastv_select(a_v, video, method.alpha)
+            rows = vtp.rows_to_keep(N, video, S)
+            x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, [], rows)
+        else:  # --- LLM-VTP at layer M (and its random and complement baselines) --------------------------
+            score = vtp.scores_fast if method.scores == "fast" else vtp.scores_literal
+            a_v = score(block, x_in, cos, sin, pos, cache, video, method.head_pool)  # Eq. 4, mean over questions
+            S = choose(method, a_v, video, generator)
+            rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
+            x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, caches[:l], rows)  # layers M+1..L; Eq. 7-8 on 1..M
         pruning = Pruning(layer=l, kept=S, rows=rows, scores=a_v)
     return model.head(x[:, -1:])[0, -1], pruning  # (V,)
 
 
 @torch.no_grad()
 def decode_one_token(model, token, pos: int, caches, fused=True):
-    """One new token at position `pos`, written after the last filled slot of every cache. Returns logits (V,)."""
+    """One new token at position `pos`, written after the last filled row of every cache. Returns logits (V,)."""
     p = torch.tensor([pos], device=token.device)  # (1,)
-    slot = caches[0].length  # after pruning slot < pos: the cache is shorter than the sequence it represents
-    return decode_static(model, token, p, slot, caches, fused)
+    # subtle: after pruning a cache holds fewer rows than `pos` says came before (and under FastV the layers do
+    # not even agree on how many), so each cache appends after its own last row (slot None); the position is
+    # the same for all: the original prompt length plus the tokens decoded so far
+    return decode_static(model, token, p, None, caches, fused)
 
 
 @torch.no_grad()
-def decode_static(model, token, pos, slot, caches, fused=True):
-    """One decode step through every layer. pos (1,) tensor. With KVCaches, slot is an int and each cache returns
-    its filled rows (the eager path). With StaticKVCaches, slot is a (1,) tensor and each cache is read whole, its
-    empty slots masked, so the same kernels run at every step and the step can be captured in a CUDA graph."""
+def decode_static(model, token, pos, at, caches, fused=True):
+    """One decode step through every layer. pos (1,) tensor. With KVCaches, `at` is None and each cache returns
+    its filled rows (the eager path). With StaticKVCaches, `at` is the step as a (1,) tensor and each cache is
+    read whole, its empty slots masked, so the same kernels run at every step and the step can be captured in a
+    CUDA graph."""
     x = model.embed(token.view(1, 1))  # (1, 1, C)
     cos, sin = model.rope(pos)
     for block, cache in zip(model.layers, caches):
-        x = block(x, cos, sin, pos, cache, slot=slot, fused=fused)
+        x = block(x, cos, sin, pos, cache, slot=at, fused=fused)
     return model.head(x)[0, -1]
 
 
@@ -163,7 +203,7 @@ class GraphDecode:
     the replay makes anyway. On a CPU there are no graphs and it simply calls decode_static.
     """
 
-    def __init__(self, model, caches, token, pos: int, slot: int, compile=False):  # caches: StaticKVCaches
+    def __init__(self, model, caches, token, pos: int, step: int = 0, compile=False):  # caches: StaticKVCaches
         dev = caches[0].k.device
         # torch.compile fuses the small element-wise kernels (norms, RoPE, SiLU) that dominate a decode step
         # once the matmuls are down to reading the weights; the graph then removes the launch gaps.
@@ -171,25 +211,25 @@ class GraphDecode:
         self.model, self.caches = model, caches
         self.token = token.view(1).clone()
         self.pos = torch.tensor([pos], device=dev)
-        self.slot = torch.tensor([slot], device=dev)
+        self.at = torch.tensor([step], device=dev)
         self.graph = None
         if dev.type == "cuda":
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm-up off the default stream, as graph capture requires
                 for _ in range(2):
-                    self.step(model, self.token, self.pos, self.slot, caches)
+                    self.step(model, self.token, self.pos, self.at, caches)
             torch.cuda.current_stream().wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.logits = self.step(model, self.token, self.pos, self.slot, caches)
+                self.logits = self.step(model, self.token, self.pos, self.at, caches)
 
-    def __call__(self, token, pos: int, slot: int):
+    def __call__(self, token, pos: int, step: int):
         self.token.copy_(token.view(1))
         self.pos.fill_(pos)
-        self.slot.fill_(slot)
+        self.at.fill_(step)
         if self.graph is None:
-            return self.step(self.model, self.token, self.pos, self.slot, self.caches)
+            return self.step(self.model, self.token, self.pos, self.at, self.caches)
         self.graph.replay()
         return self.logits.clone()  # the graph overwrites its output buffer at the next replay
 
@@ -221,7 +261,7 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
     if video is None and method.layer is None:
         method = replace(method, layer=1)  # nothing is pruned; any valid M will do
     method = method.resolved(model.cfg.n_layers)
-    if video is not None:
+    if isinstance(video, vtp.VideoSpan):
         video.check(N)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
@@ -232,11 +272,11 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
     caches = model.new_caches(batch=1, max_len=N + max_new_tokens)
     t0 = clock(embeds.device)
     logits, pruning = prefill(model, embeds.to(model.embed.weight.dtype), caches, video, method, generator, fused)
-    cache_len = caches[0].length
+    cache_len, cache_lens = caches[0].length, [c.length for c in caches]
     t1 = clock(embeds.device)
     step = None
     if fast_decode:  # a static cache of exactly the slots still to be used, and (on CUDA) a graph
-        caches = [StaticKVCache.from_cache(c, cache_len + max_new_tokens) for c in caches]
+        caches = [StaticKVCache.from_cache(c, c.length + max_new_tokens) for c in caches]
     tokens, all_logits = [], []
     for i in range(max_new_tokens):
         token = pick(logits, temperature, generator)
@@ -244,17 +284,17 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
         all_logits.append(logits)
         if (eos_id is not None and token.item() == eos_id) or i == max_new_tokens - 1:
             break
-        # subtle: the new token's position goes on from N, the unpruned prompt length; its slot from cache_len
+        # subtle: the new token's position goes on from N, the unpruned prompt length, not from the cache's rows
         if fast_decode:
             if step is None:
-                step = GraphDecode(model, caches, token, N + i, cache_len + i)
-            logits = step(token, N + i, cache_len + i)
+                step = GraphDecode(model, caches, token, N + i, i)
+            logits = step(token, N + i, i)
         else:
             logits = decode_one_token(model, token, N + i, caches, fused)
     t2 = clock(embeds.device)
     kept = pruning.kept if pruning else torch.arange(video.start, video.end) if video else torch.empty(0, dtype=torch.long)
     return Generation(tokens=torch.stack(tokens), logits=torch.stack(all_logits), kept=kept, cache_len=cache_len,
-                      prompt_len=N, pruning=pruning, prefill_s=t1 - t0, decode_s=t2 - t1)
+                      prompt_len=N, cache_lens=cache_lens, pruning=pruning, prefill_s=t1 - t0, decode_s=t2 - t1)
 
 
 def clock(device) -> float:

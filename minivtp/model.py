@@ -193,8 +193,10 @@ class KVCache(nn.Module):
         self.register_buffer("pos", torch.full((max_len,), EMPTY, device=device), persistent=False)
         self.length = 0  # slots 0..length-1 are filled
 
-    def update(self, slot: int, k, v, pos):
-        """Write N rows at slots slot..slot+N-1; return every filled row (keys, values, their positions)."""
+    def update(self, slot, k, v, pos):
+        """Write N rows at slots slot..slot+N-1 (slot None: after the last filled row); return every filled row
+        (keys, values, their positions)."""
+        slot = self.length if slot is None else slot
         n = k.shape[2]
         if slot + n > self.k.shape[2]:
             raise ValueError(f"KV cache overflow: writing {n} rows at slot {slot} into {self.k.shape[2]} slots")
@@ -216,9 +218,10 @@ class KVCache(nn.Module):
 
 
 class StaticKVCache(KVCache):
-    """The same cache for CUDA graphs: `update` takes the slot as a tensor and returns the whole buffer, so the
-    kernels of a decode step never depend on a Python number and the step can be captured once and replayed.
-    Slots not yet written hold position EMPTY, which the causal mask hides.
+    """The same cache for CUDA graphs: `update` takes the decode step as a tensor and returns the whole buffer,
+    so the kernels of a decode step never depend on a Python number and the step can be captured once and
+    replayed. Step i writes at slot start + i, start being the rows the cache held when it was made. Slots not
+    yet written hold position EMPTY, which the causal mask hides.
 
     Made from a filled KVCache after prefill, with exactly the slots the rest of the answer needs:
     after pruning a static decode reads cache_len + new tokens slots, not the unpruned prompt's.
@@ -232,10 +235,11 @@ class StaticKVCache(KVCache):
         static = cls(B, Hkv, max_len, D, cache.k.dtype, cache.k.device)
         n = cache.length
         static.k[:, :, :n], static.v[:, :, :n], static.pos[:n] = cache.k[:, :, :n], cache.v[:, :, :n], cache.pos[:n]
-        static.length = n
+        static.length = static.start = n
         return static
 
-    def update(self, slot: torch.Tensor, k, v, pos):
+    def update(self, step: torch.Tensor, k, v, pos):
+        slot = self.start + step  # (1,): a tensor, so a replayed graph writes where the step says
         self.k.index_copy_(2, slot, k)
         self.v.index_copy_(2, slot, v)
         self.pos.index_copy_(0, slot, pos)

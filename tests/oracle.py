@@ -87,3 +87,62 @@ def pruned_masks(N_prompt, n_total, start, end, S, M, L):
     gone = dropped.nonzero().flatten()
     late[gone, gone] = True  # ... (each sees itself, so its own softmax stays finite; nobody reads that row)
     return [early] * M + [late] * (L - M)
+
+
+def layers64(sd, cfg, tokens):
+    """The unpruned prefill in float64, layer by layer: [(keys, values, received)] with keys and values
+    (Hkv, N, D) as a cache holds them (RoPE applied to keys) and `received` (N,) the attention each row got,
+    summed over every row and head (Look-M's score)."""
+    g = lambda k: sd[k].double()
+    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    theta = cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta
+    norm = lambda x, w: x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps) * w
+    N = tokens.shape[0]
+    pos = torch.arange(N)
+    x = g("model.embed_tokens.weight")[tokens]
+    out = []
+    for l in range(cfg.num_hidden_layers):
+        p = f"model.layers.{l}."
+        h = norm(x, g(p + "input_layernorm.weight"))
+        q = rope64((h @ g(p + "self_attn.q_proj.weight").T).view(N, H, D).transpose(0, 1), pos, theta)
+        k = rope64((h @ g(p + "self_attn.k_proj.weight").T).view(N, Hkv, D).transpose(0, 1), pos, theta)
+        v = (h @ g(p + "self_attn.v_proj.weight").T).view(N, Hkv, D).transpose(0, 1)
+        kr, vr = k.repeat_interleave(H // Hkv, 0), v.repeat_interleave(H // Hkv, 0)
+        A = torch.softmax((q @ kr.transpose(1, 2) / math.sqrt(D)).masked_fill(~causal(N), float("-inf")), dim=-1)
+        out.append((k, v, A.sum(dim=(0, 1))))
+        x = x + (A @ vr).transpose(0, 1).reshape(N, H * D) @ g(p + "self_attn.o_proj.weight").T
+        h = norm(x, g(p + "post_attention_layernorm.weight"))
+        x = x + (torch.nn.functional.silu(h @ g(p + "mlp.gate_proj.weight").T) * (h @ g(p + "mlp.up_proj.weight").T)) \
+            @ g(p + "mlp.down_proj.weight").T
+    return out
+
+
+def decode64(sd, cfg, caches, tokens, first_pos):
+    """Teacher-forced decoding in float64 from per-layer caches [(keys, values)] (Hkv, n, D): the logits after
+    each of `tokens`, the first at position `first_pos`. Each token sees every cache row and the tokens before it."""
+    g = lambda k: sd[k].double()
+    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    theta = cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta
+    norm = lambda x, w: x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps) * w
+    n = tokens.shape[0]
+    pos = first_pos + torch.arange(n)
+    x = g("model.embed_tokens.weight")[tokens]
+    for l in range(cfg.num_hidden_layers):
+        p = f"model.layers.{l}."
+        h = norm(x, g(p + "input_layernorm.weight"))
+        q = rope64((h @ g(p + "self_attn.q_proj.weight").T).view(n, H, D).transpose(0, 1), pos, theta)
+        k = rope64((h @ g(p + "self_attn.k_proj.weight").T).view(n, Hkv, D).transpose(0, 1), pos, theta)
+        v = (h @ g(p + "self_attn.v_proj.weight").T).view(n, Hkv, D).transpose(0, 1)
+        K = torch.cat([caches[l][0], k], 1).repeat_interleave(H // Hkv, 0)
+        V = torch.cat([caches[l][1], v], 1).repeat_interleave(H // Hkv, 0)
+        m = caches[l][0].shape[1]
+        mask = torch.cat([torch.ones(n, m, dtype=torch.bool), causal(n)], 1)
+        A = torch.softmax((q @ K.transpose(1, 2) / math.sqrt(D)).masked_fill(~mask, float("-inf")), dim=-1)
+        x = x + (A @ V).transpose(0, 1).reshape(n, H * D) @ g(p + "self_attn.o_proj.weight").T
+        h = norm(x, g(p + "post_attention_layernorm.weight"))
+        x = x + (torch.nn.functional.silu(h @ g(p + "mlp.gate_proj.weight").T) * (h @ g(p + "mlp.up_proj.weight").T)) \
+            @ g(p + "mlp.down_proj.weight").T
+    head = sd["lm_head.weight"] if "lm_head.weight" in sd else sd["model.embed_tokens.weight"]
+    return norm(x, g("model.norm.weight")) @ head.double().T

@@ -275,7 +275,7 @@ def test_static_write_fills_slots_with_their_positions():
     static = StaticKVCache.from_cache(cache, 6)  # 4 kept rows + 2 new tokens
     torch.testing.assert_close(static.k[:, :, :4], cache.k[:, :, :4])
     k_new = torch.randn(1, 1, 1, 2)
-    K, V, P = static.update(torch.tensor([4]), k_new, k_new, torch.tensor([8]))  # first token after an 8-row prompt
+    K, V, P = static.update(torch.tensor([0]), k_new, k_new, torch.tensor([8]))  # step 0: the token after 8 rows
     assert K.shape == (1, 1, 6, 2)
     assert P.tolist()[:5] == [0, 2, 5, 7, 8] and P[5] == EMPTY
     torch.testing.assert_close(K[:, :, 4:5], k_new)

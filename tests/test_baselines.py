@@ -1,0 +1,193 @@
+"""The rivals (minivtp/baselines.py) against independent float64 recomputations (tests/oracle.py), hand-made
+attention maps with known answers, and transformers' CLIP; and the cases where each must equal the unpruned model."""
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from conftest import write_llama
+from oracle import causal, decode64, forward64, layers64
+
+import weights
+from minivtp import baselines
+from minivtp.generate import Method, generate
+from minivtp.vtp import VideoSpan
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rivals_llama")
+    hf = write_llama(path, seed=21, num_hidden_layers=4, num_key_value_heads=2)
+    return weights.load(path), hf
+
+
+def prompt(seed, n):
+    return torch.randint(0, 97, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def rel(a, b):
+    return ((a.double() - b).abs().max() / b.abs().max()).item()
+
+
+# ---- FastV ------------------------------------------------------------------------------------------------------
+
+
+def fastv64(sd, cfg, tokens, start, T, Nv, alpha, K):
+    """FastV read from its description: the last row's attention at layer K, mean over heads, top ceil(alpha*T*Nv)
+    of the video; then masks: layers 1..K see every row (their caches are whole), later layers lose the dropped."""
+    L, N = cfg.num_hidden_layers, len(tokens)
+    _, A = forward64(sd, cfg, tokens, [causal(N)] * L, keep_attention_of=K)
+    a = A.mean(0)[N - 1, start : start + T * Nv].tolist()
+    k = math.ceil(Fraction(str(alpha)) * T * Nv)
+    S = sorted(start + j for j in sorted(range(T * Nv), key=lambda j: -a[j])[:k])
+    return S
+
+
+def fastv_masks(N, n_total, start, end, S, K, L):
+    dropped = torch.zeros(n_total, dtype=torch.bool)
+    dropped[start:end] = True
+    dropped[torch.as_tensor(S, dtype=torch.long)] = False
+    late = causal(n_total)
+    late[:, dropped] = False
+    gone = dropped.nonzero().flatten()
+    late[gone, gone] = True  # a dropped row sees itself so its softmax stays finite; nothing reads it
+    return [causal(n_total)] * K + [late] * (L - K)
+
+
+@pytest.mark.parametrize("K,alpha", [(1, 0.25), (2, 0.1), (4, 0.3)])
+def test_fastv_equals_float64_recomputation(ckpt, K, alpha):
+    model, hf = ckpt
+    start, T, Nv, Nq, n_new = 3, 4, 8, 5, 5
+    N = start + T * Nv + Nq
+    tokens = prompt(K, N)
+    out = generate(model, model.embed(tokens)[None], n_new, video=VideoSpan(start, T, Nv), method="fastv",
+                   alpha=alpha, layer=K)
+    sd, cfg = hf.state_dict(), hf.config
+    S = fastv64(sd, cfg, tokens, start, T, Nv, alpha, K)
+    assert out.kept.tolist() == S
+    # layers 1..K keep every prompt row in their caches; K+1..L only the kept ones
+    assert out.cache_lens == [N] * K + [N - (T * Nv - len(S))] * (4 - K)
+    seq = torch.cat([tokens, out.tokens[:-1]])
+    ref = forward64(sd, cfg, seq, fastv_masks(N, len(seq), start, start + T * Nv, S, K, 4))[N - 1 :]
+    assert rel(out.logits, ref) <= 1e-4  # float32 against float64 over 4 layers: ~1e-6 seen
+
+
+def test_fastv_ranks_across_frames_llm_vtp_within(ckpt):
+    model, _ = ckpt
+    tokens = prompt(30, 45)
+    video = VideoSpan(2, 4, 9)
+    fastv = generate(model, model.embed(tokens)[None], 1, video=video, method="fastv", alpha=0.25, layer=2)
+    ours = generate(model, model.embed(tokens)[None], 1, video=video, alpha=0.25, layer=2)
+    assert fastv.kept.numel() == math.ceil(0.25 * 36) == 9 and ours.kept.numel() == 4 * 3
+    per_frame = [((fastv.kept - 2) // 9 == t).sum().item() for t in range(4)]
+    assert sum(per_frame) == 9  # any split over the frames; LLM-VTP's is always 3 each
+
+
+# ---- Look-M -----------------------------------------------------------------------------------------------------
+
+
+def look_m64(sd, cfg, tokens, start, end, recent, important, how):
+    """Look-M from its description, in plain loops: per layer, keep the recent rows and the important ones (text
+    first, then by received attention), merge each evicted row into its most similar kept row per head."""
+    N = len(tokens)
+    caches = []
+    for k, v, received in layers64(sd, cfg, tokens):
+        n_recent, n_imp = int(N * recent), int(N * important)
+        older = list(range(N - n_recent))
+        is_text = {i: not (start <= i < end) for i in older}
+        ranked = sorted(older, key=lambda i: (not is_text[i], -received[i].item()))
+        kept = sorted(ranked[:n_imp] + list(range(N - n_recent, N)))
+        gone = [i for i in range(N) if i not in kept]
+        K, V = k[:, kept].clone(), v[:, kept].clone()
+        for h in range(k.shape[0]):
+            groups = {j: [] for j in range(len(kept))}
+            for e in gone:
+                cos = [torch.nn.functional.cosine_similarity(k[h, e], k[h, i], dim=0).item() for i in kept]
+                groups[max(range(len(kept)), key=lambda j: cos[j])].append(e)
+            for j, members in groups.items():
+                if not members or how == "none":
+                    continue
+                i = kept[j]
+                for src, dst in ((k, K), (v, V)):
+                    extra = [src[h, e] for e in members]
+                    if how == "pivotal":
+                        extra = [(x + src[h, i]) / 2 for x in extra]
+                    dst[h, j] = (src[h, i] + sum(extra)) / (1 + len(extra))
+        caches.append((K, V))
+    return caches
+
+
+@pytest.mark.parametrize("recent,important,how", [(0.1, 0.2, "average"), (0.2, 0.1, "pivotal"), (0.15, 0.15, "none")])
+def test_look_m_equals_float64_recomputation(ckpt, recent, important, how):
+    model, hf = ckpt
+    start, T, Nv, Nq, n_new = 3, 4, 8, 5, 5
+    N = start + T * Nv + Nq
+    tokens = prompt(int(recent * 100), N)
+    method = Method("look-m", recent=recent, important=important, merge=how)
+    out = generate(model, model.embed(tokens)[None], n_new, video=VideoSpan(start, T, Nv), method=method)
+    assert out.cache_lens == [int(N * recent) + int(N * important)] * 4
+    sd, cfg = hf.state_dict(), hf.config
+    caches = look_m64(sd, cfg, tokens, start, start + T * Nv, recent, important, how)
+    first = forward64(sd, cfg, tokens, [causal(N)] * 4)[N - 1 :]  # prefill itself is not pruned
+    ref = torch.cat([first, decode64(sd, cfg, caches, out.tokens[:-1], N)])
+    assert rel(out.logits, ref) <= 1e-4  # float32 against float64: ~1e-6 seen
+
+
+def test_look_m_keeps_text_before_video_and_the_recent_rows():
+    video = VideoSpan(start=2, frames=2, tokens_per_frame=4)  # rows 2..9 video, 10..11 question
+    scores = torch.tensor([0.1, 0.2, 9, 8, 7, 6, 5, 4, 3, 2, 0.5, 0.4])  # video rows score far above text
+    kept, evicted = baselines.look_m_rows(scores, video, recent=2 / 12, important=4 / 12)
+    # recent: rows 10, 11; important 4: text rows 0 and 1 first (text prior), then the two best video rows 2, 3
+    assert kept.tolist() == [0, 1, 2, 3, 10, 11] and evicted.tolist() == [4, 5, 6, 7, 8, 9]
+
+
+def test_merge_by_hand():
+    from minivtp.model import KVCache
+    cache = KVCache(1, 1, 4, 2)
+    k = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.1], [0.1, 3.0]]).view(1, 1, 4, 2)
+    v = torch.tensor([[10.0, 0], [0, 10], [20, 20], [30, 30]]).view(1, 1, 4, 2)
+    cache.update(0, k, v, torch.arange(4))
+    baselines.merge_evicted(cache, torch.tensor([0, 1]), torch.tensor([2, 3]), "average")
+    # row 2 points like row 0, row 3 like row 1: each kept row becomes the mean of itself and its evicted row
+    assert cache.length == 2 and cache.pos[:2].tolist() == [0, 1]
+    torch.testing.assert_close(cache.k[0, 0, :2], torch.tensor([[1.5, 0.05], [0.05, 2.0]]))
+    torch.testing.assert_close(cache.v[0, 0, :2], torch.tensor([[15.0, 10.0], [15.0, 20.0]]))
+
+
+# ---- everything kept: equal to the unpruned model ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [Method("fastv", alpha=1.0, layer=2), Method("look-m", recent=0.6, important=0.5),
+                                    Method(alpha=1.0, layer=3)], ids=["fastv", "look-m", "llm-vtp"])
+def test_keeping_everything_is_the_unpruned_model(ckpt, method):
+    model, _ = ckpt
+    embeds = model.embed(prompt(40, 41))[None]
+    plain = generate(model, embeds, 6)
+    same = generate(model, embeds, 6, video=VideoSpan(3, 4, 8), method=method)
+    assert same.tokens.tolist() == plain.tokens.tolist() and same.cache_lens == [41] * 4
+    assert rel(same.logits, plain.logits.double()) <= 1e-5
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(method="prumerge+"), r"prunes in the vision tower"),
+    (dict(method="look-m", recent=1.5), r"recent=1.5 is outside \[0, 1\]"),
+    (dict(method="look-m", recent=0.0, important=0.0), r"would keep no row"),
+    (dict(method="look-m", merge="sum"), r"merge='sum' must be one of 'average', 'pivotal', 'none'"),
+    (dict(method="fastv", alpha=0.0, layer=2), r"alpha=0.0 is outside \(0, 1\]"),
+    (dict(method="fastv", alpha=0.5, layer=9), r"layer=9 is outside 1..4"),
+])
+def test_bad_method_parameters(ckpt, kwargs, match):
+    model, _ = ckpt
+    with pytest.raises(ValueError, match=match):
+        generate(model, model.embed(prompt(1, 30))[None], 2, video=VideoSpan(2, 3, 8), **kwargs)
+
+
+def test_fast_decode_with_unequal_cache_lengths_equals_eager(ckpt):
+    model, _ = ckpt
+    embeds = model.embed(prompt(41, 44))[None]
+    for method in (Method("fastv", alpha=0.2, layer=2), Method("look-m", recent=0.1, important=0.1)):
+        eager = generate(model, embeds, 8, video=VideoSpan(4, 4, 8), method=method)
+        fast = generate(model, embeds, 8, video=VideoSpan(4, 4, 8), method=method, fast_decode=True)
+        assert fast.tokens.tolist() == eager.tokens.tolist()
+        torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-5, atol=1e-5)
