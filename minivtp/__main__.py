@@ -20,7 +20,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def answer(args):
     import weights
     from minivtp import png
-    from minivtp.generate import generate
+    from minivtp.generate import Method, generate
     from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
     from minivtp.tokenizer import Tokenizer
     from minivtp.vision import preprocess, read_frames
@@ -45,9 +45,10 @@ def answer(args):
     pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
     text = build_prompt(model.arrangement, args.question, args.template)
     ids = torch.tensor(tok.encode(text), device=args.device)
+    merged = args.method == "prumerge+"  # pruned in the vision tower, before the LLM
     t = time.perf_counter()
     with torch.no_grad():
-        embeds, video = model.prompt(ids, pixels)  # vision tower, projector, pooling, splice
+        embeds, video = model.prompt(ids, pixels, prumerge=merged)  # vision tower, projector, pooling, splice
     if embeds.is_cuda:
         torch.cuda.synchronize()
     encode_s = time.perf_counter() - t
@@ -55,28 +56,34 @@ def answer(args):
     if embeds.shape[1] + args.max_new_tokens > n_max:
         raise ValueError(f"the prompt is {embeds.shape[1]} rows ({video.end - video.start} of them video) and "
                          f"--max-new-tokens {args.max_new_tokens} more would exceed the model's {n_max} positions")
-    prune = args.alpha < 1
-    out = generate(model.llm, embeds, args.max_new_tokens, video=video if prune else None, alpha=args.alpha,
-                   layer=args.layer, head_pool=args.head_pool, eos_id=tok.eos, fast_decode=args.fast_decode)
+    prune = not merged and (args.alpha < 1 or args.method == "look-m")
+    method = Method(args.method, alpha=args.alpha, layer=None if args.method == "look-m" else args.layer, head_pool=args.head_pool, recent=args.recent,
+                    important=args.important, merge=args.merge) if prune else None
+    out = generate(model.llm, embeds, args.max_new_tokens, video=video if prune else None, method=method,
+                   eos_id=tok.eos, fast_decode=args.fast_decode)
     tokens = [t for t in out.tokens.tolist() if t != tok.eos]
-    result = dict(answer=tok.decode(tokens, skip_special=True).strip(), alpha=args.alpha,
-                  layer=args.layer if prune else None, video_tokens=video.end - video.start,
-                  kept_video_tokens=int(out.kept.numel()) if prune else video.end - video.start,
-                  kept_ratio=out.kept.numel() / (video.end - video.start) if prune else 1.0,
-                  prompt_rows=out.prompt_len, cache_rows=out.cache_len, new_tokens=len(out.tokens),
-                  load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s, decode_s=out.decode_s,
-                  decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1))
+    n_video = video.unpruned_rows if merged else video.end - video.start
+    kept = video.end - video.start if merged else int(out.kept.numel()) if prune else n_video
+    result = dict(answer=tok.decode(tokens, skip_special=True).strip(), method=args.method if prune or merged else
+                  None, alpha=args.alpha, layer=args.layer if prune and args.method != "look-m" else None,
+                  video_tokens=n_video, kept_video_tokens=kept, kept_ratio=kept / n_video,
+                  prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
+                  new_tokens=len(out.tokens), load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s,
+                  decode_s=out.decode_s, decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1))
     if args.heatmap:
-        if not prune:
-            raise ValueError("--heatmap draws what LLM-VTP kept: give --alpha below 1")
+        if not prune or args.method in ("look-m", "random"):
+            raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
+                             "--method llm-vtp, complement or fastv")
         png.write_png(args.heatmap, heatmap(frames, out.pruning.scores.float().cpu(), out.kept.cpu(), video, model))
         result["heatmap"] = str(args.heatmap)
     if args.json:
         print(json.dumps(result))
     else:
         print(result["answer"])
+        lens = sorted(set(out.cache_lens))
+        rows = f"{lens[0]}" if len(lens) == 1 else f"{lens[0]}-{lens[-1]} (layers differ)"
         print(f"kept {result['kept_video_tokens']} of {result['video_tokens']} video tokens "
-              f"({result['kept_ratio']:.1%}); KV cache {result['cache_rows']} of {result['prompt_rows']} rows")
+              f"({result['kept_ratio']:.1%}); KV cache {rows} of {result['prompt_rows']} rows")
         print(f"video encoding {encode_s * 1e3:.1f} ms, prefill {result['prefill_s'] * 1e3:.1f} ms, decode {result['decode_ms_per_token']:.1f} ms/token over "
               f"{result['new_tokens']} tokens (load {load_s:.1f} s)")
     return 0
@@ -162,6 +169,13 @@ def main(argv=None):
     a.add_argument("--alpha", type=float, default=0.1, help="fraction of each frame's tokens kept, (0, 1]; 1 = no pruning")
     a.add_argument("--layer", type=int, default=10, help="M, the layer that prunes, 1..L")
     a.add_argument("--head-pool", default="max", choices=("max", "mean", "min"))
+    a.add_argument("--method", default="llm-vtp", choices=("llm-vtp", "fastv", "prumerge+", "look-m", "random",
+                                                           "complement"),
+                   help="how tokens are chosen: LLM-VTP (default); FastV (--alpha of the whole video, --layer K); "
+                        "PruMerge+ (in the vision tower, adaptive); Look-M (--recent, --important); baselines")
+    a.add_argument("--recent", type=float, default=0.05, help="Look-M: fraction of rows kept as the most recent")
+    a.add_argument("--important", type=float, default=0.05, help="Look-M: fraction kept by attention, text first")
+    a.add_argument("--merge", default="average", choices=("average", "pivotal", "none"), help="Look-M's merge")
     a.add_argument("--max-new-tokens", type=int, default=128)
     a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=sorted(DTYPES))

@@ -1,6 +1,7 @@
-"""How many floating-point operations prefill costs, with and without LLM-VTP. Counted, not measured.
+"""How many floating-point operations prefill costs, with and without LLM-VTP (or a rival). Counted, not measured.
 
     python -m minivtp.flops --preset pllava-7b --alpha 0.2 --layer 5 --json
+    python -m minivtp.flops --preset pllava-7b --method prumerge+ --keep 0.365
 
 A multiply-add is 2 FLOPs. Per decoder layer, for n rows that attend to n rows:
 
@@ -44,9 +45,31 @@ def layer_flops(cfg: Config, n: int) -> int:
     return proj + mlp + attn
 
 
+METHODS = ("llm-vtp", "fastv", "prumerge+", "look-m")
+PRUMERGE_PLLAVA_KEEP = 0.365  # the fraction of PLLaVA's video tokens PruMerge+ kept on average (Tab. 1)
+
+
+def scoring_flops(cfg: Config, rows: int, N: int) -> int:
+    """Queries for `rows` rows once more, then their scores against N keys (softmax not counted)."""
+    HD = cfg.n_heads * cfg.head_dim
+    return 2 * rows * cfg.dim * HD + 2 * rows * N * HD
+
+
 def prefill_flops(cfg: Config, prefix: int, frames: int, tokens_per_frame: int, question: int, alpha: float = 1.0,
-                  layer: int = None, ranking: str = "frame") -> dict:
-    """FLOPs of one prefill, unpruned and with LLM-VTP at layer `layer` keeping `alpha` of the video."""
+                  layer: int = None, ranking: str = "frame", method: str = "llm-vtp", keep: float = None,
+                  recent: float = 0.05, important: float = 0.05) -> dict:
+    """FLOPs of one prefill, unpruned and pruned by `method`:
+
+    llm-vtp    layers 1..M on N rows, M+1..L on prefix + T * ceil(alpha * Nv) + question; the question rows score
+    fastv      layers 1..K on N rows, K+1..L on prefix + ceil(alpha * T * Nv) + question; the last row scores
+    prumerge+  every layer on prefix + round(keep * T * Nv) + question (the vision tower pruned before; its own
+               cost, as the LLM's embedding lookups, is outside this count)
+    look-m     every layer on N rows: eviction happens after prefill, from the attention prefill computes anyway;
+               then per layer the cosine similarity of every evicted key to every kept key (the merge)
+               (`look_m_scoring`: what minivtp's Look-M adds by recomputing Q K^T beside the fused kernel)
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} must be one of {', '.join(map(repr, METHODS))}")
     video = VideoSpan(prefix, frames, tokens_per_frame)
     N = video.end + question
     video.check(N)
@@ -54,16 +77,35 @@ def prefill_flops(cfg: Config, prefix: int, frames: int, tokens_per_frame: int, 
     if not 1 <= layer <= cfg.n_layers:
         raise ValueError(f"layer={layer} is outside 1..{cfg.n_layers}")
     n_video = frames * tokens_per_frame
-    kept = frames * n_keep(alpha, tokens_per_frame) if ranking == "frame" else n_keep(alpha, n_video)
-    n_after = prefix + kept + question
     head = 2 * cfg.dim * cfg.vocab_size  # logits of the last row
     full = cfg.n_layers * layer_flops(cfg, N) + head
-    # scoring at layer M (the fast path): the question rows' queries once more, then Q_q K^T (softmax not counted)
-    scoring = 2 * question * cfg.dim * cfg.n_heads * cfg.head_dim + 2 * question * N * cfg.n_heads * cfg.head_dim
-    pruned = layer * layer_flops(cfg, N) + (cfg.n_layers - layer) * layer_flops(cfg, n_after) + scoring + head
-    return dict(prompt_rows=N, video_rows=n_video, kept_video_rows=kept, rows_after_pruning=n_after,
-                layer=layer, alpha=alpha, flops_full=full, flops_pruned=pruned, ratio=pruned / full,
-                speedup=full / pruned)
+    out = dict(method=method, prompt_rows=N, video_rows=n_video, flops_full=full)
+    if method in ("llm-vtp", "fastv"):
+        if method == "llm-vtp":
+            kept = frames * n_keep(alpha, tokens_per_frame) if ranking == "frame" else n_keep(alpha, n_video)
+            scoring = scoring_flops(cfg, question, N)
+        else:
+            kept, scoring = n_keep(alpha, n_video), scoring_flops(cfg, 1, N)
+        n_after = prefix + kept + question
+        pruned = layer * layer_flops(cfg, N) + (cfg.n_layers - layer) * layer_flops(cfg, n_after) + scoring + head
+        out.update(layer=layer, alpha=alpha)
+    elif method == "prumerge+":
+        keep = PRUMERGE_PLLAVA_KEEP if keep is None else keep
+        if not 0 < keep <= 1:
+            raise ValueError(f"keep={keep} is outside (0, 1]: the fraction of video tokens PruMerge+ retained")
+        kept = round(keep * n_video)
+        n_after = prefix + kept + question
+        pruned = cfg.n_layers * layer_flops(cfg, n_after) + head
+        out.update(keep=keep)
+    else:
+        n_kept = min(N, int(N * recent) + int(N * important))  # rows each layer's cache keeps
+        merge = cfg.n_layers * 2 * cfg.n_kv_heads * (N - n_kept) * n_kept * cfg.head_dim
+        kept, n_after, pruned = n_video, N, full + merge
+        out.update(recent=recent, important=important, cache_rows=n_kept,
+                   look_m_scoring=cfg.n_layers * scoring_flops(cfg, N, N))
+    out.update(kept_video_rows=kept, rows_after_pruning=n_after, flops_pruned=pruned, ratio=pruned / full,
+               speedup=full / pruned)
+    return out
 
 
 def main(argv=None):
@@ -72,6 +114,8 @@ def main(argv=None):
     p.add_argument("--alpha", type=float, default=0.1, help="fraction of video tokens kept, in (0, 1]")
     p.add_argument("--layer", type=int, default=10, help="M, the layer that prunes, 1..L")
     p.add_argument("--ranking", choices=("frame", "sequence"), default="frame")
+    p.add_argument("--method", choices=METHODS, default="llm-vtp")
+    p.add_argument("--keep", type=float, help=f"PruMerge+'s retained fraction (default {PRUMERGE_PLLAVA_KEEP})")
     p.add_argument("--frames", type=int, help="override the preset's frame count T")
     p.add_argument("--question", type=int, help="override the preset's question rows Nq")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -83,7 +127,8 @@ def main(argv=None):
     if args.question:
         preset["question"] = args.question
     try:
-        out = prefill_flops(cfg, **preset, alpha=args.alpha, layer=args.layer, ranking=args.ranking)
+        out = prefill_flops(cfg, **preset, alpha=args.alpha, layer=args.layer, ranking=args.ranking,
+                            method=args.method, keep=args.keep)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -91,8 +136,10 @@ def main(argv=None):
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.preset}: {out['prompt_rows']} prompt rows ({out['video_rows']} video), "
-              f"alpha={args.alpha}, M={args.layer}: keeps {out['kept_video_rows']} video rows")
+        how = {"llm-vtp": f"alpha={args.alpha}, M={args.layer}", "fastv": f"alpha={args.alpha}, K={args.layer}",
+               "prumerge+": f"keep={out.get('keep')}", "look-m": "prefill unpruned"}[args.method]
+        print(f"{args.preset}, {args.method}: {out['prompt_rows']} prompt rows ({out['video_rows']} video), "
+              f"{how}: the LLM's layers after pruning see {out['kept_video_rows']} video rows")
         print(f"prefill FLOPs  full {out['flops_full'] / 1e12:.2f} T   pruned {out['flops_pruned'] / 1e12:.2f} T   "
               f"ratio {out['ratio']:.3f}  ({out['speedup']:.2f}x fewer)")
     return 0

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from minivtp import baselines
 from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
 
@@ -189,7 +190,10 @@ class VideoLLM(nn.Module):
         feats = self.vision(pixels, self.feature_layer)  # (T, 1+P, Cv)
         if self.select == "default":
             feats = feats[:, 1:]  # drop CLS: (T, P, Cv)
-        x = self.projector(feats)  # (T, P, C)
+        return self.arrange(self.projector(feats))
+
+    def arrange(self, x):
+        """Projected patch features (T, P, C) -> (video rows, C) as the model lays them out, and the frame count."""
         grid = self.vision.cfg.grid
         if self.arrangement == "pllava":
             if self.select != "default":
@@ -200,18 +204,52 @@ class VideoLLM(nn.Module):
             return tarsier_layout(x, grid, emb[self.newline_token], emb[self.frame_token]), x.shape[0]
         return rearrange(x, "t p c -> (t p) c"), x.shape[0]
 
-    def prompt(self, ids: torch.Tensor, pixels):
-        """Token ids (N0,) with ONE image token where the video goes -> embeds (1, N, C) and the VideoSpan."""
+    def prumerge_tokens(self, pixels):
+        """PruMerge+ (baselines.py), frame by frame: (video rows, C), the rows of each frame, the unpruned rows."""
+        n = self.vision.cfg.n_layers
+        after = self.feature_layer % (n + 1)  # the block whose attention PruMerge reads: the one after the features
+        if after >= n:
+            raise ValueError(f"PruMerge+ reads the vision block after the feature layer; layer {self.feature_layer} "
+                             "is the last")
+        h = self.vision(pixels, self.feature_layer)  # (T, 1+P, Cv)
+        a, keys = baselines.cls_attention(self.vision.layers[after], h)  # (T, P), (T, P, Cv)
+        patches = h[:, 1:]  # (T, P, Cv)
+        T = self.pooling_shape[0] if self.arrangement == "pllava" else patches.shape[0]
+        frames = []
+        if self.arrangement == "pllava":  # pool attention and keys like the features, merge after the projector
+            grid = self.vision.cfg.grid
+            x = pllava_pool(self.projector(patches), grid, self.pooling_shape)
+            x = x.view(self.pooling_shape[0], -1, x.shape[-1])  # (T', h'w', C)
+            a = baselines.pool_like_pllava(a, grid, self.pooling_shape)  # (T', h'w')
+            keys = baselines.pool_like_pllava(keys, grid, self.pooling_shape)  # (T', h'w', Cv)
+            frames = [baselines.prumerge_plus(x[t], keys[t], a[t])[0] for t in range(x.shape[0])]
+        else:  # merge in CLIP's space, then project, as PruMerge+ does for LLaVA
+            sep = self.llm.embed.weight[self.frame_token] if self.arrangement == "tarsier" else None
+            for t in range(patches.shape[0]):
+                rows = self.projector(baselines.prumerge_plus(patches[t], keys[t], a[t])[0])
+                frames.append(rows if sep is None else torch.cat([rows, sep[None].to(rows.dtype)]))
+        return torch.cat(frames), tuple(f.shape[0] for f in frames), T * self.tokens_per_frame()
+
+    def prompt(self, ids: torch.Tensor, pixels, prumerge=False):
+        """Token ids (N0,) with ONE image token where the video goes -> embeds (1, N, C) and the VideoSpan.
+
+        prumerge=True: the video pruned and merged by PruMerge+ before the LLM; then a baselines.MergedVideo
+        (frames of different lengths) instead of the VideoSpan."""
         where = (ids == self.image_token).nonzero().flatten()
         if where.numel() != 1:
             raise ValueError(f"the prompt must hold exactly one video placeholder (token {self.image_token}); "
                              f"it holds {where.numel()}")
         i = where.item()
-        video, T = self.video_tokens(pixels)
+        if prumerge:
+            video, per_frame, unpruned = self.prumerge_tokens(pixels)
+        else:
+            video, T = self.video_tokens(pixels)
         e = self.llm.embed
         # Eq. 1: X = [X_v; X_q], the video rows spliced in where the placeholder was, the question after them
         # (and, unlike the paper's equation, the system prompt before them: VideoSpan.start says where X_v begins)
         embeds = torch.cat([e(ids[:i]), video.to(e.weight.dtype), e(ids[i + 1 :])])[None]  # (1, N, C)
+        if prumerge:
+            return embeds, baselines.MergedVideo(i, per_frame, unpruned)
         span = VideoSpan(i, T, video.shape[0] // T)
         span.check(embeds.shape[1], video_rows=video.shape[0])
         return embeds, span

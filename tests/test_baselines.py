@@ -191,3 +191,128 @@ def test_fast_decode_with_unequal_cache_lengths_equals_eager(ckpt):
         fast = generate(model, embeds, 8, video=VideoSpan(4, 4, 8), method=method, fast_decode=True)
         assert fast.tokens.tolist() == eager.tokens.tolist()
         torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-5, atol=1e-5)
+
+
+# ---- PruMerge+ ----------------------------------------------------------------------------------------------------
+
+
+def test_iqr_outliers_by_hand():
+    # 16 patches: twelve at 1, two at 2, two far out at 10 and 9. Q1 = 1, Q3 = 1.25 (linear), upper fence 1.625
+    a = torch.tensor([1.0] * 12 + [2.0, 2.0, 10.0, 9.0])
+    assert baselines.iqr_outliers(a).tolist() == [14, 15, 12, 13]  # by score, ties in index order
+    assert baselines.iqr_outliers(torch.ones(10)).numel() == 0  # no spread: no outlier
+
+
+def test_prumerge_plus_keeps_outliers_and_uniform_samples():
+    P = 36
+    a = torch.full((P,), 0.01)
+    a[[7, 20]] = 0.5  # two outliers: ratio 2/36, step int(36 / 2) // 3 = 6 -> samples 0, 6, ..., 30
+    kept = baselines.prumerge_plus_keep(a)
+    assert kept.tolist() == [0, 6, 7, 12, 18, 20, 24, 30]
+    flat = baselines.prumerge_plus_keep(torch.full((P,), 0.02))  # no outlier: the top patch (index 0), step 12
+    assert flat.tolist() == [0, 12, 24]
+
+
+def test_prumerge_merge_by_hand():
+    x = torch.tensor([[1.0, 0], [0, 1], [1, 1], [2, 0]])  # 4 patches, features
+    keys = torch.tensor([[1.0, 0], [0, 1], [0.1, 1], [1, 0.1]])  # 2 is like 1, 3 is like 0
+    a = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    out = baselines.prumerge_merge(x, keys, a, torch.tensor([0, 1]), neighbours=1)
+    # patch 0 + 0.1 * patch 3; patch 1 + 0.2 * patch 2; extra = 0.2 * patch 2 + 0.1 * patch 3
+    torch.testing.assert_close(out, torch.tensor([[1.2, 0.0], [0.2, 1.2], [0.4, 0.2]]))
+
+
+def test_cls_attention_equals_transformers_clip(llava):
+    hf = llava[2].eval()
+    from minivtp.vision import VideoLLM
+    model = weights.load_video_llm(llava[0])
+    assert isinstance(model, VideoLLM)
+    pixels = torch.randn(2, 3, 28, 28)
+    captured = {}
+    tower = hf.model.vision_tower if hasattr(hf, "model") else hf.vision_tower
+    encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
+    last = encoder.layers[-1].self_attn  # the block after layer -2, as PruMerge hooks it
+    hooks = [last.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o)),
+             last.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o))]
+    with torch.no_grad():
+        tower(pixels, output_hidden_states=True)
+        for h in hooks:
+            h.remove()
+        ref = (captured["q"] @ captured["k"].transpose(-1, -2) * captured["q"].shape[-1] ** -0.5).softmax(-1)[:, 0, 1:]
+        ours, keys = baselines.cls_attention(model.vision.layers[-1], model.vision(pixels, -2))
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)  # float32 both ways, different op order
+    torch.testing.assert_close(keys, captured["k"][:, 1:], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["llava", "pllava", "tarsier"])
+def test_prumerge_prompt_on_each_video_llm(llava, tmp_path, which):
+    import json
+    import shutil
+    from minivtp.tokenizer import Tokenizer
+    path = {"llava": llava[0], "pllava": llava[1]}.get(which)
+    if which == "tarsier":
+        path = tmp_path / "tarsier"
+        shutil.copytree(llava[0], path)
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.update(image_newline_idx=5, image_new_idx=6)
+        (path / "config.json").write_text(json.dumps(cfg))
+    model = weights.load_video_llm(path)
+    tok = Tokenizer.from_file(llava[0])
+    ids = torch.tensor(tok.encode("USER: <image> what is it? ASSISTANT:"))
+    pixels = torch.randn(4, 3, 28, 28)
+    with torch.no_grad():
+        full, span = model.prompt(ids, pixels)
+        merged, video = model.prompt(ids, pixels, prumerge=True)
+    assert isinstance(video, baselines.MergedVideo) and video.unpruned_rows == span.end - span.start
+    assert merged.shape[1] - (video.end - video.start) == full.shape[1] - (span.end - span.start)  # text untouched
+    torch.testing.assert_close(merged[0, : video.start], full[0, : span.start])
+    torch.testing.assert_close(merged[0, video.end :], full[0, span.end :])
+    assert 0 < video.kept_ratio <= 1 and len(video.tokens_per_frame) == span.frames
+    if which == "tarsier":  # every frame still ends with its separator
+        ends = torch.tensor(video.tokens_per_frame).cumsum(0) + video.start - 1
+        for e in ends.tolist():
+            torch.testing.assert_close(merged[0, e], model.llm.embed.weight[6])
+    out = generate(model.llm, merged, 3)
+    assert out.prompt_len == merged.shape[1]
+    with pytest.raises(ValueError, match="video must be a VideoSpan"):
+        generate(model.llm, merged, 3, video=video, alpha=0.5, layer=1)
+
+
+def test_prumerge_frame_by_hand_through_the_model(llava):
+    # one frame of plain LLaVA: the tokens are exactly prumerge_plus on CLIP's patches, then the projector
+    model = weights.load_video_llm(llava[0])
+    pixels = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        rows, per_frame, unpruned = model.prumerge_tokens(pixels)
+        h = model.vision(pixels, -2)
+        a, keys = baselines.cls_attention(model.vision.layers[-1], h)
+        want = model.projector(baselines.prumerge_plus(h[0, 1:], keys[0], a[0])[0])
+    torch.testing.assert_close(rows, want)
+    assert unpruned == 16 and per_frame == (rows.shape[0],)
+
+
+def test_cli_runs_every_method(llava, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    from safetensors.torch import save_file
+    root = Path(__file__).resolve().parents[1]
+    frames = tmp_path / "clip.safetensors"
+    save_file({"frames": torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)}, frames)
+    base = [sys.executable, "-m", "minivtp", "answer", "--weights", str(llava[1]), "--video", str(frames),
+            "--question", "What is it?", "--max-new-tokens", "3", "--device", "cpu", "--json"]
+    seen = {}
+    for method, extra in (("llm-vtp", ["--alpha", "0.5", "--layer", "2"]), ("fastv", ["--alpha", "0.5", "--layer", "2"]),
+                          ("look-m", ["--recent", "0.1", "--important", "0.2"]), ("prumerge+", []),
+                          ("random", ["--alpha", "0.5", "--layer", "1"]), ("complement", ["--alpha", "0.5", "--layer", "1"])):
+        out = subprocess.run(base + ["--method", method] + extra, capture_output=True, text=True, cwd=root, timeout=300)
+        assert out.returncode == 0, (method, out.stderr)
+        seen[method] = d = json.loads(out.stdout)
+        assert d["method"] == method and d["video_tokens"] == 8 and 0 <= d["kept_ratio"] <= 1  # Look-M may keep none
+        assert len(d["cache_rows_per_layer"]) == 3
+    N = seen["llm-vtp"]["prompt_rows"]
+    assert seen["llm-vtp"]["cache_rows_per_layer"] == [N - 4] * 3  # 2 of 4 tokens kept in each of 2 pooled frames
+    assert seen["fastv"]["cache_rows_per_layer"] == [N, N, N - 4]  # layers 1..K keep every row
+    assert seen["look-m"]["cache_rows_per_layer"] == [int(N * 0.1) + int(N * 0.2)] * 3
+    assert seen["prumerge+"]["prompt_rows"] == N - 8 + seen["prumerge+"]["kept_video_tokens"]
