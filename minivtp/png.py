@@ -13,6 +13,12 @@ PALETTE = {"red": (230, 50, 50), "green": (50, 190, 70), "blue": (60, 110, 240),
 
 def write_png(path, image: torch.Tensor):
     """image (H, W, 3) uint8 -> an 8-bit RGB PNG file."""
+    with open(path, "wb") as f:
+        f.write(encode_png(image))
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """image (H, W, 3) uint8 -> the bytes of an 8-bit RGB PNG."""
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be (H, W, 3) uint8, got {tuple(image.shape)} {image.dtype}")
     H, W, _ = image.shape
@@ -26,8 +32,7 @@ def write_png(path, image: torch.Tensor):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0)  # 8 bits, colour type 2 (RGB)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 
 def read_png_size(path):
