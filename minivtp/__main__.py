@@ -46,6 +46,8 @@ def answer(args):
     text = build_prompt(model.arrangement, args.question, args.template)
     ids = torch.tensor(tok.encode(text), device=args.device)
     merged = args.method == "prumerge+"  # pruned in the vision tower, before the LLM
+    # the static cache and CUDA graph wherever there is a GPU; on a CPU there are no graphs to gain from
+    fast = (args.fast_decode or torch.device(args.device).type == "cuda") and not args.eager
     t = time.perf_counter()
     with torch.no_grad():
         embeds, video = model.prompt(ids, pixels, prumerge=merged)  # vision tower, projector, pooling, splice
@@ -60,13 +62,14 @@ def answer(args):
     method = Method(args.method, alpha=args.alpha, layer=None if args.method == "look-m" else args.layer, head_pool=args.head_pool, recent=args.recent,
                     important=args.important, merge=args.merge) if prune else None
     out = generate(model.llm, embeds, args.max_new_tokens, video=video if prune else None, method=method,
-                   eos_id=tok.eos, fast_decode=args.fast_decode)
+                   eos_id=tok.eos, fast_decode=fast)
     tokens = [t for t in out.tokens.tolist() if t != tok.eos]
     n_video = video.unpruned_rows if merged else video.end - video.start
     kept = video.end - video.start if merged else int(out.kept.numel()) if prune else n_video
     result = dict(answer=tok.decode(tokens, skip_special=True).strip(), method=args.method if prune or merged else
                   None, alpha=args.alpha, layer=args.layer if prune and args.method != "look-m" else None,
                   video_tokens=n_video, kept_video_tokens=kept, kept_ratio=kept / n_video,
+                  decode="static cache + CUDA graph" if fast else "eager",
                   prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
                   new_tokens=len(out.tokens), load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s,
                   decode_s=out.decode_s, decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1))
@@ -181,7 +184,9 @@ def main(argv=None):
     a.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=sorted(DTYPES))
     a.add_argument("--template", default=None, help="PLLaVA conversation template (default 'plain')")
     a.add_argument("--heatmap", default=None, help="write the attention / kept-token picture here (PNG)")
-    a.add_argument("--fast-decode", action="store_true", help="decode from a static cache with a CUDA graph")
+    a.add_argument("--fast-decode", action="store_true", help="decode from a static cache with a CUDA graph "
+                   "(the default on CUDA; this flag asks for it on other devices too)")
+    a.add_argument("--eager", action="store_true", help="decode step by step in Python, the readable path")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     try:

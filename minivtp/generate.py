@@ -234,6 +234,38 @@ class GraphDecode:
         return self.logits.clone()  # the graph overwrites its output buffer at the next replay
 
 
+class FastDecoder:
+    """The fast decode path, kept from one question to the next: static caches and one CUDA graph per size.
+
+        decoder = FastDecoder(model)
+        for embeds, video in questions:          # an evaluation loop: one capture per size, not per question
+            generate(model, embeds, 5, video=video, alpha=0.1, layer=10, fast_decode=decoder)
+
+    Each layer's cache size (the rows after prefill plus the new tokens) is rounded up to a multiple of
+    `bucket`, so questions of about the same length share a graph. The price: a step reads its whole static
+    cache, masked, so up to bucket - 1 empty rows per layer more than the exact size (a few percent of the
+    weights' bytes at 7B). bucket=1 gives exact sizes and a capture for every new size. compile=True compiles
+    the step before capturing it (fuses the element-wise kernels; tens of seconds once per size): for loops.
+    """
+
+    def __init__(self, model, bucket: int = 256, compile: bool = False):
+        if bucket < 1:
+            raise ValueError(f"bucket={bucket} must be >= 1")
+        self.model, self.bucket, self.compile, self.graphs = model, bucket, compile, {}
+
+    def begin(self, caches, token, pos: int, new_tokens: int):
+        """Static caches holding `caches`' rows (room for `new_tokens` more) and the step to replay."""
+        b = self.bucket
+        sizes = tuple(-(-(c.length + new_tokens) // b) * b for c in caches)  # rounded up to the bucket
+        if sizes not in self.graphs:
+            static = [StaticKVCache.from_cache(c, n) for c, n in zip(caches, sizes)]
+            self.graphs[sizes] = GraphDecode(self.model, static, token, pos, 0, compile=self.compile)
+        else:
+            for s, c in zip(self.graphs[sizes].caches, caches):
+                s.load(c)
+        return self.graphs[sizes]
+
+
 def pick(logits, temperature: float, generator=None):
     if temperature == 0:
         return logits.argmax()
@@ -252,7 +284,7 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
     The pruning is a Method, or its keywords (alpha=, layer=, head_pool=, ranking=, scores=, and the older
     selection="attention" | "random" | "complement"); alpha=1 keeps every video token, video=None skips scoring.
     Greedy unless temperature > 0. `fast_decode=True` decodes from a static cache, replaying one CUDA graph per
-    token on a GPU.
+    token on a GPU; `fast_decode=FastDecoder(model)` does the same and keeps the graph for the next call.
     """
     if embeds.dim() != 3 or embeds.shape[0] != 1:
         raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
@@ -275,8 +307,7 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
     cache_len, cache_lens = caches[0].length, [c.length for c in caches]
     t1 = clock(embeds.device)
     step = None
-    if fast_decode:  # a static cache of exactly the slots still to be used, and (on CUDA) a graph
-        caches = [StaticKVCache.from_cache(c, c.length + max_new_tokens) for c in caches]
+    decoder = fast_decode if isinstance(fast_decode, FastDecoder) else FastDecoder(model, bucket=1) if fast_decode else None
     tokens, all_logits = [], []
     for i in range(max_new_tokens):
         token = pick(logits, temperature, generator)
@@ -285,9 +316,9 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
         if (eos_id is not None and token.item() == eos_id) or i == max_new_tokens - 1:
             break
         # subtle: the new token's position goes on from N, the unpruned prompt length, not from the cache's rows
-        if fast_decode:
+        if decoder is not None:  # static caches of the slots still to be used, and (on CUDA) a graph
             if step is None:
-                step = GraphDecode(model, caches, token, N + i, i)
+                step = decoder.begin(caches, token, N + i, max_new_tokens)
             logits = step(token, N + i, i)
         else:
             logits = decode_one_token(model, token, N + i, caches, fused)

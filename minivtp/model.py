@@ -227,19 +227,30 @@ class StaticKVCache(KVCache):
     after pruning a static decode reads cache_len + new tokens slots, not the unpruned prompt's.
     """
 
+    def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype=torch.float32, device=None):
+        super().__init__(batch, n_kv_heads, max_len, head_dim, dtype, device)
+        # a tensor, not an int: a graph captured once reads it at every replay, so the next question can reuse it
+        self.register_buffer("start", torch.zeros(1, dtype=torch.long, device=device), persistent=False)
+
     @classmethod
     def from_cache(cls, cache: KVCache, max_len: int) -> "StaticKVCache":
-        if max_len < cache.length:
-            raise ValueError(f"cannot fit a cache holding {cache.length} rows into {max_len} slots")
         B, Hkv, _, D = cache.k.shape
         static = cls(B, Hkv, max_len, D, cache.k.dtype, cache.k.device)
+        return static.load(cache)
+
+    def load(self, cache: KVCache) -> "StaticKVCache":
+        """Take over a filled cache's rows (in place: the buffers a captured graph reads stay the same)."""
         n = cache.length
-        static.k[:, :, :n], static.v[:, :, :n], static.pos[:n] = cache.k[:, :, :n], cache.v[:, :, :n], cache.pos[:n]
-        static.length = static.start = n
-        return static
+        if n > self.k.shape[2]:
+            raise ValueError(f"cannot fit a cache holding {n} rows into {self.k.shape[2]} slots")
+        self.k[:, :, :n], self.v[:, :, :n], self.pos[:n] = cache.k[:, :, :n], cache.v[:, :, :n], cache.pos[:n]
+        self.pos[n:] = EMPTY
+        self.start.fill_(n)
+        self.length = n
+        return self
 
     def update(self, step: torch.Tensor, k, v, pos):
-        slot = self.start + step  # (1,): a tensor, so a replayed graph writes where the step says
+        slot = self.start + step  # (1,): tensors, so a replayed graph writes where the step says
         self.k.index_copy_(2, slot, k)
         self.v.index_copy_(2, slot, v)
         self.pos.index_copy_(0, slot, pos)

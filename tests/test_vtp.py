@@ -337,3 +337,19 @@ def test_compile_pointwise_changes_only_the_model_it_is_called_on():
     assert a.layers[0].attn.rope is not model_py.apply_rope
     assert b.layers[0].attn_norm.kernel is model_py.rms_norm and b.layers[0].attn.rope is model_py.apply_rope
     assert b.norm.kernel is model_py.rms_norm and b.layers[1].mlp.act is model_py.swiglu
+
+
+def test_a_fast_decoder_serves_question_after_question(ckpt):
+    from minivtp.generate import FastDecoder
+    model, _ = ckpt
+    decoder = FastDecoder(model, bucket=64)
+    for seed, n in ((11, 40), (12, 44), (13, 38), (14, 90)):  # three share a size bucket, the last does not
+        embeds = model.embed(prompt(seed, n))[None]
+        video = VideoSpan(4, 4, 8)
+        eager = generate(model, embeds, 7, video=video, alpha=0.25, layer=2)
+        fast = generate(model, embeds, 7, video=video, alpha=0.25, layer=2, fast_decode=decoder)
+        assert fast.tokens.tolist() == eager.tokens.tolist()
+        torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-5, atol=1e-5)
+    assert sorted(decoder.graphs) == [(64,) * 4, (128,) * 4]  # two sizes, two captures (on a GPU), not four
+    with pytest.raises(ValueError, match="bucket=0 must be >= 1"):
+        FastDecoder(model, bucket=0)
