@@ -339,8 +339,8 @@ def merge_lora(model, lora: dict, path: Path, hf: dict, lora_alpha, device) -> d
     if alpha is None:
         alpha = hf.get("lora_alpha")
     if alpha is None:
-        raise CheckpointError(f"{path}: holds unmerged LoRA adapters but no lora_alpha (give lora_alpha=..., "
-                              "PLLaVA's scripts use 4)")
+        raise CheckpointError(f"{path}: holds unmerged LoRA adapters but no lora_alpha (give --lora-alpha on the "
+                              "command line or lora_alpha=... to load_video_llm; PLLaVA's scripts use 4)")
     params = dict(model.named_parameters())
     ranks = set()
     for target, pair in sorted(lora.items()):

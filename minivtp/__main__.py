@@ -33,7 +33,8 @@ def answer(args):
     def progress(i, n, file):
         print(f"loading shard {i + 1}/{n}: {file.name}  ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
 
-    model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device, progress=progress)
+    model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device, progress=progress,
+                                   lora_alpha=args.lora_alpha)
     load_s = time.perf_counter() - t
     tok = Tokenizer.from_file(args.weights)
     if tok.added.get("<image>") != model.image_token:
@@ -187,6 +188,8 @@ def main(argv=None):
     a.add_argument("--fast-decode", action="store_true", help="decode from a static cache with a CUDA graph "
                    "(the default on CUDA; this flag asks for it on other devices too)")
     a.add_argument("--eager", action="store_true", help="decode step by step in Python, the readable path")
+    a.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale for unmerged adapters when the directory "
+                   "has no adapter_config.json (PLLaVA's released weights: 4)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     try:

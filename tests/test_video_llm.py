@@ -2,6 +2,7 @@
 prompt splicing, LoRA merging, and the `python -m minivtp answer` command."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -241,3 +242,59 @@ def test_preprocess_is_close_to_clip_image_processor():
     # PIL's bicubic and torch's antialiased bicubic differ at sharp edges (max ~0.24 here), not on average:
     # 0.02 mean absolute difference in CLIP-normalised units is a 0.5% shift of a 0..255 pixel
     assert ours.shape == ref.shape and (ours - ref).abs().mean() < 0.02
+
+
+def released_layout(plain, d, alpha_file=None):
+    """PLLaVA's released layout: the LLM saved PEFT-wrapped (base_model.model., base_layer, .default.) with
+    unmerged adapters on q and v; adapter_config.json only when alpha_file is given."""
+    shutil.copytree(plain, d)
+    t = load_file(d / "model.safetensors")
+    out, g = {}, torch.Generator().manual_seed(5)
+    for name, w in t.items():
+        if name.startswith("language_model."):
+            rest = name[len("language_model."):]
+            m = re.match(r"model\.layers\.(\d+)\.self_attn\.(q|v)_proj\.weight", rest)
+            if m:
+                p = f"language_model.base_model.model.model.layers.{m.group(1)}.self_attn.{m.group(2)}_proj"
+                out[p + ".base_layer.weight"] = w
+                out[p + ".lora_A.default.weight"] = torch.randn(2, w.shape[1], generator=g) * 0.3
+                out[p + ".lora_B.default.weight"] = torch.randn(w.shape[0], 2, generator=g) * 0.3
+                continue
+            name = "language_model.base_model.model." + rest
+        out[name] = w
+    save_file(out, d / "model.safetensors", metadata={"format": "pt"})
+    if alpha_file is not None:
+        (d / "adapter_config.json").write_text(json.dumps({"lora_alpha": alpha_file, "r": 2}))
+    return d
+
+
+def test_cli_lora_alpha_for_a_released_directory(llava, tmp_path):
+    d = released_layout(llava[1], tmp_path / "pllava-released")
+    frames = tmp_path / "clip.safetensors"
+    save_file({"frames": torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)}, frames)
+    args = ["--weights", d, "--video", frames, "--question", "Why?", "--layer", 1, "--max-new-tokens", 3,
+            "--device", "cpu", "--json"]
+    out = cli(*args)
+    assert out.returncode == 2 and "give --lora-alpha on the command line" in out.stderr
+    out = cli(*args, "--lora-alpha", 4)
+    assert out.returncode == 0, out.stderr
+    merged = weights.load_video_llm(d, lora_alpha=4)
+    assert merged.load_info["lora_merged"]["lora_alpha"] == 4
+    with_file = weights.load_video_llm(released_layout(llava[1], tmp_path / "with-config", alpha_file=4))
+    for a, b in zip(merged.parameters(), with_file.parameters()):
+        assert torch.equal(a, b)  # --lora-alpha 4 is adapter_config.json's lora_alpha 4
+
+
+def test_a_hugging_face_cache_snapshot_of_symlinks_loads(llava, tmp_path):
+    # hub downloads keep the files in blobs/ and the snapshot directory holds symlinks to them
+    src = llava[1]
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "0123abcd"
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    for f in src.iterdir():
+        shutil.copy(f, blobs / f"blob-{f.name}")
+        (snap / f.name).symlink_to(blobs / f"blob-{f.name}")
+    model = weights.load_video_llm(snap)
+    ref = weights.load_video_llm(src)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
