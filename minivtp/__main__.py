@@ -1,4 +1,5 @@
 """python -m minivtp answer: ask a video a question with a PLLaVA / Tarsier / LLaVA checkpoint, LLM-VTP on.
+python -m minivtp eval: a multiple-choice benchmark in MVBench's format (minivtp/evaluate.py).
 
     python -m minivtp answer --weights pllava-7b --video clip.mp4 --question "What is he doing?" \\
         --alpha 0.1 --layer 10 --device cuda --dtype bfloat16 --heatmap kept.png
@@ -191,8 +192,30 @@ def main(argv=None):
     a.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale for unmerged adapters when the directory "
                    "has no adapter_config.json (PLLaVA's released weights: 4)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
+    e = sub.add_parser("eval", help="multiple-choice video QA in MVBench's format (torchrun for several GPUs)")
+    e.add_argument("--weights", required=True, help="checkpoint directory (or a toy directory)")
+    e.add_argument("--questions", required=True, help="MVBench-format JSON: a list of questions or task -> list")
+    e.add_argument("--videos", required=True, help="folder the questions' video paths are relative to")
+    e.add_argument("--out", required=True, help="JSON lines, one per question; a rerun skips the ids in it")
+    e.add_argument("--method", default="llm-vtp", choices=("llm-vtp", "fastv", "prumerge+", "look-m", "random",
+                                                           "complement"))
+    e.add_argument("--alpha", type=float, default=1.0, help="fraction kept, (0, 1]; 1 = no pruning")
+    e.add_argument("--layer", type=int, default=10)
+    e.add_argument("--head-pool", default="max", choices=("max", "mean", "min"))
+    e.add_argument("--recent", type=float, default=0.05)
+    e.add_argument("--important", type=float, default=0.05)
+    e.add_argument("--max-new-tokens", type=int, default=5, help="the letter and a few words")
+    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=sorted(DTYPES))
+    e.add_argument("--lora-alpha", type=float, default=None)
+    e.add_argument("--eager", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = p.parse_args(argv)
     try:
+        if args.command == "eval":
+            from minivtp import evaluate
+            check_device(args.device)
+            return evaluate.run(args)
         return answer(args)
     except ValueError as e:  # every expected problem is a ValueError with a message that names it
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,248 @@
+"""python -m minivtp eval: multiple-choice video QA in MVBench's format, with or without pruning, resumable,
+on one process or many (torchrun).
+
+    python -m minivtp eval --weights pllava-7b --questions mvbench.json --videos DIR --alpha 0.1 --layer 10 \\
+        --out results.jsonl
+    torchrun --nproc-per-node 4 -m minivtp eval ... --out results.jsonl     # each rank answers its own share
+
+The questions file is MVBench's: a JSON list of {"video", "question", "candidates", "answer"} (optionally "id",
+"task_type", "start", "end"), or an object mapping each task's name to such a list. The prompt is PLLaVA's
+(tasks/eval/mvbench: "Question: ...\\nOptions:\\n(A) ...", then "\\nOnly give the best option.", the
+eval_mvbench conversation, and "Best option:(" as the start of the answer); the letter is the first of A-G in
+the answer, as its check_ans reads it. One JSON line per question (id, task, prediction, letter, answer,
+correct, kept ratio, prefill and decode seconds, or the error that stopped it); a rerun skips the ids already in
+--out. A summary at the end: accuracy per task and overall, mean kept ratio, seconds per question.
+
+The toy (`python -m minivtp.toy export-mvbench DIR`) runs through the same loop: its "videos" are feature
+files, its options are two-word answers, and its letter is the option whose words the model generated.
+"""
+
+import json
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+POST_QUERY = "\nOnly give the best option."
+ANSWER_PROMPT = "Best option:("
+LETTERS = "ABCDEFG"
+
+
+def read_questions(path) -> list:
+    """The questions as a list of dicts with "id" and "task_type" filled in; a ValueError names a broken file."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the questions ({e})") from None
+    if isinstance(raw, dict):
+        items = [dict(q, task_type=q.get("task_type", task)) for task, qs in raw.items() for q in qs]
+    elif isinstance(raw, list):
+        items = [dict(q) if isinstance(q, dict) else {"_bad": q} for q in raw]
+    else:
+        raise ValueError(f"{path}: holds a JSON {type(raw).__name__}; a list of questions (or task -> list) is needed")
+    for i, q in enumerate(items):
+        q.setdefault("id", str(i))
+        q["id"] = str(q["id"])
+        q.setdefault("task_type", "all")
+    return items
+
+
+def check_entry(q: dict):
+    """The reason a question cannot be asked, or None."""
+    if "_bad" in q:
+        return f"entry is a {type(q['_bad']).__name__}, not an object"
+    for key, kind in (("video", str), ("question", str), ("candidates", list), ("answer", str)):
+        if not isinstance(q.get(key), kind):
+            return f"entry has no {key} ({kind.__name__})"
+    if not 2 <= len(q["candidates"]) <= len(LETTERS):
+        return f"entry has {len(q['candidates'])} candidates; 2..{len(LETTERS)} are allowed"
+    if q["answer"] not in q["candidates"]:
+        return "its answer is not one of its candidates"
+    return None
+
+
+def qa_text(q: dict) -> str:
+    """PLLaVA's qa_template: the question, then the options lettered (A), (B), ..."""
+    text = f"Question: {q['question']}\nOptions:\n"
+    for i, c in enumerate(q["candidates"]):
+        text += f"({LETTERS[i]}) {c}\n"
+    return text.rstrip()
+
+
+def letter_of(text: str):
+    """The option letter at the start of an answer that began with "(": "B) a cat" -> "B"; None if there is none."""
+    m = re.match(r"\s*\(?\s*([A-Ga-g])\b", text)
+    return m.group(1).upper() if m else None
+
+
+class Answerer:
+    """Loads a checkpoint once and answers one question at a time: (prediction, letter, facts)."""
+
+    def __init__(self, args):
+        from minivtp.generate import FastDecoder, Method
+        import weights
+
+        self.args = args
+        cfg = weights.read_config(Path(args.weights)) if Path(args.weights).is_dir() else {}
+        self.toy = cfg.get("model_type") == "minivtp-toy"
+        prune = args.alpha < 1 or args.method == "look-m"
+        self.method = Method(args.method, alpha=args.alpha, layer=None if args.method == "look-m" else args.layer,
+                             head_pool=args.head_pool, recent=args.recent, important=args.important) if prune else None
+        if args.method == "prumerge+":
+            self.method = None
+        if self.toy:
+            from minivtp import toy
+            self.model = toy.load(args.weights)
+            self.llm = self.model.llm
+        else:
+            from minivtp.tokenizer import Tokenizer
+            from minivtp.__main__ import DTYPES
+            self.model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device,
+                                                lora_alpha=args.lora_alpha)
+            self.tok = Tokenizer.from_file(args.weights)
+            self.llm = self.model.llm
+        fast = torch.device(args.device).type == "cuda" and not args.eager
+        self.decoder = FastDecoder(self.llm) if fast else False
+
+    def __call__(self, q: dict, videos: Path):
+        from minivtp.generate import generate
+        path = videos / q["video"]
+        if self.toy:
+            return self.ask_toy(q, path)
+        from minivtp.prompts import build_prompt
+        from minivtp.vision import preprocess, read_frames
+        frames, _ = read_frames(path, self.model.frames)
+        pixels = preprocess(frames, self.model.vision.cfg.image_size).to(self.args.device)
+        if self.model.arrangement == "tarsier":
+            text = build_prompt("tarsier", qa_text(q) + POST_QUERY) + ANSWER_PROMPT
+        else:
+            text = build_prompt("pllava", qa_text(q) + POST_QUERY, "eval_mvbench")
+        ids = torch.tensor(self.tok.encode(text), device=self.args.device)
+        merged = self.args.method == "prumerge+"
+        with torch.no_grad():
+            embeds, video = self.model.prompt(ids, pixels, prumerge=merged)
+        out = generate(self.llm, embeds, self.args.max_new_tokens, video=video if self.method else None,
+                       method=self.method, eos_id=self.tok.eos, fast_decode=self.decoder)
+        prediction = "(" + self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
+        n_video = video.unpruned_rows if merged else video.end - video.start
+        kept = video.end - video.start if merged else out.kept.numel() if self.method else n_video
+        return prediction, letter_of(prediction), dict(kept_ratio=kept / n_video, prefill_s=out.prefill_s,
+                                                       decode_s=out.decode_s)
+
+    def ask_toy(self, q, path):
+        from safetensors.torch import load_file
+        from minivtp import toy
+        try:
+            features = load_file(str(path))["features"]
+        except Exception as e:  # a missing or broken file: one error line for this question
+            raise ValueError(f"{path}: not a toy video ({e})") from None
+        sample = toy.Sample(features, [], q["question"].split(), [])
+        words, out = toy.ask(self.model, sample, method=self.method)
+        prediction = " ".join(words)
+        options = [c for c in q["candidates"]]
+        letter = LETTERS[options.index(prediction)] if prediction in options else None
+        kept = out.kept.numel() / (toy.T * toy.NV) if self.method else 1.0
+        return prediction, letter, dict(kept_ratio=kept, prefill_s=out.prefill_s, decode_s=out.decode_s)
+
+
+def summary(rows: list) -> dict:
+    tasks = defaultdict(lambda: [0, 0])
+    for r in rows:
+        tasks[r["task_type"]][1] += 1
+        tasks[r["task_type"]][0] += bool(r.get("correct"))
+    answered = [r for r in rows if "error" not in r]
+    return dict(questions=len(rows), correct=sum(bool(r.get("correct")) for r in rows),
+                accuracy=sum(bool(r.get("correct")) for r in rows) / max(1, len(rows)),
+                per_task={t: dict(correct=c, total=n, accuracy=c / n) for t, (c, n) in sorted(tasks.items())},
+                errors=len(rows) - len(answered), unparsed=sum(1 for r in answered if r["letter"] is None),
+                mean_kept_ratio=sum(r["kept_ratio"] for r in answered) / max(1, len(answered)),
+                seconds_per_question=sum(r["seconds"] for r in answered) / max(1, len(answered)))
+
+
+def read_jsonl(path: Path) -> list:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed run: that question is asked again
+            continue
+    return rows
+
+
+def run(args) -> int:
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group("nccl" if torch.device(args.device).type == "cuda" else "gloo")
+        if torch.device(args.device).type == "cuda":
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    out = Path(args.out)
+    questions = read_questions(args.questions)
+    shard = out.with_name(f"{out.name}.rank{rank}") if world > 1 else out
+    if rank == 0 or shard != out:  # keep the whole lines of a run that was killed, drop the torn last one
+        for f in {out, shard} if rank == 0 else {shard}:
+            if f.exists():
+                f.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(f)))
+    if world > 1:
+        dist.barrier()
+    done = {r["id"] for r in read_jsonl(out)} | {r["id"] for r in read_jsonl(shard)}
+    mine = [q for i, q in enumerate(questions) if i % world == rank and q["id"] not in done]
+    answer = Answerer(args)
+    videos = Path(args.videos)
+    start = time.perf_counter()
+    with open(shard, "a") as f:
+        for n, q in enumerate(mine, 1):
+            row = dict(id=q["id"], task_type=q["task_type"])
+            problem = check_entry(q)
+            t0 = time.perf_counter()
+            try:
+                if problem:
+                    raise ValueError(f"question {q['id']}: {problem}")
+                prediction, letter, facts = answer(q, videos)
+                truth = LETTERS[q["candidates"].index(q["answer"])]
+                # the toy names any object in the video: each of those answers is right ("right_answers")
+                right = prediction in q["right_answers"] if "right_answers" in q else letter == truth
+                row.update(prediction=prediction, letter=letter, answer=truth, correct=right,
+                           seconds=time.perf_counter() - t0, **facts)
+            except ValueError as e:  # a bad question or video: recorded, and the run goes on
+                row.update(error=str(e), correct=False)
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            print(f"[rank {rank}] {n}/{len(mine)} {q['task_type']}: {row.get('letter')} "
+                  f"{'right' if row['correct'] else 'wrong' if 'error' not in row else 'error: ' + row['error']}  "
+                  f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    if world > 1:
+        dist.barrier()
+        if rank == 0:  # merge the shards into --out, in question order, and keep what --out already held
+            rows = {r["id"]: r for r in read_jsonl(out)}
+            for r in range(world):
+                part = out.with_name(f"{out.name}.rank{r}")
+                rows.update({row["id"]: row for row in read_jsonl(part)})
+            ordered = [rows[q["id"]] for q in questions if q["id"] in rows]
+            out.write_text("".join(json.dumps(r) + "\n" for r in ordered))
+            for r in range(world):
+                out.with_name(f"{out.name}.rank{r}").unlink(missing_ok=True)
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank == 0:
+        res = summary(read_jsonl(out))
+        print(json.dumps(res) if args.json else format_summary(res))
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"accuracy {s['accuracy']:.3f} ({s['correct']} of {s['questions']}); errors {s['errors']}, "
+             f"answers without a letter {s['unparsed']}; mean kept ratio {s['mean_kept_ratio']:.3f}; "
+             f"{s['seconds_per_question']:.3f} s per question"]
+    for task, t in s["per_task"].items():
+        lines.append(f"  {task:28s} {t['accuracy']:.3f}  ({t['correct']}/{t['total']})")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""python -m minivtp eval: MVBench's format and letter rule, resumable, one process or two (torchrun, gloo), bad
+questions recorded instead of crashing, and the exported toy benchmark agreeing with python -m minivtp.experiments."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from minivtp import evaluate, toy
+from minivtp.experiments import measure
+from minivtp.generate import Method
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMES = ("seconds", "prefill_s", "decode_s")
+
+
+def eval_cmd(*args, torchrun=False):
+    head = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "minivtp"] if torchrun \
+        else [sys.executable, "-m", "minivtp"]
+    return subprocess.run(head + ["eval", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def rows(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMES} for line in Path(path).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toybench")
+    toy.export_mvbench(d, n=40, seed=4242)
+    return d
+
+
+def test_letters_and_prompt_text():
+    assert evaluate.letter_of("B) a man") == "B" and evaluate.letter_of("(c) no") == "C"
+    assert evaluate.letter_of("  D") == "D" and evaluate.letter_of("I think so") is None
+    q = dict(question="What?", candidates=["yes", "no"], answer="no")
+    assert evaluate.qa_text(q) == "Question: What?\nOptions:\n(A) yes\n(B) no"
+
+
+def test_toy_benchmark_agrees_with_the_experiments(bench, tmp_path):
+    out = tmp_path / "r.jsonl"
+    run = eval_cmd("--weights", toy.ASSETS, "--questions", bench / "questions.json", "--videos", bench / "videos",
+                   "--out", out, "--alpha", 0.1, "--layer", toy.DEFAULT_LAYER, "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    g = torch.Generator().manual_seed(4242)
+    samples = [toy.make_sample(g) for _ in range(40)]  # export_mvbench draws the same videos, then its options
+    model = toy.load()
+    per_question = [toy.is_right(s, toy.ask(model, s, method=Method(alpha=0.1, layer=toy.DEFAULT_LAYER))[0])
+                    for s in samples]
+    assert [r["correct"] for r in rows(out)] == per_question
+    acc, _ = measure(model, samples, Method(alpha=0.1, layer=toy.DEFAULT_LAYER))
+    assert summary["accuracy"] == pytest.approx(acc) and summary["mean_kept_ratio"] == pytest.approx(8 / 72)
+
+
+def test_two_processes_give_the_one_process_results(bench, tmp_path):
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    args = ["--weights", toy.ASSETS, "--questions", bench / "questions.json", "--videos", bench / "videos",
+            "--alpha", 0.2, "--layer", 1, "--json"]
+    a = eval_cmd(*args, "--out", one)
+    b = eval_cmd(*args, "--out", two, torchrun=True)
+    assert a.returncode == 0 and b.returncode == 0, b.stderr[-3000:]
+    assert rows(one) == rows(two)
+    sa, sb = json.loads(a.stdout), json.loads(b.stdout.strip().splitlines()[-1])
+    assert {k: v for k, v in sa.items() if k != "seconds_per_question"} == \
+        {k: v for k, v in sb.items() if k != "seconds_per_question"}
+    assert not list(tmp_path.glob("two.jsonl.rank*"))  # the shards were merged and removed
+
+
+def test_a_rerun_skips_what_is_done(bench, tmp_path):
+    out = tmp_path / "r.jsonl"
+    args = ["--weights", toy.ASSETS, "--questions", bench / "questions.json", "--videos", bench / "videos",
+            "--out", out, "--layer", 1]
+    full = eval_cmd(*args)
+    assert full.returncode == 0
+    first = out.read_text().splitlines()
+    out.write_text("\n".join(first[:25]) + "\n" + first[25][:10])  # as if killed while writing question 26
+    again = eval_cmd(*args)
+    assert again.returncode == 0
+    assert again.stderr.count("[rank 0]") == 15  # questions 26..40 only
+    assert sorted(r["id"] for r in rows(out)) == sorted(r["id"] for r in (json.loads(x) for x in first))
+
+
+def test_bad_questions_are_recorded_not_fatal(bench, tmp_path):
+    qs = json.loads((bench / "questions.json").read_text())[:3]
+    qs.append(dict(qs[0], id="missing-video", video="nowhere.safetensors"))
+    qs.append(dict(qs[0], id="no-candidates", candidates=None))
+    qs.append(dict(qs[0], id="answer-not-an-option", answer="purple cube"))
+    qs.append("not an object")
+    f = tmp_path / "q.json"
+    f.write_text(json.dumps(qs))
+    out = tmp_path / "r.jsonl"
+    run = eval_cmd("--weights", toy.ASSETS, "--questions", f, "--videos", bench / "videos", "--out", out,
+                   "--layer", 1, "--json")
+    assert run.returncode == 0, run.stderr
+    got = {r["id"]: r for r in rows(out)}
+    assert "nowhere.safetensors" in got["missing-video"]["error"]
+    assert "no candidates" in got["no-candidates"]["error"]
+    assert "its answer is not one of its candidates" in got["answer-not-an-option"]["error"]
+    assert "not an object" in got["6"]["error"]
+    assert json.loads(run.stdout)["errors"] == 4
+    broken = tmp_path / "broken.json"
+    broken.write_text("{oops")
+    bad = eval_cmd("--weights", toy.ASSETS, "--questions", broken, "--videos", bench, "--out", out)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith(f"error: {broken}: cannot read the questions")
+
+
+def test_a_video_llm_checkpoint_through_the_harness(llava, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    qs = []
+    for i in range(3):
+        save_file({"frames": torch.randint(0, 256, (5, 30, 40, 3), dtype=torch.uint8)}, videos / f"v{i}.safetensors")
+        qs.append(dict(video=f"v{i}.safetensors", question="What happens?", candidates=["a dog", "a cat", "a cow"],
+                       answer="a cat", task_type="Action Sequence"))
+    (tmp_path / "q.json").write_text(json.dumps({"Action Sequence": qs}))
+    out = tmp_path / "r.jsonl"
+    run = eval_cmd("--weights", llava[1], "--questions", tmp_path / "q.json", "--videos", videos, "--out", out,
+                   "--alpha", 0.5, "--layer", 2, "--device", "cpu", "--json")
+    assert run.returncode == 0, run.stderr
+    got = rows(out)
+    assert len(got) == 3 and all(r["prediction"].startswith("(") and r["answer"] == "B" for r in got)
+    assert all(r["kept_ratio"] == 0.5 for r in got)  # 2 of 4 tokens in each pooled frame
+    assert json.loads(run.stdout)["per_task"]["Action Sequence"]["total"] == 3
