@@ -1,6 +1,7 @@
-"""The LLaMA / Vicuna tokenizer from scratch: SentencePiece-style BPE read from a checkpoint's tokenizer.json.
+"""The LLaMA / Vicuna tokenizer from scratch: SentencePiece-style BPE read from a checkpoint's tokenizer.json,
+or from its SentencePiece tokenizer.model (a protobuf file, read here with a ten-line varint reader).
 
-    tok = Tokenizer.from_file("pllava-7b/tokenizer.json")
+    tok = Tokenizer.from_file("pllava-7b/tokenizer.json")     # a directory works too: tokenizer.json, else .model
     tok.encode("USER: <image>\\nWhat is he doing?")      # [1, 3148, 1001, 29901, 29871, 32000, ...]
     tok.decode(ids)
 
@@ -21,11 +22,12 @@ from weights import read_json
 
 SPACE = "\u2581"  # ▁
 BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+UNK_SURFACE = " \u2047 "  # SentencePiece's unk_surface default, " ⁇ "
 
 
 class Tokenizer:
     def __init__(self, vocab: dict, merges: list, added: dict, special: set, prepend="every", bos=None, eos=None,
-                 byte_fallback=True, unk=None):
+                 byte_fallback=True, unk=None, scores: dict = None, collapse_spaces=False):
         self.vocab = vocab  # token string -> id
         self.inverse = {i: t for t, i in vocab.items()}
         self.inverse.update({i: t for t, i in added.items()})
@@ -35,14 +37,19 @@ class Tokenizer:
         self.prepend = prepend  # "normalizer": every piece; Metaspace: "always", "first" piece only, or "never"
         self.bos, self.eos, self.byte_fallback, self.unk = bos, eos, byte_fallback, unk
         self.by_length = sorted(added, key=len, reverse=True)
+        # tokenizer.model: no merge list; a pair merges when the joined piece is in the vocabulary, best score first
+        self.scores = scores
+        self.collapse_spaces = collapse_spaces  # SentencePiece's remove_extra_whitespaces
 
     @classmethod
     def from_file(cls, path):
         path = Path(path)
         if path.is_dir():
-            path = path / "tokenizer.json"
+            path = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else path / "tokenizer.model"
+        if path.suffix == ".model":
+            return cls.from_sentencepiece(path)
         if not path.is_file():
-            raise ValueError(f"{path}: no tokenizer.json (minivtp reads the fast-tokenizer file, not tokenizer.model)")
+            raise ValueError(f"{path}: no tokenizer.json or tokenizer.model")
         d = read_json(path)
         model = d.get("model") or {}
         if model.get("type") != "BPE":
@@ -74,6 +81,41 @@ class Tokenizer:
         return cls(model["vocab"], merges, added, special, prepend, bos, eos, model.get("byte_fallback", False),
                    model.get("unk_token"))
 
+    @classmethod
+    def from_sentencepiece(cls, path):
+        """A SentencePiece BPE model file (LLaMA's tokenizer.model)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such tokenizer.model")
+        try:
+            model = read_sentencepiece(path.read_bytes())
+        except (IndexError, ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a SentencePiece model file ({e})") from None
+        if not model["pieces"]:
+            raise ValueError(f"{path}: not a SentencePiece model file (no pieces)")
+        if model["model_type"] != 2:
+            kind = {1: "unigram", 3: "word", 4: "char"}.get(model["model_type"], str(model["model_type"]))
+            raise ValueError(f"{path}: a SentencePiece {kind} model; minivtp reads BPE models (LLaMA's kind)")
+        if model["normalizer"] not in ("identity", ""):
+            raise ValueError(f"{path}: normaliser {model['normalizer']!r}; minivtp implements 'identity' (LLaMA's), "
+                             "not NFKC")
+        vocab, scores, added, special, unk = {}, {}, {}, set(), None
+        for i, (piece, score, kind) in enumerate(model["pieces"]):
+            vocab[piece] = i
+            if kind in (NORMAL, USER_DEFINED):
+                scores[piece] = score
+            if kind == USER_DEFINED:  # matched whole in the text, like added tokens
+                added[piece] = i
+            elif kind == CONTROL:
+                special.add(i)
+            elif kind == UNKNOWN:
+                unk = piece
+        inverse = {i: p for p, i in vocab.items()}
+        bos, eos = model["bos_id"], model["eos_id"]
+        return cls(vocab, [], added, special, "first" if model["add_dummy_prefix"] else "never",
+                   bos if bos in inverse else None, eos if eos in inverse else None, model["byte_fallback"], unk,
+                   scores=scores, collapse_spaces=model["remove_extra_whitespaces"])
+
     # -- encoding ------------------------------------------------------------------------------------------
 
     def split_added(self, text):
@@ -94,16 +136,19 @@ class Tokenizer:
 
     def bpe(self, piece: str) -> list:
         """One normalised piece -> token strings."""
-        symbols = []
+        symbols, unknown = [], False
         for ch in piece:  # step 3: characters, or their bytes when the vocabulary lacks them
             if ch in self.vocab:
                 symbols.append(ch)
             elif self.byte_fallback:
                 symbols += [f"<0x{b:02X}>" for b in ch.encode("utf-8")]
+            elif unknown:  # without bytes to fall back on, a run of unknown characters is one <unk>
+                symbols[-1] += ch
             else:
-                symbols.append(self.unk)
+                symbols.append(ch)
+            unknown = ch not in self.vocab and not self.byte_fallback
         while len(symbols) > 1:  # step 4: the best-ranked adjacent pair, leftmost first
-            ranks = [self.ranks.get(pair, float("inf")) for pair in zip(symbols, symbols[1:])]
+            ranks = [self.rank(a, b) for a, b in zip(symbols, symbols[1:])]
             best = min(ranks)
             if best == float("inf"):
                 break
@@ -111,8 +156,24 @@ class Tokenizer:
             symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
         return symbols
 
+    def rank(self, a: str, b: str) -> float:
+        if self.scores is None:  # tokenizer.json: the merge list's order
+            return self.ranks.get((a, b), float("inf"))
+        score = self.scores.get(a + b)  # tokenizer.model: the joined piece's score, the higher the sooner
+        return float("inf") if score is None else -score
+
     def encode(self, text: str, bos: bool = True) -> list:
         ids = [self.bos] if bos and self.bos is not None else []
+        if self.scores is not None:  # SentencePiece: normalise the whole text, then cut out user-defined pieces
+            if self.collapse_spaces:  # leading, trailing and repeated spaces go
+                text = re.sub(" +", " ", text).strip(" ")
+            text = text.replace(" ", SPACE)
+            if text and self.prepend == "first":
+                text = SPACE + text  # the dummy prefix, once, before anything else
+            for piece, is_added in self.split_added(text):
+                ids += [self.added[piece]] if is_added else [self.vocab.get(t, self.vocab.get(self.unk))
+                                                              for t in self.bpe(piece)]
+            return ids
         for n, (piece, is_added) in enumerate(self.split_added(text)):
             if is_added:
                 ids.append(self.added[piece])
@@ -135,9 +196,85 @@ class Tokenizer:
             if skip_special and i in self.special:
                 continue
             tok = self.inverse[i]
+            if self.scores is not None and tok == self.unk:
+                tok = UNK_SURFACE  # what SentencePiece prints for <unk>
             m = BYTE.fullmatch(tok)
             out += bytes([int(m.group(1), 16)]) if m else tok.replace(SPACE, " ").encode("utf-8")
         text = out.decode("utf-8", errors="replace")
         if self.prepend != "never" and text.startswith(" "):
             text = text[1:]  # the "▁" that encoding put in front
         return text
+
+
+# ------------------------------------------------------------------------------------------------------------
+# tokenizer.model: SentencePiece's ModelProto, read field by field (no protobuf package)
+
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE_PIECE = 1, 2, 3, 4, 5, 6  # SentencePiece.Type
+
+
+def protobuf_fields(data: bytes):
+    """(field number, wire type, value) for each field of one message: ints for varints, bytes otherwise."""
+    i = 0
+
+    def varint():
+        nonlocal i
+        shift = result = 0
+        while True:
+            b = data[i]
+            i += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                return result
+            shift += 7
+
+    while i < len(data):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            yield field, wire, varint()
+        elif wire == 1:
+            yield field, wire, data[i : i + 8]
+            i += 8
+        elif wire == 2:
+            n = varint()
+            if i + n > len(data):
+                raise ValueError("a field runs past the end of the file")
+            yield field, wire, data[i : i + n]
+            i += n
+        elif wire == 5:
+            yield field, wire, data[i : i + 4]
+            i += 4
+        else:
+            raise ValueError(f"wire type {wire} is not protobuf's")
+
+
+def read_sentencepiece(data: bytes) -> dict:
+    """The fields of ModelProto that encoding needs (sentencepiece_model.proto, with its defaults)."""
+    import struct
+    out = dict(pieces=[], model_type=1, byte_fallback=False, unk_id=0, bos_id=1, eos_id=2, normalizer="",
+               add_dummy_prefix=True, remove_extra_whitespaces=True)
+    for field, _, value in protobuf_fields(data):
+        if field == 1:  # repeated SentencePiece {piece = 1, score = 2, type = 3}
+            piece, score, kind = "", 0.0, NORMAL
+            for f, _, v in protobuf_fields(value):
+                if f == 1:
+                    piece = v.decode("utf-8")
+                elif f == 2:
+                    score = struct.unpack("<f", v)[0]
+                elif f == 3:
+                    kind = v
+            out["pieces"].append((piece, score, kind))
+        elif field == 2:  # TrainerSpec
+            for f, _, v in protobuf_fields(value):
+                name = {3: "model_type", 35: "byte_fallback", 40: "unk_id", 41: "bos_id", 42: "eos_id"}.get(f)
+                if name:
+                    out[name] = bool(v) if name == "byte_fallback" else v - (1 << 64) * (v >= 1 << 63)
+        elif field == 3:  # NormalizerSpec
+            for f, _, v in protobuf_fields(value):
+                if f == 1:
+                    out["normalizer"] = v.decode("utf-8")
+                elif f == 3:
+                    out["add_dummy_prefix"] = bool(v)
+                elif f == 4:
+                    out["remove_extra_whitespaces"] = bool(v)
+    return out

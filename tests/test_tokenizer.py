@@ -50,3 +50,60 @@ def test_not_a_bpe_file_is_refused(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"model": {"type": "WordPiece"}}')
     with pytest.raises(ValueError, match="is not BPE"):
         Tokenizer.from_file(tmp_path)
+
+
+# ---- tokenizer.model: SentencePiece's own file, against the sentencepiece library -------------------------------
+
+
+def train_sentencepiece(tmp_path, name, **options):
+    spm = pytest.importorskip("sentencepiece", reason="sentencepiece is the oracle for tokenizer.model files")
+    from conftest import TOKENIZER_CORPUS
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TOKENIZER_CORPUS))
+    options = dict(dict(vocab_size=400, model_type="bpe", normalization_rule_name="identity", character_coverage=1.0,
+                        minloglevel=2), **options)
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / name), **options)
+    return spm.SentencePieceProcessor(model_file=str(tmp_path / f"{name}.model")), tmp_path / f"{name}.model"
+
+
+@pytest.mark.parametrize("options", [
+    dict(byte_fallback=True),
+    dict(byte_fallback=True, user_defined_symbols=["<image>", "<video>"]),
+    dict(byte_fallback=False, vocab_size=300),
+    dict(byte_fallback=True, remove_extra_whitespaces=False, add_dummy_prefix=False),
+], ids=["byte-fallback", "user-defined", "no-byte-fallback", "keep-spaces-no-prefix"])
+def test_tokenizer_model_equals_sentencepiece(tmp_path, options):
+    sp, path = train_sentencepiece(tmp_path, "m", **options)
+    ours = Tokenizer.from_file(path)
+    for text in TEXTS + ["<image>at the start", "tomatoes<video>kitchen", " x", "a\nb"]:
+        ids = sp.encode(text)
+        assert ours.encode(text, bos=False) == ids, text
+        assert ours.decode(ids) == sp.decode(ids), text
+    assert (ours.bos, ours.eos) == (sp.bos_id(), sp.eos_id())
+    assert ours.encode("hi")[0] == sp.bos_id()  # our encode puts <s> first, as LLaMA's tokenizer does
+
+
+def test_a_directory_with_only_tokenizer_model_is_read(tmp_path):
+    _, path = train_sentencepiece(tmp_path, "tokenizer", byte_fallback=True, user_defined_symbols=["<image>"])
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "tokenizer.model").write_bytes(path.read_bytes())
+    tok = Tokenizer.from_file(d)
+    assert tok.scores is not None and "<image>" in tok.added
+
+
+@pytest.mark.parametrize("blob,match", [
+    (b"", "no pieces"), (b"\xff\xff\xff", "not a SentencePiece model file"), (b"\x0a\xff\x01ab", "runs past"),
+])
+def test_a_broken_tokenizer_model_is_named(tmp_path, blob, match):
+    f = tmp_path / "tokenizer.model"
+    f.write_bytes(blob)
+    with pytest.raises(ValueError, match=match) as e:
+        Tokenizer.from_file(f)
+    assert str(f) in str(e.value)
+
+
+def test_a_unigram_model_is_refused_with_a_reason(tmp_path):
+    _, path = train_sentencepiece(tmp_path, "uni", model_type="unigram", vocab_size=70)
+    with pytest.raises(ValueError, match="a SentencePiece unigram model; minivtp reads BPE"):
+        Tokenizer.from_file(path)

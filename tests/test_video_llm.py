@@ -298,3 +298,29 @@ def test_a_hugging_face_cache_snapshot_of_symlinks_loads(llava, tmp_path):
     ref = weights.load_video_llm(src)
     for a, b in zip(model.parameters(), ref.parameters()):
         assert torch.equal(a, b)
+
+
+def test_cli_with_only_a_tokenizer_model(tmp_path):
+    spm = pytest.importorskip("sentencepiece", reason="sentencepiece trains the tokenizer.model")
+    from conftest import TOKENIZER_CORPUS
+    (tmp_path / "corpus.txt").write_text("\n".join(TOKENIZER_CORPUS))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "tokenizer"),
+                                   vocab_size=400, model_type="bpe", normalization_rule_name="identity",
+                                   character_coverage=1.0, byte_fallback=True, user_defined_symbols=["<image>"],
+                                   minloglevel=2)
+    image_id = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model")).piece_to_id("<image>")
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=28, patch_size=7)
+    text = transformers.LlamaConfig(vocab_size=400, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    d = tmp_path / "llava-sp"
+    transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=image_id)).save_pretrained(d)
+    shutil.copy(tmp_path / "tokenizer.model", d)
+    assert not (d / "tokenizer.json").exists()
+    frames = tmp_path / "clip.safetensors"
+    save_file({"frames": torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)}, frames)
+    out = cli("--weights", d, "--video", frames, "--question", "What is it?", "--layer", 1, "--max-new-tokens", 3,
+              "--device", "cpu", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["new_tokens"] >= 1
