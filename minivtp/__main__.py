@@ -8,46 +8,30 @@ Prints the answer, the kept ratio and the prefill and decode times (--json: one 
 line on stderr and exit code 2.
 """
 
-import argparse
 import json
 import sys
 import time
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from minivtp.cli import DTYPES, Parser, check_device, load_checkpoint, method_of
 
 
 def answer(args):
-    import weights
     from minivtp import png
-    from minivtp.generate import Method, generate
+    from minivtp.generate import generate
     from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
-    from minivtp.tokenizer import Tokenizer
     from minivtp.vision import preprocess, read_frames
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
-    check_device(args.device)
-    t = time.perf_counter()
-
-    def progress(i, n, file):
-        print(f"loading shard {i + 1}/{n}: {file.name}  ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
-
-    model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device, progress=progress,
-                                   lora_alpha=args.lora_alpha)
-    load_s = time.perf_counter() - t
-    tok = Tokenizer.from_file(args.weights)
-    if tok.added.get("<image>") != model.image_token:
-        raise ValueError(f"{args.weights}: the tokenizer's <image> is {tok.added.get('<image>')}, the model's video "
-                         f"token is {model.image_token}")
+    model, tok, load_s = load_checkpoint(args)
     frames, note = read_frames(args.video, model.frames)
     if note:
         print(f"note: {note}", file=sys.stderr)
     pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
-    text = build_prompt(model.arrangement, args.question, args.template)
-    ids = torch.tensor(tok.encode(text), device=args.device)
-    merged = args.method == "prumerge+"  # pruned in the vision tower, before the LLM
+    ids = torch.tensor(tok.encode(build_prompt(model.arrangement, args.question, args.template)), device=args.device)
+    merged, method = args.method == "prumerge+", method_of(args)  # PruMerge+ prunes in the vision tower
     # the static cache and CUDA graph wherever there is a GPU; on a CPU there are no graphs to gain from
     fast = (args.fast_decode or torch.device(args.device).type == "cuda") and not args.eager
     t = time.perf_counter()
@@ -60,66 +44,35 @@ def answer(args):
     if embeds.shape[1] + args.max_new_tokens > n_max:
         raise ValueError(f"the prompt is {embeds.shape[1]} rows ({video.end - video.start} of them video) and "
                          f"--max-new-tokens {args.max_new_tokens} more would exceed the model's {n_max} positions")
-    prune = not merged and (args.alpha < 1 or args.method == "look-m")
-    method = Method(args.method, alpha=args.alpha, layer=None if args.method == "look-m" else args.layer, head_pool=args.head_pool, recent=args.recent,
-                    important=args.important, merge=args.merge) if prune else None
-    out = generate(model.llm, embeds, args.max_new_tokens, video=video if prune else None, method=method,
+    out = generate(model.llm, embeds, args.max_new_tokens, video=video if method else None, method=method,
                    eos_id=tok.eos, fast_decode=fast)
-    tokens = [t for t in out.tokens.tolist() if t != tok.eos]
     n_video = video.unpruned_rows if merged else video.end - video.start
-    kept = video.end - video.start if merged else int(out.kept.numel()) if prune else n_video
-    result = dict(answer=tok.decode(tokens, skip_special=True).strip(), method=args.method if prune or merged else
-                  None, alpha=args.alpha, layer=args.layer if prune and args.method != "look-m" else None,
-                  video_tokens=n_video, kept_video_tokens=kept, kept_ratio=kept / n_video,
-                  decode="static cache + CUDA graph" if fast else "eager",
-                  prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
+    kept = video.end - video.start if merged else int(out.kept.numel()) if method else n_video
+    result = dict(answer=tok.decode([t for t in out.tokens.tolist() if t != tok.eos], skip_special=True).strip(),
+                  method=args.method if method or merged else None, alpha=args.alpha,
+                  layer=method.layer if method and method.name != "look-m" else None, video_tokens=n_video,
+                  kept_video_tokens=kept, kept_ratio=kept / n_video, decode="static cache + CUDA graph" if fast else
+                  "eager", prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
                   new_tokens=len(out.tokens), load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s,
                   decode_s=out.decode_s, decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1))
     if args.heatmap:
-        if not prune or args.method in ("look-m", "random"):
+        if method is None or args.method in ("look-m", "random"):
             raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
                              "--method llm-vtp, complement or fastv")
         png.write_png(args.heatmap, heatmap(frames, out.pruning.scores.float().cpu(), out.kept.cpu(), video, model))
         result["heatmap"] = str(args.heatmap)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(result["answer"])
-        lens = sorted(set(out.cache_lens))
-        rows = f"{lens[0]}" if len(lens) == 1 else f"{lens[0]}-{lens[-1]} (layers differ)"
-        print(f"kept {result['kept_video_tokens']} of {result['video_tokens']} video tokens "
-              f"({result['kept_ratio']:.1%}); KV cache {rows} of {result['prompt_rows']} rows")
-        print(f"video encoding {encode_s * 1e3:.1f} ms, prefill {result['prefill_s'] * 1e3:.1f} ms, decode {result['decode_ms_per_token']:.1f} ms/token over "
-              f"{result['new_tokens']} tokens (load {load_s:.1f} s)")
+    print(json.dumps(result) if args.json else report(result))
     return 0
 
 
-def check_device(name: str):
-    """One line for every device string that will not run: unknown names, a GPU that is not there."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device name torch knows (cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}, but torch sees no CUDA GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
-                             f"numbered 0..{torch.cuda.device_count() - 1}")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"--device {name}, but torch sees no Apple GPU")
-    elif device.type != "cpu":
-        raise ValueError(f"--device {name!r}: minivtp runs on cpu, cuda or mps")
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with a bad argument reported as one `error:` line and exit code 2, like every other problem."""
-
-    def error(self, message):
-        print(f"error: {message} ({self.prog} --help lists the arguments)",
-              file=sys.stderr)
-        sys.exit(2)
+def report(r: dict) -> str:
+    """The answer and what it cost, in three lines."""
+    lens = sorted(set(r["cache_rows_per_layer"]))
+    rows = f"{lens[0]}" if len(lens) == 1 else f"{lens[0]}-{lens[-1]} (layers differ)"
+    return (f"{r['answer']}\nkept {r['kept_video_tokens']} of {r['video_tokens']} video tokens ({r['kept_ratio']:.1%}); "
+            f"KV cache {rows} of {r['prompt_rows']} rows\nvideo encoding {r['encode_s'] * 1e3:.1f} ms, prefill "
+            f"{r['prefill_s'] * 1e3:.1f} ms, decode {r['decode_ms_per_token']:.1f} ms/token over {r['new_tokens']} "
+            f"tokens (load {r['load_s']:.1f} s)")
 
 
 def heatmap(frames, scores, kept, video, model, size=168):

@@ -84,28 +84,20 @@ class Answerer:
     """Loads a checkpoint once and answers one question at a time: (prediction, letter, facts)."""
 
     def __init__(self, args):
-        from minivtp.generate import FastDecoder, Method
+        from minivtp.cli import load_checkpoint, method_of
+        from minivtp.generate import FastDecoder
         import weights
 
         self.args = args
         cfg = weights.read_config(Path(args.weights)) if Path(args.weights).is_dir() else {}
         self.toy = cfg.get("model_type") == "minivtp-toy"
-        prune = args.alpha < 1 or args.method == "look-m"
-        self.method = Method(args.method, alpha=args.alpha, layer=None if args.method == "look-m" else args.layer,
-                             head_pool=args.head_pool, recent=args.recent, important=args.important) if prune else None
-        if args.method == "prumerge+":
-            self.method = None
+        self.method = method_of(args)
         if self.toy:
             from minivtp import toy
             self.model = toy.load(args.weights)
-            self.llm = self.model.llm
         else:
-            from minivtp.tokenizer import Tokenizer
-            from minivtp.__main__ import DTYPES
-            self.model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device,
-                                                lora_alpha=args.lora_alpha)
-            self.tok = Tokenizer.from_file(args.weights)
-            self.llm = self.model.llm
+            self.model, self.tok, _ = load_checkpoint(args)
+        self.llm = self.model.llm
         fast = torch.device(args.device).type == "cuda" and not args.eager
         self.decoder = FastDecoder(self.llm) if fast else False
 

@@ -1,11 +1,17 @@
-"""The paper's ablations, on the toy video LLM: does the LLM's own attention pick the tokens that matter?
+"""The paper's comparisons, on the toy video LLM: does the LLM's own attention keep the tokens that matter?
 
-    python -m minivtp.experiments                      # ~2 minutes on 2 CPU cores; table + accuracy_vs_alpha.png
-    python -m minivtp.experiments --n 100 --json       # quicker, machine-readable
+    python -m minivtp.experiments                      # ~4 minutes on 2 CPU cores; table + accuracy_vs_alpha.png
+    python -m minivtp.experiments --n 100 --seed 7 --json
 
-On held-out questions: accuracy with all tokens, with LLM-VTP, with random tokens (same count per frame) and
-with the complement (every token LLM-VTP drops, Tab. 10), for alpha in {0.05, 0.1, 0.2, 0.5} and every M;
-then per-frame vs whole-sequence ranking (Tab. 5) and max vs mean vs min head pooling (Tab. 6).
+On held-out questions: accuracy with all tokens, with LLM-VTP, with random tokens (the same count per frame), with
+the complement (every token LLM-VTP drops, Tab. 10), and with the rivals FastV (the last row's attention at the
+same layer, the same budget over the whole video) and Look-M (every layer's cache after a full prefill, the same
+number of cache rows), for alpha in {0.05, 0.1, 0.2, 0.5} and every M; then per-frame vs whole-sequence ranking
+(Tab. 5) and max vs mean vs min head pooling (Tab. 6) at alpha 0.1 and the toy's M. PruMerge+ needs a vision
+tower's [CLS] token, which the toy does not have.
+
+Besides accuracy, each setting reports how often the patch of the object the model names was kept: the patch the
+answer's second word has to read.
 """
 
 import argparse
@@ -17,73 +23,82 @@ from pathlib import Path
 import torch
 
 from minivtp import png, toy
+from minivtp.generate import Method
+from minivtp.vtp import n_keep
 
 ALPHAS = (0.05, 0.1, 0.2, 0.5)
-METHODS = ("llm-vtp", "random", "complement")
-SELECTION = {"llm-vtp": "attention", "random": "random", "complement": "complement"}
+METHODS = ("llm-vtp", "random", "complement", "fastv", "look-m")
+COLOURS = {"llm-vtp": png.PALETTE["green"], "random": png.PALETTE["blue"], "complement": png.PALETTE["red"],
+           "fastv": png.PALETTE["yellow"], "look-m": (170, 80, 200)}
 
 
-def evaluate(model, samples, **kw):
-    """Fraction of samples answered right; kw goes to generate (alpha=None: all tokens)."""
-    return measure(model, samples, **kw)[0]
+def method_for(name: str, alpha: float, layer: int) -> Method:
+    """The method at a budget of `alpha`: LLM-VTP's count per frame; FastV the same count over the whole video;
+    Look-M as many cache rows as LLM-VTP keeps (prefix + kept video + question), half recent, half important."""
+    if name == "look-m":
+        N = len(toy.PREFIX) + toy.T * toy.NV + 3
+        rows = len(toy.PREFIX) + toy.T * n_keep(alpha, toy.NV) + 3
+        half = (rows / 2 + 0.25) / N  # int(N * half) twice comes to `rows` (or one fewer when it is odd)
+        return Method("look-m", recent=half, important=half)
+    if name == "fastv":
+        return Method("fastv", alpha=toy.T * n_keep(alpha, toy.NV) / (toy.T * toy.NV), layer=layer)
+    return Method(name, alpha=alpha, layer=layer)
 
 
-def measure(model, samples, **kw):
-    """(accuracy, recall): recall is the fraction of questions whose answer patch is among the kept tokens."""
+def measure(model, samples, method=None, seed=0):
+    """(accuracy, kept): the fraction answered right, and the fraction whose named object's patch was kept."""
     right = hit = 0
     for s in samples:
-        answer, out = toy.ask(model, s, **kw)
-        right += answer == s.answer
-        target = s.objects[0]
-        where = len(toy.PREFIX) + target.frame * toy.NV + target.row * toy.COLS + target.col
-        hit += where in set(out.kept.tolist()) if "alpha" in kw else 1
+        words, out = toy.ask(model, s, method=method, seed=seed)
+        right += toy.is_right(s, words)
+        hit += toy.answer_patch(s, words) in set(out.kept.tolist()) if method is not None else 1
     return right / len(samples), hit / len(samples)
 
 
 def run(model, n=300, seed=2024, progress=print):
     g = torch.Generator().manual_seed(seed)
     samples = [toy.make_sample(g) for _ in range(n)]
-    L = model.llm.cfg.n_layers
-    res = dict(n=n, seed=seed, full=evaluate(model, samples), grid={}, recall={}, ranking={}, pooling={})
-    jobs = [(m, a, layer) for layer in range(1, L + 1) for a in ALPHAS for m in METHODS]
+    L, M = model.llm.cfg.n_layers, toy.DEFAULT_LAYER
+    res = dict(n=n, seed=seed, layer=M, full=measure(model, samples)[0], grid={}, kept={}, ranking={}, pooling={})
+    jobs = [(m, a, layer) for layer in range(1, L + 1) for a in ALPHAS for m in METHODS
+            if m != "look-m" or layer == 1]  # Look-M has no layer
     start = time.time()
-    for i, (method, alpha, layer) in enumerate(jobs, 1):
-        key = f"{method} a={alpha} M={layer}"
-        res["grid"][key], res["recall"][key] = measure(model, samples, alpha=alpha, layer=layer,
-                                                       selection=SELECTION[method], seed=i)
-        progress(f"[{i:3d}/{len(jobs)}] {method:10s} alpha={alpha:<4} M={layer}  accuracy {res['grid'][key]:.3f}  "
-                 f"answer patch kept {res['recall'][key]:.3f}   {time.time() - start:4.0f} s")
-    best_m = max(range(1, L + 1), key=lambda layer: (res["recall"][f"llm-vtp a=0.1 M={layer}"], -layer))
-    res["ablation_layer"] = best_m
+    for i, (name, alpha, layer) in enumerate(jobs, 1):
+        key = f"{name} a={alpha}" + ("" if name == "look-m" else f" M={layer}")
+        res["grid"][key], res["kept"][key] = measure(model, samples, method_for(name, alpha, layer), seed=i)
+        progress(f"[{i:3d}/{len(jobs)}] {key:24s} accuracy {res['grid'][key]:.3f}  named patch kept "
+                 f"{res['kept'][key]:.3f}   {time.time() - start:4.0f} s")
     for ranking in ("frame", "sequence"):
-        res["ranking"][ranking] = measure(model, samples, alpha=0.1, layer=best_m, ranking=ranking)
+        res["ranking"][ranking] = measure(model, samples, Method(alpha=0.1, layer=M, ranking=ranking))
     for pool in ("max", "mean", "min"):
-        res["pooling"][pool] = measure(model, samples, alpha=0.1, layer=best_m, head_pool=pool)
+        res["pooling"][pool] = measure(model, samples, Method(alpha=0.1, layer=M, head_pool=pool))
+    res["alpha_0.1"] = {m: res["grid"][f"{m} a=0.1" + ("" if m == "look-m" else f" M={M}")] for m in METHODS}
     return res
 
 
 def table(res, L) -> str:
     lines = [f"all tokens: accuracy {res['full']:.3f}   ({res['n']} held-out questions, seed {res['seed']})", "",
-             "accuracy / fraction of questions whose answer patch was kept", "",
+             "accuracy / fraction of questions whose named object's patch was kept", "",
              "| method | M | " + " | ".join(f"alpha {a}" for a in ALPHAS) + " |",
              "| --- | --- | " + " | ".join("---" for _ in ALPHAS) + " |"]
     for layer in range(1, L + 1):
         for m in METHODS:
-            cells = [f"{res['grid'][f'{m} a={a} M={layer}']:.3f} / {res['recall'][f'{m} a={a} M={layer}']:.3f}"
-                     for a in ALPHAS]
-            lines.append(f"| {m} | {layer} | " + " | ".join(cells) + " |")
-    M = res["ablation_layer"]
+            if m == "look-m" and layer > 1:
+                continue
+            keys = [f"{m} a={a}" + ("" if m == "look-m" else f" M={layer}") for a in ALPHAS]
+            cells = [f"{res['grid'][k]:.3f} / {res['kept'][k]:.3f}" for k in keys]
+            lines.append(f"| {m} | {'-' if m == 'look-m' else layer} | " + " | ".join(cells) + " |")
+    M = res["layer"]
     fmt = lambda r: f"{r[0]:.3f} / {r[1]:.3f}"  # noqa: E731
-    lines += ["", f"at alpha 0.1, M {M} (accuracy / answer patch kept): ranking per frame {fmt(res['ranking']['frame'])}, "
-              f"whole sequence {fmt(res['ranking']['sequence'])};  head pooling max {fmt(res['pooling']['max'])}, "
-              f"mean {fmt(res['pooling']['mean'])}, min {fmt(res['pooling']['min'])}"]
+    lines += ["", f"at alpha 0.1, M {M} (accuracy / named patch kept): ranking per frame "
+              f"{fmt(res['ranking']['frame'])}, whole sequence {fmt(res['ranking']['sequence'])};  head pooling max "
+              f"{fmt(res['pooling']['max'])}, mean {fmt(res['pooling']['mean'])}, min {fmt(res['pooling']['min'])}"]
     return "\n".join(lines)
 
 
-def plot(res, layer, path):
-    """Against alpha at layer M, one line per method: the fraction of questions whose answer patch was kept
-    (solid) and the accuracy (small squares); all-token accuracy dashed. Drawn by hand (no library)."""
-    W, H, m = 420, 300, 40
+def plot(res, path):
+    """Accuracy against alpha at the toy's M, one line per method; all-token accuracy dashed. Drawn by hand."""
+    W, H, m = 460, 300, 40
     img = png.canvas(H, W, png.WHITE)
     png.fill(img, H - m, m, 2, W - 2 * m, png.BLACK)  # x axis
     png.fill(img, m, m, H - 2 * m, 2, png.BLACK)  # y axis, accuracy 0..1
@@ -95,38 +110,42 @@ def plot(res, layer, path):
     y = lambda acc: H - m - round(acc * (H - 2 * m))  # noqa: E731
     for x in range(m, W - m, 8):  # all tokens, dashed grey
         png.fill(img, y(res["full"]), x, 2, 4, png.GREY)
-    colours = {"llm-vtp": png.PALETTE["green"], "random": png.PALETTE["blue"], "complement": png.PALETTE["red"]}
-    for method, colour in colours.items():
-        pts = [(x, y(res["recall"][f"{method} a={a} M={layer}"])) for x, a in zip(xs, ALPHAS)]
+    for method, colour in COLOURS.items():
+        suffix = "" if method == "look-m" else f" M={res['layer']}"
+        pts = [(x, y(res["grid"][f"{method} a={a}{suffix}"])) for x, a in zip(xs, ALPHAS)]
         for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
             for t in torch.linspace(0, 1, 200).tolist():
                 png.fill(img, round(y0 + (y1 - y0) * t) - 1, round(x0 + (x1 - x0) * t) - 1, 3, 3, colour)
         for x, yy in pts:
             png.fill(img, yy - 3, x - 3, 7, 7, colour)
-        for x, a in zip(xs, ALPHAS):  # accuracy: a hollow square
-            png.outline(img, y(res["grid"][f"{method} a={a} M={layer}"]) - 5, x - 5, 11, 11, colour, width=2)
     png.write_png(path, img)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minivtp.experiments", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=300, help="held-out questions")
-    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--seed", type=int, default=2024, help="which held-out questions")
     p.add_argument("--weights", type=Path, default=toy.ASSETS)
     p.add_argument("--plot", type=Path, default=Path("accuracy_vs_alpha.png"))
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object (no progress lines)")
     args = p.parse_args(argv)
-    model = toy.load(args.weights)
-    res = run(model, args.n, args.seed, progress=(lambda s: None) if args.json else print)
-    L = model.llm.cfg.n_layers
-    plot(res, res["ablation_layer"], args.plot)
+    if args.n < 1:
+        print(f"error: --n {args.n} must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        model = toy.load(args.weights)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    res = run(model, args.n, args.seed, progress=(lambda s: print(s, file=sys.stderr)) if args.json else print)
+    plot(res, args.plot)
     if args.json:
         print(json.dumps(res))
     else:
-        print(table(res, L))
-        print(f"wrote {args.plot}: against alpha at M={res['ablation_layer']} (x: alpha {', '.join(map(str, ALPHAS))}; "
-              "y: 0..1 in steps of 0.1): lines = answer patch kept, hollow squares = accuracy; green LLM-VTP, "
-              "blue random, red complement, grey dashes all-token accuracy")
+        print(table(res, model.llm.cfg.n_layers))
+        print(f"wrote {args.plot}: accuracy against alpha ({', '.join(map(str, ALPHAS))}) at M={res['layer']}, y 0..1 "
+              "in steps of 0.1; green LLM-VTP, blue random, red complement, yellow FastV, purple Look-M, grey dashes "
+              "all tokens")
     return 0
 
 

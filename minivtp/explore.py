@@ -95,7 +95,7 @@ def checkpoint_page(args):
     import torch.nn.functional as F
 
     import weights
-    from minivtp.__main__ import DTYPES, check_device
+    from minivtp.cli import DTYPES, check_device
     from minivtp.prompts import build_prompt
     from minivtp.tokenizer import Tokenizer
     from minivtp.vision import preprocess, read_frames

@@ -23,14 +23,18 @@ def rope64(x, pos, theta):  # x (H, N, D); split-halves pairs (i, i + D/2), as H
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
 
-def forward64(sd, cfg, tokens, masks, keep_attention_of=None):
-    """tokens (N,) -> logits (N, V) float64; optionally also the (H, N, N) attention of one layer (1-based)."""
-    g = lambda k: sd[k].double()
+def setup64(sd, cfg):
+    """(float64 weight getter, H, Hkv, D, RoPE theta, RMSNorm) of a transformers LLaMA config."""
     H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     theta = cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta
-    eps = cfg.rms_norm_eps
-    norm = lambda x, w: x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
+    norm = lambda x, w: x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps) * w  # noqa: E731
+    return (lambda k: sd[k].double()), H, Hkv, D, theta, norm
+
+
+def forward64(sd, cfg, tokens, masks, keep_attention_of=None):
+    """tokens (N,) -> logits (N, V) float64; optionally also the (H, N, N) attention of one layer (1-based)."""
+    g, H, Hkv, D, theta, norm = setup64(sd, cfg)
     N = tokens.shape[0]
     pos = torch.arange(N)
     x = g("model.embed_tokens.weight")[tokens]
@@ -93,11 +97,7 @@ def layers64(sd, cfg, tokens):
     """The unpruned prefill in float64, layer by layer: [(keys, values, received)] with keys and values
     (Hkv, N, D) as a cache holds them (RoPE applied to keys) and `received` (N,) the attention each row got,
     summed over every row and head (Look-M's score)."""
-    g = lambda k: sd[k].double()
-    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-    theta = cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta
-    norm = lambda x, w: x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps) * w
+    g, H, Hkv, D, theta, norm = setup64(sd, cfg)
     N = tokens.shape[0]
     pos = torch.arange(N)
     x = g("model.embed_tokens.weight")[tokens]
@@ -121,11 +121,7 @@ def layers64(sd, cfg, tokens):
 def decode64(sd, cfg, caches, tokens, first_pos):
     """Teacher-forced decoding in float64 from per-layer caches [(keys, values)] (Hkv, n, D): the logits after
     each of `tokens`, the first at position `first_pos`. Each token sees every cache row and the tokens before it."""
-    g = lambda k: sd[k].double()
-    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-    theta = cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta
-    norm = lambda x, w: x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps) * w
+    g, H, Hkv, D, theta, norm = setup64(sd, cfg)
     n = tokens.shape[0]
     pos = first_pos + torch.arange(n)
     x = g("model.embed_tokens.weight")[tokens]

@@ -10,47 +10,55 @@ import torch
 
 import weights
 from minivtp import png, toy
+from minivtp.generate import Method
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def read_answer(sample):
-    """Answer the question from the patch features alone, the way the task defines it (not from .objects)."""
-    f = sample.features.reshape(toy.T, toy.ROWS, toy.COLS, toy.P)
+def objects_in(sample):
+    """Read the objects back from the patch features alone (not from .objects): (shape, colour, frame, cell)."""
+    f = sample.features
     ns, nc = len(toy.SHAPES), len(toy.COLOURS)
-    kind, _, word = sample.question
-    channel = toy.SHAPES.index(word) if kind in ("colour", "frame") else ns + toy.COLOURS.index(word)
-    hits = (f[..., channel] == 1.0).nonzero().tolist()
-    assert len(hits) == 1  # every shape and colour is drawn exactly once; clutter never reaches 1.0
-    t, r, c = hits[0]
-    if kind == "colour":
-        return toy.COLOURS[int(f[t, r, c, ns : ns + nc].argmax())]
-    if kind == "shape":
-        return toy.SHAPES[int(f[t, r, c, :ns].argmax())]
-    assert int(f[t, r, c, ns + nc : ns + nc + toy.T].argmax()) == t  # the frame stamp agrees with the layout
-    return str(t)
+    found = []
+    for t, j in (f[..., :ns].max(-1).values == 1.0).nonzero().tolist():  # clutter never reaches 1.0
+        found.append((toy.SHAPES[int(f[t, j, :ns].argmax())], toy.COLOURS[int(f[t, j, ns : ns + nc].argmax())], t, j))
+    return sorted(found, key=lambda o: o[2])
 
 
 def test_answers_are_determined_by_the_video():
     g = torch.Generator().manual_seed(0)
-    for kind in toy.KINDS:
-        for _ in range(200):
-            s = toy.make_sample(g, kind)
-            assert s.features.shape == (toy.T, toy.NV, toy.P)
-            assert read_answer(s) == s.answer
+    for _ in range(300):
+        s = toy.make_sample(g)
+        assert s.features.shape == (toy.T, toy.NV, toy.P)
+        seen = objects_in(s)
+        assert seen == sorted([(o.shape, o.colour, o.frame, o.cell) for o in s.objects], key=lambda o: o[2])
+        assert 2 <= len(seen) <= 4 and len({o[2] for o in seen}) == len(seen)  # one object per frame at most
+        # the forced answer is one of the objects read from the features, in the question's order
+        pairs = {(o[0], o[1]) if s.question[-1] == "shape" else (o[1], o[0]) for o in seen}
+        assert tuple(s.answer) in pairs and toy.is_right(s, s.answer)
+
+
+def test_is_right_by_hand():
+    s = toy.make_sample(torch.Generator().manual_seed(1), kind="shape")
+    o = s.objects[0]
+    other = next(c for c in toy.COLOURS if c != o.colour)
+    assert toy.is_right(s, [o.shape, o.colour]) and not toy.is_right(s, [o.shape, other])
+    missing = next((sh for sh in toy.SHAPES if sh not in {x.shape for x in s.objects}), None)
+    if missing:
+        assert not toy.is_right(s, [missing, o.colour])  # naming what is not there is wrong
+    c = toy.make_sample(torch.Generator().manual_seed(1), kind="colour")
+    assert toy.is_right(c, [c.objects[0].colour, c.objects[0].shape])
 
 
 def test_questions_alone_do_not_tell_the_answer():
-    # for one fixed question text, the answers spread over all values: the video is needed
+    # the same question text; the second word, given the first, spreads over every value
     g = torch.Generator().manual_seed(1)
-    for kind, word, n_values in (("colour", "circle", 4), ("frame", "circle", 8), ("shape", "red", 4)):
-        answers = Counter()
-        while sum(answers.values()) < 600:
-            s = toy.make_sample(g, kind)
-            if s.question[-1] == word:
-                answers[s.answer] += 1
-        assert len(answers) == n_values
-        assert max(answers.values()) / 600 < 2.0 / n_values  # no answer is much likelier than the rest
+    seconds = Counter()
+    while sum(seconds.values()) < 800:
+        s = toy.make_sample(g, "shape")
+        if s.answer[0] == "triangle":
+            seconds[s.answer[1]] += 1
+    assert len(seconds) == 4 and max(seconds.values()) / sum(seconds.values()) < 0.5
 
 
 def test_vocabulary_and_prompt_layout():
@@ -70,37 +78,54 @@ def shipped():
 def test_shipped_checkpoint_beats_chance_by_far(shipped):
     for kind in toy.KINDS:
         acc = toy.accuracy(shipped, n=60, seed=99, kind=kind)
-        assert acc >= 0.8 and acc > 3 * toy.chance(kind), (kind, acc)
+        assert acc >= 0.9 and acc > 3 * toy.chance(kind), (kind, acc)
 
 
-def test_llm_vtp_keeps_the_answer_patch_where_random_and_complement_lose_it(shipped):
-    from minivtp.demo import DEFAULT_LAYER
+def test_the_claim_on_a_fresh_seed(shipped):
+    # 100 held-out questions from a seed nobody trained or tuned on. The full run (README, 300 questions, seed
+    # 2024 and others) gives all tokens 1.00, LLM-VTP at alpha 0.1 within 0.03 of it, random about 0.3 and the
+    # complement below random. The margins here are wider than those numbers need, for 100 questions' noise:
+    # a binomial standard error at 100 is at most 0.05.
     from minivtp.experiments import measure
-    g = torch.Generator().manual_seed(7)
-    samples = [toy.make_sample(g) for _ in range(120)]
+    g = torch.Generator().manual_seed(31337)
+    samples = [toy.make_sample(g) for _ in range(100)]
+    M = toy.DEFAULT_LAYER
     full, _ = measure(shipped, samples)
-    vtp = measure(shipped, samples, alpha=0.1, layer=DEFAULT_LAYER)
-    rand = measure(shipped, samples, alpha=0.1, layer=DEFAULT_LAYER, selection="random")
-    comp = measure(shipped, samples, alpha=0.1, layer=DEFAULT_LAYER, selection="complement")
-    # the question's attention at layer 1 finds the one patch that answers it; 1 kept token in 9 at random does not
-    assert vtp[1] >= 0.7 and rand[1] <= 0.3 and comp[1] <= 0.3
-    assert vtp[0] >= full - 0.05  # and nothing is lost by pruning the rest (README: why random loses nothing here)
+    ours, ours_kept = measure(shipped, samples, Method(alpha=0.1, layer=M))
+    rand, _ = measure(shipped, samples, Method("random", alpha=0.1, layer=M), seed=1)
+    comp, _ = measure(shipped, samples, Method("complement", alpha=0.1, layer=M))
+    assert full >= 0.95
+    assert ours >= full - 0.08 and ours_kept >= 0.9  # LLM-VTP keeps what the answer reads
+    assert rand <= full - 0.4  # random tokens of the same count do not
+    assert comp <= rand + 0.1  # nor does everything LLM-VTP drops
 
 
-def test_toy_checkpoint_is_refused_by_the_plain_loader_with_a_clear_error():
+def test_toy_checkpoint_is_refused_by_the_other_loaders_with_a_clear_error():
     with pytest.raises(ValueError, match="model_type 'minivtp-toy' is not a LLaMA decoder"):
         weights.load(toy.ASSETS)
+    with pytest.raises(ValueError, match=r"toy video LLM.*minivtp.toy.load"):
+        weights.load_video_llm(toy.ASSETS)
 
 
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo.png"
-    run = subprocess.run([sys.executable, "-m", "minivtp.demo", "--out", str(out)], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    run = subprocess.run([sys.executable, "-m", "minivtp.demo", "--out", str(out), "--seed", "40"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "all 72 video tokens:" in run.stdout and "LLM-VTP alpha=0.1" in run.stdout
-    assert "kept 8 of 72 video tokens" in run.stdout  # ceil(0.1 * 9) = 1 per frame
+    lines = run.stdout.splitlines()
+    assert lines[2].startswith("all 72 video tokens:") and lines[2].endswith("right")
+    assert lines[3].startswith("LLM-VTP alpha=0.1") and lines[3].endswith("right")
+    assert lines[4].startswith("random, same count per frame:") and lines[4].endswith("wrong")
+    assert "each kept 8 of 72 video tokens" in run.stdout  # ceil(0.1 * 9) = 1 per frame
     W, H = png.read_png_size(out)
-    assert (W, H) > (400, 100)
+    assert (W, H) > (400, 200)
+
+
+def test_demo_bad_value_is_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "minivtp.demo", "--layer", "9", "--out", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip() == "error: layer=9 is outside 1..4 (M counts decoder layers " \
+        "from 1, as in the paper)"
 
 
 def test_png_writer_roundtrip(tmp_path):

@@ -1,0 +1,68 @@
+"""What the command-line tools share: devices and dtypes checked in one line each, argparse errors as one line,
+and loading a checkpoint with its tokenizer (`python -m minivtp answer`, `eval`, `minivtp.explore`)."""
+
+import argparse
+import sys
+import time
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_device(name: str):
+    """One line for every device string that will not run: unknown names, a GPU that is not there."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device name torch knows (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}, but torch sees no CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"numbered 0..{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}, but torch sees no Apple GPU")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name!r}: minivtp runs on cpu, cuda or mps")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported as one `error:` line and exit code 2, like every other problem."""
+
+    def error(self, message):
+        print(f"error: {message} ({self.prog} --help lists the arguments)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+def load_checkpoint(args):
+    """(VideoLLM, Tokenizer, seconds) from --weights, with a progress line per shard; one error if they disagree."""
+    import weights
+    from minivtp.tokenizer import Tokenizer
+
+    check_device(args.device)
+    t = time.perf_counter()
+
+    def progress(i, n, file):
+        print(f"loading shard {i + 1}/{n}: {file.name}  ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
+
+    model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device, progress=progress,
+                                   lora_alpha=args.lora_alpha)
+    tok = Tokenizer.from_file(args.weights)
+    if tok.added.get("<image>") != model.image_token:
+        raise ValueError(f"{args.weights}: the tokenizer's <image> is {tok.added.get('<image>')}, the model's video "
+                         f"token is {model.image_token}")
+    return model, tok, time.perf_counter() - t
+
+
+def method_of(args):
+    """The --method and its flags as a generate.Method; None when nothing is pruned inside the LLM."""
+    from minivtp.generate import Method
+    if args.method == "prumerge+" or (args.alpha >= 1 and args.method != "look-m"):
+        return None
+    return Method(args.method, alpha=args.alpha, layer=None if args.method == "look-m" else args.layer,
+                  head_pool=args.head_pool, recent=args.recent, important=args.important,
+                  merge=getattr(args, "merge", "average"))
