@@ -97,7 +97,7 @@ def table(res, L) -> str:
 
 
 def plot(res, path):
-    """Accuracy against alpha at the toy's M, one line per method; all-token accuracy dashed. Drawn by hand."""
+    """Accuracy against alpha at the toy's M, one line per method; all-token accuracy black dashes. Drawn by hand."""
     W, H, m = 460, 300, 40
     img = png.canvas(H, W, png.WHITE)
     png.fill(img, H - m, m, 2, W - 2 * m, png.BLACK)  # x axis
@@ -108,8 +108,6 @@ def plot(res, path):
     for x in xs:
         png.fill(img, H - m, x, 5, 1, png.BLACK)
     y = lambda acc: H - m - round(acc * (H - 2 * m))  # noqa: E731
-    for x in range(m, W - m, 8):  # all tokens, dashed grey
-        png.fill(img, y(res["full"]), x, 2, 4, png.GREY)
     for method, colour in COLOURS.items():
         suffix = "" if method == "look-m" else f" M={res['layer']}"
         pts = [(x, y(res["grid"][f"{method} a={a}{suffix}"])) for x, a in zip(xs, ALPHAS)]
@@ -118,6 +116,8 @@ def plot(res, path):
                 png.fill(img, round(y0 + (y1 - y0) * t) - 1, round(x0 + (x1 - x0) * t) - 1, 3, 3, colour)
         for x, yy in pts:
             png.fill(img, yy - 3, x - 3, 7, 7, colour)
+    for x in range(m, W - m, 8):  # all tokens, dashed, drawn last so a method on the same level does not hide it
+        png.fill(img, y(res["full"]) - 1, x, 3, 4, png.BLACK)
     png.write_png(path, img)
 
 
@@ -144,7 +144,7 @@ def main(argv=None):
     else:
         print(table(res, model.llm.cfg.n_layers))
         print(f"wrote {args.plot}: accuracy against alpha ({', '.join(map(str, ALPHAS))}) at M={res['layer']}, y 0..1 "
-              "in steps of 0.1; green LLM-VTP, blue random, red complement, yellow FastV, purple Look-M, grey dashes "
+              "in steps of 0.1; green LLM-VTP, blue random, red complement, yellow FastV, purple Look-M, black dashes "
               "all tokens")
     return 0
 
