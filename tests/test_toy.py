@@ -138,3 +138,18 @@ def test_png_writer_roundtrip(tmp_path):
     raw = zlib.decompress(idat)
     rows = torch.tensor(list(raw), dtype=torch.uint8).view(5, 1 + 7 * 3)
     assert (rows[:, 0] == 0).all() and torch.equal(rows[:, 1:].reshape(5, 7, 3), img)
+
+
+def test_experiments_json_and_plot(tmp_path):
+    plot = tmp_path / "acc.png"
+    run = subprocess.run([sys.executable, "-m", "minivtp.experiments", "--n", "8", "--seed", "5", "--json",
+                          "--plot", str(plot)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    res = __import__("json").loads(run.stdout)
+    assert res["n"] == 8 and res["seed"] == 5 and 0 <= res["full"] <= 1
+    assert {"llm-vtp", "random", "complement"} <= set(res["alpha_0.1"])
+    assert res["alpha_0.1"]["llm-vtp"] == res["grid"][f"llm-vtp a=0.1 M={toy.DEFAULT_LAYER}"]
+    assert png.read_png_size(plot) == (460, 300)
+    bad = subprocess.run([sys.executable, "-m", "minivtp.experiments", "--n", "0"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --n 0 must be at least 1"
