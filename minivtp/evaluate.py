@@ -136,7 +136,7 @@ class Answerer:
         sample = toy.Sample(features, [], q["question"].split(), [])
         words, out = toy.ask(self.model, sample, method=self.method)
         prediction = " ".join(words)
-        options = [c for c in q["candidates"]]
+        options = q["candidates"]
         letter = LETTERS[options.index(prediction)] if prediction in options else None
         kept = out.kept.numel() / (toy.T * toy.NV) if self.method else 1.0
         return prediction, letter, dict(kept_ratio=kept, prefill_s=out.prefill_s, decode_s=out.decode_s)
@@ -180,10 +180,10 @@ def run(args) -> int:
     out = Path(args.out)
     questions = read_questions(args.questions)
     shard = out.with_name(f"{out.name}.rank{rank}") if world > 1 else out
-    if rank == 0 or shard != out:  # keep the whole lines of a run that was killed, drop the torn last one
-        for f in {out, shard} if rank == 0 else {shard}:
-            if f.exists():
-                f.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(f)))
+    # keep the whole lines of a run that was killed, drop the torn last one (--out itself is rank 0's to touch)
+    for f in {shard, out} if rank == 0 else {shard}:
+        if f.exists():
+            f.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(f)))
     if world > 1:
         dist.barrier()
     done = {r["id"] for r in read_jsonl(out)} | {r["id"] for r in read_jsonl(shard)}

@@ -32,8 +32,35 @@ def setup64(sd, cfg):
     return (lambda k: sd[k].double()), H, Hkv, D, theta, norm
 
 
-def forward64(sd, cfg, tokens, masks, keep_attention_of=None):
-    """tokens (N,) -> logits (N, V) float64; optionally also the (H, N, N) attention of one layer (1-based)."""
+def qkv64(g, p, x, pos, H, Hkv, D, theta, norm):
+    """Layer prefix p's queries (H, n, D) and keys (Hkv, n, D), RoPE applied, and values (Hkv, n, D) of rows x."""
+    n = x.shape[0]
+    h = norm(x, g(p + "input_layernorm.weight"))
+    q = rope64((h @ g(p + "self_attn.q_proj.weight").T).view(n, H, D).transpose(0, 1), pos, theta)
+    k = rope64((h @ g(p + "self_attn.k_proj.weight").T).view(n, Hkv, D).transpose(0, 1), pos, theta)
+    v = (h @ g(p + "self_attn.v_proj.weight").T).view(n, Hkv, D).transpose(0, 1)
+    return q, k, v
+
+
+def finish64(g, p, x, A, V, norm):
+    """The rest of the layer: x + (A V) W_o, then x + MLP(norm(x)). A (H, n, m), V (H, m, D)."""
+    H, n, D = A.shape[0], A.shape[1], V.shape[-1]
+    x = x + (A @ V).transpose(0, 1).reshape(n, H * D) @ g(p + "self_attn.o_proj.weight").T
+    h = norm(x, g(p + "post_attention_layernorm.weight"))
+    gate, up = h @ g(p + "mlp.gate_proj.weight").T, h @ g(p + "mlp.up_proj.weight").T
+    return x + (torch.nn.functional.silu(gate) * up) @ g(p + "mlp.down_proj.weight").T
+
+
+def logits64(sd, g, x, norm):
+    head = sd["lm_head.weight"] if "lm_head.weight" in sd else sd["model.embed_tokens.weight"]
+    return norm(x, g("model.norm.weight")) @ head.double().T
+
+
+def forward64(sd, cfg, tokens, masks, keep_attention_of=None, record=None):
+    """tokens (N,) -> logits (N, V) float64; optionally also the (H, N, N) attention of one layer (1-based).
+
+    `record`, a list, receives per layer (keys, values, received): keys and values (Hkv, N, D) as a cache holds
+    them (RoPE applied to keys), `received` (N,) the attention each row got, summed over rows and heads."""
     g, H, Hkv, D, theta, norm = setup64(sd, cfg)
     N = tokens.shape[0]
     pos = torch.arange(N)
@@ -41,22 +68,16 @@ def forward64(sd, cfg, tokens, masks, keep_attention_of=None):
     attention = None
     for l in range(cfg.num_hidden_layers):
         p = f"model.layers.{l}."
-        h = norm(x, g(p + "input_layernorm.weight"))
-        q = (h @ g(p + "self_attn.q_proj.weight").T).view(N, H, D).transpose(0, 1)
-        k = (h @ g(p + "self_attn.k_proj.weight").T).view(N, Hkv, D).transpose(0, 1)
-        v = (h @ g(p + "self_attn.v_proj.weight").T).view(N, Hkv, D).transpose(0, 1)
-        q, k = rope64(q, pos, theta), rope64(k, pos, theta)
-        k, v = k.repeat_interleave(H // Hkv, 0), v.repeat_interleave(H // Hkv, 0)
-        s = q @ k.transpose(1, 2) / math.sqrt(D)
+        q, k, v = qkv64(g, p, x, pos, H, Hkv, D, theta, norm)
+        kr, vr = k.repeat_interleave(H // Hkv, 0), v.repeat_interleave(H // Hkv, 0)
+        s = q @ kr.transpose(1, 2) / math.sqrt(D)
         A = torch.softmax(s.masked_fill(~masks[l], float("-inf")), dim=-1)  # (H, N, N)
         if keep_attention_of == l + 1:
             attention = A
-        x = x + (A @ v).transpose(0, 1).reshape(N, H * D) @ g(p + "self_attn.o_proj.weight").T
-        h = norm(x, g(p + "post_attention_layernorm.weight"))
-        gate, up = h @ g(p + "mlp.gate_proj.weight").T, h @ g(p + "mlp.up_proj.weight").T
-        x = x + (torch.nn.functional.silu(gate) * up) @ g(p + "mlp.down_proj.weight").T
-    head = sd["lm_head.weight"] if "lm_head.weight" in sd else sd["model.embed_tokens.weight"]
-    logits = norm(x, g("model.norm.weight")) @ head.double().T
+        if record is not None:
+            record.append((k, v, A.sum(dim=(0, 1))))
+        x = finish64(g, p, x, A, vr, norm)
+    logits = logits64(sd, g, x, norm)
     return (logits, attention) if keep_attention_of else logits
 
 
@@ -94,27 +115,9 @@ def pruned_masks(N_prompt, n_total, start, end, S, M, L):
 
 
 def layers64(sd, cfg, tokens):
-    """The unpruned prefill in float64, layer by layer: [(keys, values, received)] with keys and values
-    (Hkv, N, D) as a cache holds them (RoPE applied to keys) and `received` (N,) the attention each row got,
-    summed over every row and head (Look-M's score)."""
-    g, H, Hkv, D, theta, norm = setup64(sd, cfg)
-    N = tokens.shape[0]
-    pos = torch.arange(N)
-    x = g("model.embed_tokens.weight")[tokens]
+    """The unpruned prefill in float64, layer by layer: [(keys, values, received)] (see forward64's `record`)."""
     out = []
-    for l in range(cfg.num_hidden_layers):
-        p = f"model.layers.{l}."
-        h = norm(x, g(p + "input_layernorm.weight"))
-        q = rope64((h @ g(p + "self_attn.q_proj.weight").T).view(N, H, D).transpose(0, 1), pos, theta)
-        k = rope64((h @ g(p + "self_attn.k_proj.weight").T).view(N, Hkv, D).transpose(0, 1), pos, theta)
-        v = (h @ g(p + "self_attn.v_proj.weight").T).view(N, Hkv, D).transpose(0, 1)
-        kr, vr = k.repeat_interleave(H // Hkv, 0), v.repeat_interleave(H // Hkv, 0)
-        A = torch.softmax((q @ kr.transpose(1, 2) / math.sqrt(D)).masked_fill(~causal(N), float("-inf")), dim=-1)
-        out.append((k, v, A.sum(dim=(0, 1))))
-        x = x + (A @ vr).transpose(0, 1).reshape(N, H * D) @ g(p + "self_attn.o_proj.weight").T
-        h = norm(x, g(p + "post_attention_layernorm.weight"))
-        x = x + (torch.nn.functional.silu(h @ g(p + "mlp.gate_proj.weight").T) * (h @ g(p + "mlp.up_proj.weight").T)) \
-            @ g(p + "mlp.down_proj.weight").T
+    forward64(sd, cfg, tokens, [causal(tokens.shape[0])] * cfg.num_hidden_layers, record=out)
     return out
 
 
@@ -127,18 +130,11 @@ def decode64(sd, cfg, caches, tokens, first_pos):
     x = g("model.embed_tokens.weight")[tokens]
     for l in range(cfg.num_hidden_layers):
         p = f"model.layers.{l}."
-        h = norm(x, g(p + "input_layernorm.weight"))
-        q = rope64((h @ g(p + "self_attn.q_proj.weight").T).view(n, H, D).transpose(0, 1), pos, theta)
-        k = rope64((h @ g(p + "self_attn.k_proj.weight").T).view(n, Hkv, D).transpose(0, 1), pos, theta)
-        v = (h @ g(p + "self_attn.v_proj.weight").T).view(n, Hkv, D).transpose(0, 1)
+        q, k, v = qkv64(g, p, x, pos, H, Hkv, D, theta, norm)
         K = torch.cat([caches[l][0], k], 1).repeat_interleave(H // Hkv, 0)
         V = torch.cat([caches[l][1], v], 1).repeat_interleave(H // Hkv, 0)
         m = caches[l][0].shape[1]
         mask = torch.cat([torch.ones(n, m, dtype=torch.bool), causal(n)], 1)
         A = torch.softmax((q @ K.transpose(1, 2) / math.sqrt(D)).masked_fill(~mask, float("-inf")), dim=-1)
-        x = x + (A @ V).transpose(0, 1).reshape(n, H * D) @ g(p + "self_attn.o_proj.weight").T
-        h = norm(x, g(p + "post_attention_layernorm.weight"))
-        x = x + (torch.nn.functional.silu(h @ g(p + "mlp.gate_proj.weight").T) * (h @ g(p + "mlp.up_proj.weight").T)) \
-            @ g(p + "mlp.down_proj.weight").T
-    head = sd["lm_head.weight"] if "lm_head.weight" in sd else sd["model.embed_tokens.weight"]
-    return norm(x, g("model.norm.weight")) @ head.double().T
+        x = finish64(g, p, x, A, V, norm)
+    return logits64(sd, g, x, norm)
