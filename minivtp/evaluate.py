@@ -98,6 +98,8 @@ class Answerer:
         else:
             self.model, self.tok, _ = load_checkpoint(args)
         self.llm = self.model.llm
+        if self.method is not None:  # a bad --layer or ratio is one error now, not one per question
+            self.method.resolved(self.llm.cfg.n_layers)
         fast = torch.device(args.device).type == "cuda" and not args.eager
         self.decoder = FastDecoder(self.llm) if fast else False
 

@@ -105,6 +105,10 @@ def test_bad_questions_are_recorded_not_fatal(bench, tmp_path):
     assert "its answer is not one of its candidates" in got["answer-not-an-option"]["error"]
     assert "not an object" in got["6"]["error"]
     assert json.loads(run.stdout)["errors"] == 4
+    wrong_layer = eval_cmd("--weights", toy.ASSETS, "--questions", f, "--videos", bench / "videos", "--out",
+                           tmp_path / "w.jsonl", "--alpha", 0.1, "--layer", 10)
+    assert wrong_layer.returncode == 2 and wrong_layer.stderr.strip().startswith("error: layer=10 is outside 1..4")
+    assert not (tmp_path / "w.jsonl").exists()
     broken = tmp_path / "broken.json"
     broken.write_text("{oops")
     bad = eval_cmd("--weights", toy.ASSETS, "--questions", broken, "--videos", bench, "--out", out)
