@@ -8,9 +8,11 @@ prompt (35 rows before the video, 60 after), prefill, and a greedy answer of 5 t
 one process, as an evaluation loop does; the first of each setting is a warm-up (graph capture, compile), timed
 and reported apart; the median of the next ones is the per-question time.
 
-minivtp: `VideoLLM.prompt` + `generate` with one `FastDecoder` for the whole loop (the default path on CUDA), and
-the eager decode for comparison. Settings: unpruned, LLM-VTP (alpha 0.1 M 10; alpha 0.2 M 5), FastV (alpha 0.1,
-K 10), Look-M (recent = important = 0.05), PruMerge+ (in the vision tower).
+minivtp: `VideoLLM.prompt` + `generate` with one `FastDecoder` for the whole loop: first with CUDA graphs only
+(`eval --no-compile`), then as `python -m minivtp eval` runs on CUDA by default (compile_pointwise(), once for the
+loop), then with the decode step compiled too (FastDecoder(compile=True)); the eager path (`--eager`). Settings:
+unpruned, LLM-VTP (alpha 0.1 M 10; alpha 0.2 M 5), FastV (alpha 0.1, K 10), Look-M (recent = important = 0.05),
+PruMerge+ (in the vision tower).
 transformers: CLIPVisionModel + LlamaForCausalLM.generate on the same kind of embeddings, its default dynamic
 cache, and its static cache (`cache_implementation="static"`, which compiles the decode step).
 Then growth: 8, 16, 32, 64 frames of 144 tokens, unpruned against LLM-VTP alpha 0.1 M 10: prefill and decode time,
@@ -174,7 +176,7 @@ def main():
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--skip-hf-static", action="store_true")
     p.add_argument("--tiny", action="store_true", help="small shapes on the CPU: a smoke test of this script")
-    p.add_argument("--compile", action="store_true", help="also time FastDecoder(compile=True)")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled loop (eval's default on CUDA)")
     p.add_argument("--skip-hf", action="store_true", help="time minivtp only")
     p.add_argument("--skip-growth", action="store_true")
     args = p.parse_args()
@@ -197,20 +199,26 @@ def main():
             res["minivtp"][f"{setting} | {n_new}"] = dict(first_s=first, median_s=median, cache_rows=out.cache_lens[-1],
                                                           prompt_rows=out.prompt_len)
             print(f"minivtp {setting:18s} {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
-        if args.compile:  # the decode step compiled inside the graph: once per size bucket
-            compiled = FastDecoder(model.llm, compile=True)
-            for setting in ("unpruned", "llm-vtp a0.1 M10"):
-                first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, compiled)[0])
-                res["minivtp"][f"{setting} compiled | {n_new}"] = dict(first_s=first, median_s=median)
-                print(f"minivtp {setting:18s} compiled {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s",
-                      flush=True)
         for setting in ("unpruned", "llm-vtp a0.1 M10"):
             first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, None)[0], n=3)
             res["minivtp"][f"{setting} eager | {n_new}"] = dict(first_s=first, median_s=median)
             print(f"minivtp {setting:18s} eager {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
     res["growth"] = [] if args.skip_growth else growth(model)
+    if not args.no_compile:  # what `python -m minivtp eval` does on CUDA: compile once, then the whole loop
+        t = sync()
+        model.llm.compile_pointwise()
+        for kind, decoder, settings in (
+                (" compiled", FastDecoder(model.llm), SETTINGS),  # eval's default on CUDA
+                (" step compiled", FastDecoder(model.llm, compile=True), ("unpruned", "llm-vtp a0.1 M10"))):
+            for n_new in (5, 72):
+                for setting in settings:
+                    first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, decoder)[0])
+                    res["minivtp"][f"{setting}{kind} | {n_new}"] = dict(first_s=first, median_s=median)
+                    print(f"minivtp {setting:18s}{kind} {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s "
+                          f"({sync() - t:.0f} s since the compile began)", flush=True)
     (args.out / "e2e.json").write_text(json.dumps(res, indent=1))
     if args.skip_hf:
+        summary(res)
         return
     projector = model.projector
     model.llm = None
@@ -235,7 +243,31 @@ def main():
             print(f"transformers static {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
             (args.out / "e2e.json").write_text(json.dumps(res, indent=1))
     (args.out / "e2e.json").write_text(json.dumps(res, indent=1))
+    summary(res)
     print("wrote", args.out / "e2e.json")
+
+
+def summary(res):
+    """Per question, seconds; then LLM-VTP a0.1 M10 against transformers' pipelines, as ratios of this run."""
+    mv, hf = res["minivtp"], res.get("transformers", {})
+    kinds = ("", " compiled", " step compiled", " eager")
+    print("\n| setting | tokens | graphs s | + compile_pointwise s | + step compiled s | eager s |\n"
+          "| --- | --- | --- | --- | --- | --- |")
+    for n_new in (5, 72):
+        for setting in SETTINGS:
+            cells = [mv.get(f"{setting}{kind} | {n_new}", {}).get("median_s") for kind in kinds]
+            print(f"| {setting} | {n_new} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
+        for kind in ("default", "static"):
+            t = hf.get(f"{kind} | {n_new}", {}).get("median_s")
+            print(f"| transformers {kind} | {n_new} | {'' if t is None else f'{t:.3f}'} | | | |")
+    for n_new in (5, 72):
+        for kind in kinds[:3]:
+            ours = mv.get(f"llm-vtp a0.1 M10{kind} | {n_new}", {}).get("median_s")
+            for peer in ("default", "static"):
+                theirs = hf.get(f"{peer} | {n_new}", {}).get("median_s")
+                if ours and theirs:
+                    print(f"{n_new:2d} tokens: LLM-VTP a0.1 M10{kind or ' graphs'} vs transformers {peer}: "
+                          f"{theirs / ours:.2f}x")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,9 @@ def main(argv=None):
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=sorted(DTYPES))
     e.add_argument("--lora-alpha", type=float, default=None)
-    e.add_argument("--eager", action="store_true")
+    e.add_argument("--eager", action="store_true", help="prefill and decode step by step in Python, the readable path")
+    e.add_argument("--no-compile", action="store_true", help="on CUDA, the CUDA graphs without torch.compile (the "
+                   "default compiles the norms, RoPE and SwiGLU once for the loop: compile_pointwise)")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = p.parse_args(argv)
     try:

@@ -101,6 +101,10 @@ class Answerer:
         if self.method is not None:  # a bad --layer or ratio is one error now, not one per question
             self.method.resolved(self.llm.cfg.n_layers)
         fast = torch.device(args.device).type == "cuda" and not args.eager
+        if fast and not args.no_compile:  # a loop of questions: one compile of three small functions pays
+            print("compiling the norms, RoPE and SwiGLU for this run (once, at the first question; --no-compile "
+                  "skips it)", flush=True)
+            self.llm.compile_pointwise()
         self.decoder = FastDecoder(self.llm) if fast else False
 
     def __call__(self, q: dict, videos: Path):

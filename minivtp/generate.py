@@ -10,13 +10,15 @@ M+1..L, and the caches of layers 1..M drop the other rows (Eq. 7-8). Positions t
 token keeps its RoPE position, and the first generated token sits at the *original* prompt length.
 """
 
+import functools
 import time
 from dataclasses import dataclass, replace
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minivtp import baselines, vtp
-from minivtp.model import StaticKVCache
+from minivtp.model import KVCache, StaticKVCache
 
 PAPER_LAYER = 10  # M used for PLLaVA and Tarsier multiple-choice runs (Sec. 4.3)
 METHODS = ("llm-vtp", "random", "complement", "fastv", "look-m")
@@ -130,10 +132,11 @@ def choose(method: Method, a_v, video, generator=None):
 
 
 @torch.no_grad()
-def prefill(model, embeds, caches, video=None, method=None, generator=None, fused=True, **keywords):
+def prefill(model, embeds, caches, video=None, method=None, generator=None, fused=True, tail=None, **keywords):
     """Run the prompt (1, N, C) through every layer, pruning at layer M. Returns (last row's logits (V,), Pruning).
 
-    `method` is a Method (or its name, with the keywords of Method: alpha=, layer=, ...)."""
+    `method` is a Method (or its name, with the keywords of Method: alpha=, layer=, ...). `tail` (a FastDecoder,
+    or None) runs layers M+1..L of a pruned prompt as one replayed CUDA graph instead of the loop below."""
     method = Method.from_keywords(method, **keywords).resolved(model.cfg.n_layers)
     if video is not None and not isinstance(video, vtp.VideoSpan):
         raise ValueError(f"video must be a VideoSpan, got {type(video).__name__} (a video PruMerge+ already pruned "
@@ -170,7 +173,16 @@ def prefill(model, embeds, caches, video=None, method=None, generator=None, fuse
             rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
             x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, caches[:l], rows)  # layers M+1..L; Eq. 7-8 on 1..M
         pruning = Pruning(layer=l, kept=S, rows=rows, scores=a_v)
+        if tail is not None and l < len(model.layers):  # the same layers M+1..L, replayed as one CUDA graph
+            x = tail.prefill_tail(l, x, pos, caches)
+            break
     return model.head(x[:, -1:])[0, -1], pruning  # (V,)
+
+
+# subtle: here the caches grow by a row at every step, and given a mask PyTorch may choose cuDNN's attention on a
+# GPU, which builds a plan for every new number of keys: tens of ms each time the process first meets that number,
+# so a one-shot question paid it at every step (bench/fast_path.py). The other kernels take any length as it comes.
+GROWING_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @torch.no_grad()
@@ -180,7 +192,8 @@ def decode_one_token(model, token, pos: int, caches, fused=True):
     # subtle: after pruning a cache holds fewer rows than `pos` says came before (and under FastV the layers do
     # not even agree on how many), so each cache appends after its own last row (slot None); the position is
     # the same for all: the original prompt length plus the tokens decoded so far
-    return decode_static(model, token, p, None, caches, fused)
+    with sdpa_kernel(GROWING_SDPA):
+        return decode_static(model, token, p, None, caches, fused)
 
 
 @torch.no_grad()
@@ -196,6 +209,17 @@ def decode_static(model, token, pos, at, caches, fused=True):
     return model.head(x)[0, -1]
 
 
+@functools.cache
+def compiled_decode_static():
+    """decode_static through torch.compile, made once per process so that every GraphDecode shares its compiles.
+
+    It fuses the small element-wise kernels (norms, RoPE, SiLU) that dominate a decode step once the matmuls are
+    down to reading the weights; the graph then removes the launch gaps. The price: torch.compile holds the sizes
+    of a module's buffers fixed, and the caches are modules, so each new cache size compiles the 32 layers again
+    (about 50 s on an H100, bench/RESULTS.md). For a loop whose questions share one size bucket."""
+    return torch.compile(decode_static)
+
+
 class GraphDecode:
     """decode_static captured once in a CUDA graph, then replayed: one launch per token instead of hundreds.
 
@@ -205,9 +229,7 @@ class GraphDecode:
 
     def __init__(self, model, caches, token, pos: int, step: int = 0, compile=False):  # caches: StaticKVCaches
         dev = caches[0].k.device
-        # torch.compile fuses the small element-wise kernels (norms, RoPE, SiLU) that dominate a decode step
-        # once the matmuls are down to reading the weights; the graph then removes the launch gaps.
-        self.step = torch.compile(decode_static) if compile else decode_static
+        self.step = compiled_decode_static() if compile else decode_static
         self.model, self.caches = model, caches
         self.token = token.view(1).clone()
         self.pos = torch.tensor([pos], device=dev)
@@ -234,8 +256,61 @@ class GraphDecode:
         return self.logits.clone()  # the graph overwrites its output buffer at the next replay
 
 
+class PrefillTail:
+    """Layers first+1..L of a pruned prefill for `rows` rows, captured once in a CUDA graph and replayed.
+
+    Why: after layer M a pruned prompt has a few hundred rows, so each of the remaining layers' thirty-odd
+    kernels finishes in microseconds and the GPU waits on Python to launch the next (launch-bound). The row
+    count is fixed from layer M on, so the rest of the prefill has static shapes and can be one graph.
+
+    Shorter prompts are padded: real rows first, then padding rows at positions after every real one. The mask
+    is causal, so no real row ever looks at a padding row, and the real rows' outputs and cache rows are those
+    of the loop. On a CPU there are no graphs and the same padded function simply runs.
+    """
+
+    def __init__(self, model, first: int, rows: int, pool=None):
+        cfg, w = model.cfg, model.embed.weight
+        self.model, self.first, self.rows = model, first, rows
+        self.x = torch.zeros(1, rows, cfg.dim, dtype=w.dtype, device=w.device)  # the graph's input rows
+        self.pos = torch.arange(rows, device=w.device)  # and their positions
+        self.pad = torch.arange(1, rows + 1, device=w.device)  # padding positions, after the last real one
+        self.caches = [KVCache(1, cfg.n_kv_heads, rows, cfg.head_dim, w.dtype, w.device) for _ in model.layers[first:]]
+        self.graph = None
+        if w.device.type == "cuda":
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up off the default stream, as graph capture requires
+                for _ in range(2):
+                    self.run()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self.out = self.run()
+
+    def run(self):  # (1, rows, C): the loop of prefill, from layer first+1 on, into this object's caches
+        cos, sin = self.model.rope(self.pos)
+        x = self.x
+        for block, cache in zip(self.model.layers[self.first :], self.caches):
+            x = block(x, cos, sin, self.pos, cache, slot=0)
+        return x
+
+    def __call__(self, x, pos, caches):
+        """x (1, n, C) and pos (n,) after layer `first`; fills caches[first:] with n rows; returns (1, n, C)."""
+        n = x.shape[1]
+        self.x[:, :n] = x
+        self.x[:, n:] = 0
+        self.pos[:n] = pos
+        self.pos[n:] = pos[-1] + self.pad[: self.rows - n]
+        out = self.run() if self.graph is None else (self.graph.replay(), self.out)[1]
+        for cache, mine in zip(caches[self.first :], self.caches):  # the real rows, into the question's caches
+            cache.k[:, :, :n], cache.v[:, :, :n], cache.pos[:n] = mine.k[:, :, :n], mine.v[:, :, :n], mine.pos[:n]
+            cache.length = n
+        return out[:, :n]
+
+
 class FastDecoder:
-    """The fast decode path, kept from one question to the next: static caches and one CUDA graph per size.
+    """The fast path, kept from one question to the next: CUDA graphs of the pruned prefill's last layers, and
+    static caches with one graph of the decode step per size.
 
         decoder = FastDecoder(model)
         for embeds, video in questions:          # an evaluation loop: one capture per size, not per question
@@ -246,12 +321,26 @@ class FastDecoder:
     cache, masked, so up to bucket - 1 empty rows per layer more than the exact size (a few percent of the
     weights' bytes at 7B). bucket=1 gives exact sizes and a capture for every new size. compile=True compiles
     the step before capturing it (fuses the element-wise kernels; tens of seconds once per size): for loops.
+    The pruned prefill's rows after layer M are rounded up to a multiple of `prefill_bucket` (PrefillTail);
+    prefill_bucket=0 leaves those layers to prefill's loop, as a one-shot question should (a capture costs more
+    than it saves once).
     """
 
-    def __init__(self, model, bucket: int = 256, compile: bool = False):
+    def __init__(self, model, bucket: int = 256, compile: bool = False, prefill_bucket: int = 64):
         if bucket < 1:
             raise ValueError(f"bucket={bucket} must be >= 1")
+        if prefill_bucket < 0:
+            raise ValueError(f"prefill_bucket={prefill_bucket} must be >= 0 (0: no prefill graphs)")
         self.model, self.bucket, self.compile, self.graphs = model, bucket, compile, {}
+        self.prefill_bucket, self.tails = prefill_bucket, {}
+        self.pool = torch.cuda.graph_pool_handle() if model.embed.weight.is_cuda else None  # shared by the tails
+
+    def prefill_tail(self, first: int, x, pos, caches):
+        """Layers first+1..L on the rows that survived pruning (see prefill), through a PrefillTail."""
+        rows = -(-x.shape[1] // self.prefill_bucket) * self.prefill_bucket
+        if (first, rows) not in self.tails:
+            self.tails[first, rows] = PrefillTail(self.model, first, rows, self.pool)
+        return self.tails[first, rows](x, pos, caches)
 
     def begin(self, caches, token, pos: int, new_tokens: int):
         """Static caches holding `caches`' rows (room for `new_tokens` more) and the step to replay."""
@@ -303,11 +392,14 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
     generator = torch.Generator().manual_seed(seed)
     caches = model.new_caches(batch=1, max_len=N + max_new_tokens)
     t0 = clock(embeds.device)
-    logits, pruning = prefill(model, embeds.to(model.embed.weight.dtype), caches, video, method, generator, fused)
+    decoder = fast_decode if isinstance(fast_decode, FastDecoder) else None
+    if fast_decode is True:  # one question: a graph for the decode steps, none for the prefill
+        decoder = FastDecoder(model, bucket=1, prefill_bucket=0)
+    tail = decoder if decoder is not None and decoder.prefill_bucket and fused else None
+    logits, pruning = prefill(model, embeds.to(model.embed.weight.dtype), caches, video, method, generator, fused, tail)
     cache_len, cache_lens = caches[0].length, [c.length for c in caches]
     t1 = clock(embeds.device)
     step = None
-    decoder = fast_decode if isinstance(fast_decode, FastDecoder) else FastDecoder(model, bucket=1) if fast_decode else None
     tokens, all_logits = [], []
     for i in range(max_new_tokens):
         token = pick(logits, temperature, generator)

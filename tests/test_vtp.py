@@ -353,3 +353,59 @@ def test_a_fast_decoder_serves_question_after_question(ckpt):
     assert sorted(decoder.graphs) == [(64,) * 4, (128,) * 4]  # two sizes, two captures (on a GPU), not four
     with pytest.raises(ValueError, match="bucket=0 must be >= 1"):
         FastDecoder(model, bucket=0)
+
+
+@pytest.mark.parametrize("method", [dict(alpha=0.25, layer=1), dict(alpha=0.4, layer=3), dict(method="fastv", alpha=0.3,
+                                                                                                 layer=2),
+                                    dict(method="random", alpha=0.25, layer=2)])
+def test_the_prefill_tail_equals_the_loop(ckpt, method):
+    """Layers M+1..L through PrefillTail (padded to a bucket, as the graph runs them) give the loop's logits and
+    every layer's cache rows and positions; a shorter prompt in the same bucket after a longer one as well."""
+    from minivtp.generate import FastDecoder, prefill
+    model, _ = ckpt
+    decoder = FastDecoder(model, prefill_bucket=32)  # about half of every tail's rows are padding
+    for seed, n in ((21, 47), (22, 40)):
+        embeds = model.embed(prompt(seed, n))[None]
+        loop, tail = model.new_caches(1, n), model.new_caches(1, n)
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)  # the same random tokens
+        want, p1 = prefill(model, embeds, loop, video=VideoSpan(4, 4, 8), generator=g1, **method)
+        got, p2 = prefill(model, embeds, tail, video=VideoSpan(4, 4, 8), generator=g2, tail=decoder, **method)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # float32, only summation order differs
+        assert torch.equal(p1.kept, p2.kept)
+        for a, b in zip(loop, tail):
+            assert a.length == b.length
+            assert torch.equal(a.pos[: a.length], b.pos[: b.length])
+            torch.testing.assert_close(b.k[:, :, : b.length], a.k[:, :, : a.length], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(b.v[:, :, : b.length], a.v[:, :, : a.length], rtol=1e-5, atol=1e-5)
+    layer = method["layer"]
+    assert list(decoder.tails) == [(layer, 32)]  # both prompts in one bucket: one tail (one capture on a GPU)
+    with pytest.raises(ValueError, match="prefill_bucket=-1 must be >= 0"):
+        FastDecoder(model, prefill_bucket=-1)
+
+
+def test_one_shot_fast_decode_captures_no_prefill_tail(ckpt, monkeypatch):
+    from minivtp import generate as gen
+    model, _ = ckpt
+    made = []
+    monkeypatch.setattr(gen, "PrefillTail", lambda *a, **k: made.append(a) or pytest.fail("a tail for one question"))
+    embeds = model.embed(prompt(3, 40))[None]
+    generate(model, embeds, 4, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2, fast_decode=True)
+    assert made == []
+
+
+def test_the_eager_decode_keeps_cudnn_attention_out(ckpt, monkeypatch):
+    """cuDNN's attention builds a plan per new key count; the eager decode meets a new count at every step."""
+    import torch.nn.functional as F
+    from minivtp import model as model_py
+    model, _ = ckpt
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.shape[2], torch.backends.cuda.cudnn_sdp_enabled()))
+        return real(q, k, v, **kw)
+    monkeypatch.setattr(model_py.F, "scaled_dot_product_attention", spy)
+    generate(model, model.embed(prompt(4, 40))[None], 3, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2)
+    prefill_calls = [on for rows, on in seen if rows > 1]
+    decode_calls = [on for rows, on in seen if rows == 1]
+    assert prefill_calls and all(prefill_calls) and len(decode_calls) == 2 * model.cfg.n_layers and not any(decode_calls)
