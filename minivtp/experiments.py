@@ -36,8 +36,9 @@ def method_for(name: str, alpha: float, layer: int) -> Method:
     """The method at a budget of `alpha`: LLM-VTP's count per frame; FastV the same count over the whole video;
     Look-M as many cache rows as LLM-VTP keeps (prefix + kept video + question), half recent, half important."""
     if name == "look-m":
-        N = len(toy.PREFIX) + toy.T * toy.NV + 3
-        rows = len(toy.PREFIX) + toy.T * n_keep(alpha, toy.NV) + 3
+        Nq = 3 + len(toy.TEMPLATE)  # question rows
+        N = len(toy.PREFIX) + toy.T * toy.NV + Nq
+        rows = len(toy.PREFIX) + toy.T * n_keep(alpha, toy.NV) + Nq
         half = (rows / 2 + 0.25) / N  # int(N * half) twice comes to `rows` (or one fewer when it is odd)
         return Method("look-m", recent=half, important=half)
     if name == "fastv":
@@ -97,7 +98,8 @@ def table(res, L) -> str:
 
 
 def plot(res, path):
-    """Accuracy against alpha at the toy's M, one line per method; all-token accuracy black dashes. Drawn by hand."""
+    """Accuracy against alpha at the toy's M, one line per method; all-token accuracy black dashes. Drawn by hand:
+    lines on one level (FastV, Look-M and LLM-VTP near 1.0) are drawn as nested stripes, widest first."""
     W, H, m = 460, 300, 40
     img = png.canvas(H, W, png.WHITE)
     png.fill(img, H - m, m, 2, W - 2 * m, png.BLACK)  # x axis
@@ -108,14 +110,16 @@ def plot(res, path):
     for x in xs:
         png.fill(img, H - m, x, 5, 1, png.BLACK)
     y = lambda acc: H - m - round(acc * (H - 2 * m))  # noqa: E731
-    for method, colour in COLOURS.items():
-        suffix = "" if method == "look-m" else f" M={res['layer']}"
+    # widest first, LLM-VTP last and thinnest: lines on the same level show as nested stripes, none hidden
+    for method, width in (("fastv", 11), ("look-m", 7), ("random", 3), ("complement", 3), ("llm-vtp", 3)):
+        colour, suffix = COLOURS[method], "" if method == "look-m" else f" M={res['layer']}"
         pts = [(x, y(res["grid"][f"{method} a={a}{suffix}"])) for x, a in zip(xs, ALPHAS)]
         for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
             for t in torch.linspace(0, 1, 200).tolist():
-                png.fill(img, round(y0 + (y1 - y0) * t) - 1, round(x0 + (x1 - x0) * t) - 1, 3, 3, colour)
+                png.fill(img, round(y0 + (y1 - y0) * t) - width // 2, round(x0 + (x1 - x0) * t) - width // 2, width,
+                         width, colour)
         for x, yy in pts:
-            png.fill(img, yy - 3, x - 3, 7, 7, colour)
+            png.fill(img, yy - width // 2 - 2, x - width // 2 - 2, width + 4, width + 4, colour)
     for x in range(m, W - m, 8):  # all tokens, dashed, drawn last so a method on the same level does not hide it
         png.fill(img, y(res["full"]) - 1, x, 3, 4, png.BLACK)
     png.write_png(path, img)

@@ -265,7 +265,9 @@ class PrefillTail:
 
     Shorter prompts are padded: real rows first, then padding rows at positions after every real one. The mask
     is causal, so no real row ever looks at a padding row, and the real rows' outputs and cache rows are those
-    of the loop. On a CPU there are no graphs and the same padded function simply runs.
+    of the loop. On a CPU there are no graphs and the same padded function simply runs. The graph writes into
+    caches of its own (at Vicuna-7B shape, 27 layers x 2 x 4,096 x 2 bytes = 0.44 MB per row), copied into the
+    question's caches after each replay.
     """
 
     def __init__(self, model, first: int, rows: int, pool=None):

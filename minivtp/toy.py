@@ -4,8 +4,8 @@ The task. A "video" is T=8 frames of a 3x3 grid of patches (Nv=9, 72 video token
 distinct shape in a distinct colour, sit in distinct random frames at random cells; every other patch is
 background clutter. The question asks the model to name one of them, and then say what it looks like:
 
-    name a shape    ->  triangle red      (any shape in the video, then that object's colour)
-    name a colour   ->  blue star         (any colour in the video, then that object's shape)
+    name a shape in the video ASSISTANT:    ->  triangle red   (any shape in the video, then that object's colour)
+    name a colour in the video ASSISTANT:   ->  blue star      (any colour in the video, then that object's shape)
 
 The model chooses which object; the answer is right when the first word is in the video and the second word
 belongs to the same object. Shapes, colours, frames and cells are dealt at random, so nothing but the video
@@ -18,14 +18,21 @@ row of the first word ("triangle") has to find the triangle in the video then, t
 The first word needs the question to look at every object (which shapes are there?); that look, at layer M,
 is what LLM-VTP ranks. Drop the named object's patch and the second word is a guess.
 
+Why the template words. Each question row's attention in a head lands on about one patch, so the question's
+rows together look at only a handful of patches. With the three rows of "name a shape" alone (12 looks over 4
+heads) a model trained the same way sometimes named an object no question row had looked at in layer 1 (it knew
+of it through a later video row), and LLM-VTP then dropped the patch the second word needed. Real prompts end in
+template words ("ASSISTANT:"); with four of them here (7 question rows) the looks cover the objects.
+`python -m minivtp.experiments` reports, beside each accuracy, how often the named object's patch was kept.
+
 The model. A patch's features (shape and colour channels, frame and cell one-hots, an objectness channel,
 clutter noise) go through one linear projector to the width of `minivtp.model.Transformer`, used unchanged
 as the language model:
 
-    <s> USER: [8 x 9 video rows] name a shape   ->  triangle red
+    <s> USER: [8 x 9 video rows] name a shape in the video ASSISTANT:   ->  triangle red
 
     OMP_NUM_THREADS=1 python -m minivtp.toy train   # how the shipped weights were made, bit for bit: 6,000 steps,
-                                                    # 9 minutes (minivtp/assets/toy/, train_log.txt)
+                                                    # 10-12 minutes (minivtp/assets/toy/, train_log.txt)
     python -m minivtp.toy export-mvbench DIR        # held-out questions as a benchmark for python -m minivtp eval
 
 Training is teacher-forced on one object drawn at random from the video, so the first word learns "any object
@@ -53,13 +60,14 @@ T, ROWS, COLS = 8, 3, 3
 NV = ROWS * COLS
 SHAPES = ["circle", "square", "triangle", "star"]
 COLOURS = ["red", "green", "blue", "yellow"]
-WORDS = ["<pad>", "<s>", "</s>", "USER:", "name", "a", "shape", "colour"]
+WORDS = ["<pad>", "<s>", "</s>", "USER:", "name", "a", "shape", "colour", "in", "the", "video", "ASSISTANT:"]
 VOCAB = WORDS + SHAPES + COLOURS
 ID = {w: i for i, w in enumerate(VOCAB)}
 PREFIX = ["<s>", "USER:"]  # the rows before the video
 N_NOISE = 8
 P = len(SHAPES) + len(COLOURS) + T + ROWS + COLS + 1 + N_NOISE  # patch feature size (1: objectness)
-KINDS = ("shape", "colour")  # "name a shape", "name a colour"
+KINDS = ("shape", "colour")  # "name a shape ...", "name a colour ..."
+TEMPLATE = ["in", "the", "video", "ASSISTANT:"]  # the rows after the question word, as a chat template ends
 DEFAULT_LAYER = 1  # M for the toy: the layer whose question attention finds the objects (python -m minivtp.experiments)
 ASSETS = Path(__file__).parent / "assets" / "toy"
 
@@ -81,7 +89,11 @@ class Object:
 class Sample:
     features: torch.Tensor  # (T, Nv, P)
     objects: list
-    question: list  # ["name", "a", "shape" | "colour"]
+    question: list  # ["name", "a", "shape" | "colour", *TEMPLATE]
+
+    @property
+    def kind(self) -> str:  # what the question asks for first: "shape" or "colour"
+        return self.question[2]
     answer: list  # one right answer (two words), the one training is forced on; others are right too
 
 
@@ -125,12 +137,12 @@ def make_sample(g: torch.Generator, kind: str = None, n_objects: int = None) -> 
         draw(f, o)
     target = objects[pick(n_objects)]
     answer = [target.shape, target.colour] if kind == "shape" else [target.colour, target.shape]
-    return Sample(f.reshape(T, NV, P), objects, ["name", "a", kind], answer)
+    return Sample(f.reshape(T, NV, P), objects, ["name", "a", kind] + TEMPLATE, answer)
 
 
 def named_object(sample: Sample, words):
     """The object the answer's first word names, or None when no object in the video has it."""
-    attr = "shape" if sample.question[-1] == "shape" else "colour"
+    attr = sample.kind
     return next((o for o in sample.objects if getattr(o, attr) == words[0]), None)
 
 
@@ -139,7 +151,7 @@ def is_right(sample: Sample, words) -> bool:
     o = named_object(sample, words)
     if o is None or len(words) < 2:
         return False
-    return words[1] == (o.colour if sample.question[-1] == "shape" else o.shape)
+    return words[1] == (o.colour if sample.kind == "shape" else o.shape)
 
 
 def chance(kind: str) -> float:
@@ -303,7 +315,7 @@ def export_mvbench(out, n: int = 300, seed: int = 2024):
     entries = []
     for i in range(n):
         s = make_sample(g)
-        first = "shape" if s.question[-1] == "shape" else "colour"
+        first = s.kind
         right = [f"{getattr(o, first)} {o.colour if first == 'shape' else o.shape}" for o in s.objects]
         names = SHAPES if first == "shape" else COLOURS
         others = COLOURS if first == "shape" else SHAPES
@@ -313,7 +325,7 @@ def export_mvbench(out, n: int = 300, seed: int = 2024):
         order = torch.randperm(len(candidates), generator=shuffle).tolist()
         candidates = [candidates[j] for j in order]
         save_file({"features": s.features.contiguous()}, out / "videos" / f"{i:05d}.safetensors")
-        entries.append(dict(id=f"{i:05d}", task_type=f"name a {s.question[-1]}", video=f"{i:05d}.safetensors",
+        entries.append(dict(id=f"{i:05d}", task_type=f"name a {s.kind}", video=f"{i:05d}.safetensors",
                             question=" ".join(s.question), candidates=candidates, answer=" ".join(s.answer),
                             right_answers=right))
     (out / "questions.json").write_text(json.dumps(entries, indent=1))

@@ -9,9 +9,7 @@ from minivtp.vtp import layer_attention
 
 def test_chapter_runs_and_prints_what_it_shows():
     ns = run_chapter(4)
-    sample, a_v = ns["sample"], ns["a_v"]  # the last look: seed 3
-    star = next(o for o in sample.objects if o.shape == "star")
-    assert int((a_v[star.frame] > a_v[star.frame, star.cell]).sum()) + 1 == 6
+    assert ns["named"] >= ns["every"] >= 190  # of 200: the named object is one the question looked at
     first = ns["look"](0)[1]
     s0 = toy.make_sample(torch.Generator().manual_seed(0))
     assert all(int((first[o.frame] > first[o.frame, o.cell]).sum()) == 0 for o in s0.objects)

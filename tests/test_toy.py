@@ -34,7 +34,7 @@ def test_answers_are_determined_by_the_video():
         assert seen == sorted([(o.shape, o.colour, o.frame, o.cell) for o in s.objects], key=lambda o: o[2])
         assert 2 <= len(seen) <= 4 and len({o[2] for o in seen}) == len(seen)  # one object per frame at most
         # the forced answer is one of the objects read from the features, in the question's order
-        pairs = {(o[0], o[1]) if s.question[-1] == "shape" else (o[1], o[0]) for o in seen}
+        pairs = {(o[0], o[1]) if s.kind == "shape" else (o[1], o[0]) for o in seen}
         assert tuple(s.answer) in pairs and toy.is_right(s, s.answer)
 
 
@@ -82,10 +82,10 @@ def test_shipped_checkpoint_beats_chance_by_far(shipped):
 
 
 def test_the_claim_on_a_fresh_seed(shipped):
-    # 100 held-out questions from a seed nobody trained or tuned on. The full run (README, 300 questions, seed
-    # 2024 and others) gives all tokens 1.00, LLM-VTP at alpha 0.1 within 0.03 of it, random about 0.3 and the
-    # complement below random. The margins here are wider than those numbers need, for 100 questions' noise:
-    # a binomial standard error at 100 is at most 0.05.
+    # 100 held-out questions from a seed nobody trained or tuned on. The full runs (README: 300 questions, seeds
+    # 2024 and 7) give all tokens 1.000, LLM-VTP at alpha 0.1 0.99-1.00 (the named patch kept in 99-100%), random
+    # about 0.4 and the complement below random. The margins here are wider than those numbers need, for 100
+    # questions' noise: a binomial standard error at 100 is at most 0.05.
     from minivtp.experiments import measure
     g = torch.Generator().manual_seed(31337)
     samples = [toy.make_sample(g) for _ in range(100)]
@@ -95,8 +95,8 @@ def test_the_claim_on_a_fresh_seed(shipped):
     rand, _ = measure(shipped, samples, Method("random", alpha=0.1, layer=M), seed=1)
     comp, _ = measure(shipped, samples, Method("complement", alpha=0.1, layer=M))
     assert full >= 0.95
-    assert ours >= full - 0.08 and ours_kept >= 0.9  # LLM-VTP keeps what the answer reads
-    assert rand <= full - 0.4  # random tokens of the same count do not
+    assert ours >= full - 0.05 and ours_kept >= 0.95  # LLM-VTP keeps what the answer reads
+    assert rand <= full - 0.3  # random tokens of the same count do not
     assert comp <= rand + 0.1  # nor does everything LLM-VTP drops
 
 
