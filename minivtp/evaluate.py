@@ -103,7 +103,7 @@ class Answerer:
         fast = torch.device(args.device).type == "cuda" and not args.eager
         if fast and not args.no_compile:  # a loop of questions: one compile of three small functions pays
             print("compiling the norms, RoPE and SwiGLU for this run (once, at the first question; --no-compile "
-                  "skips it)", flush=True)
+                  "skips it)", file=sys.stderr, flush=True)  # stdout stays the summary (one JSON object with --json)
             self.llm.compile_pointwise()
         self.decoder = FastDecoder(self.llm) if fast else False
 
