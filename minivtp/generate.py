@@ -303,7 +303,11 @@ class PrefillTail:
         self.x[:, n:] = 0
         self.pos[:n] = pos
         self.pos[n:] = pos[-1] + self.pad[: self.rows - n]
-        out = self.run() if self.graph is None else (self.graph.replay(), self.out)[1]
+        if self.graph is None:
+            out = self.run()
+        else:
+            self.graph.replay()
+            out = self.out  # the graph's output buffer, overwritten at the next replay: used right away
         for cache, mine in zip(caches[self.first :], self.caches):  # the real rows, into the question's caches
             cache.k[:, :, :n], cache.v[:, :, :n], cache.pos[:n] = mine.k[:, :, :n], mine.v[:, :, :n], mine.pos[:n]
             cache.length = n
