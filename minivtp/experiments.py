@@ -36,7 +36,7 @@ def method_for(name: str, alpha: float, layer: int) -> Method:
     """The method at a budget of `alpha`: LLM-VTP's count per frame; FastV the same count over the whole video;
     Look-M as many cache rows as LLM-VTP keeps (prefix + kept video + question), half recent, half important."""
     if name == "look-m":
-        Nq = 3 + len(toy.TEMPLATE)  # question rows
+        Nq = len(toy.question("shape"))  # question rows
         N = len(toy.PREFIX) + toy.T * toy.NV + Nq
         rows = len(toy.PREFIX) + toy.T * n_keep(alpha, toy.NV) + Nq
         half = (rows / 2 + 0.25) / N  # int(N * half) twice comes to `rows` (or one fewer when it is odd)

@@ -89,12 +89,17 @@ class Object:
 class Sample:
     features: torch.Tensor  # (T, Nv, P)
     objects: list
-    question: list  # ["name", "a", "shape" | "colour", *TEMPLATE]
+    question: list  # question(kind): ["name", "a", "shape" | "colour", *TEMPLATE]
+    answer: list  # one right answer (two words), the one training is forced on; others are right too
 
     @property
     def kind(self) -> str:  # what the question asks for first: "shape" or "colour"
         return self.question[2]
-    answer: list  # one right answer (two words), the one training is forced on; others are right too
+
+
+def question(kind: str) -> list:
+    """The question's words, the rows after the video: "name a shape in the video ASSISTANT:"."""
+    return ["name", "a", kind] + TEMPLATE
 
 
 def clutter(g: torch.Generator) -> torch.Tensor:
@@ -137,7 +142,7 @@ def make_sample(g: torch.Generator, kind: str = None, n_objects: int = None) -> 
         draw(f, o)
     target = objects[pick(n_objects)]
     answer = [target.shape, target.colour] if kind == "shape" else [target.colour, target.shape]
-    return Sample(f.reshape(T, NV, P), objects, ["name", "a", kind] + TEMPLATE, answer)
+    return Sample(f.reshape(T, NV, P), objects, question(kind), answer)
 
 
 def named_object(sample: Sample, words):
