@@ -15,6 +15,11 @@ def seeded():
     torch.manual_seed(0)
 
 
+def prompt(seed, n):
+    """n token ids from the tiny checkpoints' vocabulary (97), the same for the same seed."""
+    return torch.randint(0, 97, (n,), generator=torch.Generator().manual_seed(seed))
+
+
 def llama_config(**overrides):
     base = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
                 num_key_value_heads=6, max_position_embeddings=256, rms_norm_eps=1e-6)

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from conftest import write_llama
+from conftest import prompt, write_llama
 from oracle import causal, decode64, forward64, layers64
 
 import weights
@@ -20,10 +20,6 @@ def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("rivals_llama")
     hf = write_llama(path, seed=21, num_hidden_layers=4, num_key_value_heads=2)
     return weights.load(path), hf
-
-
-def prompt(seed, n):
-    return torch.randint(0, 97, (n,), generator=torch.Generator().manual_seed(seed))
 
 
 def rel(a, b):

@@ -16,16 +16,19 @@ from minivtp.vtp import VideoSpan
 CFG = Config(vocab_size=61, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=56, max_seq_len=128)
 
 
-@pytest.mark.parametrize("alpha,layer", [(1.0, 4), (0.25, 2), (0.1, 1), (0.5, 3)])
-def test_count_matches_torch_flop_counter(alpha, layer):
+@pytest.mark.parametrize("method,alpha,layer", [("llm-vtp", 1.0, 4), ("llm-vtp", 0.25, 2), ("llm-vtp", 0.1, 1),
+                                                ("llm-vtp", 0.5, 3), ("fastv", 0.25, 2), ("fastv", 0.1, 1),
+                                                ("fastv", 1.0, 4)])
+def test_count_matches_torch_flop_counter(method, alpha, layer):
     torch.manual_seed(0)
     model = Transformer(CFG).eval()
     prefix, T, Nv, Nq = 3, 4, 9, 5
     embeds = torch.randn(1, prefix + T * Nv + Nq, CFG.dim)
     with FlopCounterMode(display=False) as counter:
         # prefill only; the manual attention path, since the counter does not see inside CPU's fused kernel
-        generate(model, embeds, 1, video=VideoSpan(prefix, T, Nv), alpha=alpha, layer=layer, fused=False)
-    counted = prefill_flops(CFG, prefix, T, Nv, Nq, alpha=alpha, layer=layer)
+        generate(model, embeds, 1, video=VideoSpan(prefix, T, Nv), method=method, alpha=alpha, layer=layer,
+                 fused=False)
+    counted = prefill_flops(CFG, prefix, T, Nv, Nq, alpha=alpha, layer=layer, method=method)
     assert counted["flops_pruned"] == counter.get_total_flops()
 
 
@@ -58,19 +61,6 @@ def test_cli_json():
 def test_cli_rejects_bad_layer():
     out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--layer", "40"], capture_output=True, text=True)
     assert out.returncode != 0 and "layer=40 is outside 1..32" in out.stderr
-
-
-@pytest.mark.parametrize("alpha,layer", [(0.25, 2), (0.1, 1), (1.0, 4)])
-def test_fastv_count_matches_torch_flop_counter(alpha, layer):
-    torch.manual_seed(0)
-    model = Transformer(CFG).eval()
-    prefix, T, Nv, Nq = 3, 4, 9, 5
-    embeds = torch.randn(1, prefix + T * Nv + Nq, CFG.dim)
-    with FlopCounterMode(display=False) as counter:
-        generate(model, embeds, 1, video=VideoSpan(prefix, T, Nv), method="fastv", alpha=alpha, layer=layer,
-                 fused=False)
-    counted = prefill_flops(CFG, prefix, T, Nv, Nq, alpha=alpha, layer=layer, method="fastv")
-    assert counted["flops_pruned"] == counter.get_total_flops()
 
 
 def test_look_m_and_prumerge_counts_match_torch_flop_counter():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import write_llama
+from conftest import prompt, write_llama
 from oracle import forward64, pruned_masks, select64
 
 import weights
@@ -121,10 +121,6 @@ def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("vtp_llama")
     hf = write_llama(path, seed=5, num_hidden_layers=4, num_key_value_heads=2)
     return weights.load(path), hf
-
-
-def prompt(seed, n):
-    return torch.randint(0, 97, (n,), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("layer", [1, 2, 4])
