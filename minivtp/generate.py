@@ -220,6 +220,21 @@ def compiled_decode_static():
     return torch.compile(decode_static)
 
 
+def capture(fn, pool=None):
+    """fn() captured in a CUDA graph, after two warm-up runs off the default stream as capture requires.
+    Returns (the graph, fn's output: the buffer every replay overwrites). `pool`: a memory pool to share."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
+
+
 class GraphDecode:
     """decode_static captured once in a CUDA graph, then replayed: one launch per token instead of hundreds.
 
@@ -236,15 +251,7 @@ class GraphDecode:
         self.at = torch.tensor([step], device=dev)
         self.graph = None
         if dev.type == "cuda":
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):  # warm-up off the default stream, as graph capture requires
-                for _ in range(2):
-                    self.step(model, self.token, self.pos, self.at, caches)
-            torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self.step(model, self.token, self.pos, self.at, caches)
+            self.graph, self.logits = capture(lambda: self.step(model, self.token, self.pos, self.at, caches))
 
     def __call__(self, token, pos: int, step: int):
         self.token.copy_(token.view(1))
@@ -279,15 +286,7 @@ class PrefillTail:
         self.caches = [KVCache(1, cfg.n_kv_heads, rows, cfg.head_dim, w.dtype, w.device) for _ in model.layers[first:]]
         self.graph = None
         if w.device.type == "cuda":
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):  # warm-up off the default stream, as graph capture requires
-                for _ in range(2):
-                    self.run()
-            torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool):
-                self.out = self.run()
+            self.graph, self.out = capture(self.run, pool)
 
     def run(self):  # (1, rows, C): the loop of prefill, from layer first+1 on, into this object's caches
         cos, sin = self.model.rope(self.pos)
