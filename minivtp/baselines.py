@@ -76,7 +76,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from minivtp import vtp
 from minivtp.vtp import VideoSpan
@@ -173,15 +172,6 @@ class MergedVideo:
     @property
     def kept_ratio(self) -> float:
         return (self.end - self.start) / self.unpruned_rows
-
-
-def pool_like_pllava(t, grid: int, shape):
-    """PLLaVA's pooling applied to per-patch values (T, P, ...) -> (T', h' * w', ...), as pllava_pool does to
-    features: adaptive average over (frames, h, w)."""
-    extra = t.shape[2:]
-    v = t.reshape(t.shape[0], grid, grid, -1).float()  # (T, h, w, K)
-    v = F.adaptive_avg_pool3d(rearrange(v, "t h w k -> 1 k t h w"), tuple(shape))  # (1, K, T', h', w')
-    return rearrange(v, "1 k t h w -> t (h w) k").reshape(shape[0], shape[1] * shape[2], *extra)
 
 
 # -------------------------------------------------------------------------------------------------------------

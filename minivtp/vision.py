@@ -218,10 +218,10 @@ class VideoLLM(nn.Module):
         frames = []
         if self.arrangement == "pllava":  # pool attention and keys like the features, merge after the projector
             grid = self.vision.cfg.grid
-            x = pllava_pool(self.projector(patches), grid, self.pooling_shape)
-            x = x.view(self.pooling_shape[0], -1, x.shape[-1])  # (T', h'w', C)
-            a = baselines.pool_like_pllava(a, grid, self.pooling_shape)  # (T', h'w')
-            keys = baselines.pool_like_pllava(keys, grid, self.pooling_shape)  # (T', h'w', Cv)
+            pooled = lambda t: pllava_pool(t, grid, self.pooling_shape).view(T, -1, t.shape[-1])  # noqa: E731
+            x = pooled(self.projector(patches))  # (T', h'w', C)
+            a = pooled(a.float()[..., None])[..., 0]  # (T', h'w): the same average, over attention values
+            keys = pooled(keys.float())  # (T', h'w', Cv)
             frames = [baselines.prumerge_plus(x[t], keys[t], a[t])[0] for t in range(x.shape[0])]
         else:  # merge in CLIP's space, then project, as PruMerge+ does for LLaVA
             sep = self.llm.embed.weight[self.frame_token] if self.arrangement == "tarsier" else None
