@@ -25,13 +25,13 @@ def answer(args):
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
+    merged, method = args.method == "prumerge+", method_of(args)  # PruMerge+ prunes in the vision tower
     model, tok, load_s = load_checkpoint(args)
     frames, note = read_frames(args.video, model.frames)
     if note:
         print(f"note: {note}", file=sys.stderr)
     pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
     ids = torch.tensor(tok.encode(build_prompt(model.arrangement, args.question, args.template)), device=args.device)
-    merged, method = args.method == "prumerge+", method_of(args)  # PruMerge+ prunes in the vision tower
     # the static cache and CUDA graph wherever there is a GPU; on a CPU there are no graphs to gain from
     fast = (args.fast_decode or torch.device(args.device).type == "cuda") and not args.eager
     t = time.perf_counter()

@@ -61,7 +61,9 @@ def load_checkpoint(args):
 def method_of(args):
     """The --method and its flags as a generate.Method; None when nothing is pruned inside the LLM."""
     from minivtp.generate import Method
-    if args.method == "prumerge+" or (args.alpha >= 1 and args.method != "look-m"):
+    from minivtp.vtp import check_alpha
+    check_alpha(args.alpha)  # 1.5 is a mistake, not "keep everything"
+    if args.method == "prumerge+" or (args.alpha == 1 and args.method != "look-m"):
         return None
     return Method(args.method, alpha=args.alpha, layer=None if args.method == "look-m" else args.layer,
                   head_pool=args.head_pool, recent=args.recent, important=args.important,

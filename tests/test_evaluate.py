@@ -109,6 +109,11 @@ def test_bad_questions_are_recorded_not_fatal(bench, tmp_path):
                            tmp_path / "w.jsonl", "--alpha", 0.1, "--layer", 10)
     assert wrong_layer.returncode == 2 and wrong_layer.stderr.strip().startswith("error: layer=10 is outside 1..4")
     assert not (tmp_path / "w.jsonl").exists()
+    too_much = eval_cmd("--weights", toy.ASSETS, "--questions", f, "--videos", bench / "videos", "--out",
+                        tmp_path / "a.jsonl", "--alpha", 1.5, "--layer", 1)  # not "keep everything": an error
+    assert too_much.returncode == 2 and too_much.stderr.strip() == "error: alpha=1.5 is outside (0, 1]: it is the " \
+        "fraction of video tokens kept"
+    assert not (tmp_path / "a.jsonl").exists()
     broken = tmp_path / "broken.json"
     broken.write_text("{oops")
     bad = eval_cmd("--weights", toy.ASSETS, "--questions", broken, "--videos", bench, "--out", out)

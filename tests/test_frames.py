@@ -287,6 +287,8 @@ def test_every_bad_checkpoint_is_a_value_error_naming_the_file(tiny_llama, llava
     (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
     (["--alpha", "lots"], "argument --alpha: invalid float value: 'lots'"),
     (["--layer", "2.5"], "argument --layer: invalid int value: '2.5'"),
+    (["--alpha", "1.5"], "alpha=1.5 is outside (0, 1]"),
+    (["--alpha", "0"], "alpha=0.0 is outside (0, 1]"),
 ])
 def test_cli_bad_arguments_are_one_line(tmp_path, args, want):
     import subprocess
