@@ -8,9 +8,9 @@ prompt (35 rows before the video, 60 after), prefill, and a greedy answer of 5 t
 one process, as an evaluation loop does; the first of each setting is a warm-up (graph capture, compile), timed
 and reported apart; the median of the next ones is the per-question time.
 
-minivtp: `VideoLLM.prompt` + `generate` with one `FastDecoder` for the whole loop: first with CUDA graphs only
-(`eval --no-compile`), then as `python -m minivtp eval` runs on CUDA by default (compile_pointwise(), once for the
-loop), then with the decode step compiled too (FastDecoder(compile=True)); the eager path (`--eager`). Settings:
+minivtp: `VideoLLM.prompt` + `generate` with one `FastDecoder` for the whole loop: the eager path (`--eager`, the
+model as loaded), then CUDA graphs with q+k+v fused (what `answer` runs on CUDA, and `eval --no-compile`), then as
+`python -m minivtp eval` runs on CUDA by default (the decoder blocks compiled too, once for the loop). Settings:
 unpruned, LLM-VTP (alpha 0.1 M 10; alpha 0.2 M 5), FastV (alpha 0.1, K 10), Look-M (recent = important = 0.05),
 PruMerge+ (in the vision tower).
 transformers: CLIPVisionModel + LlamaForCausalLM.generate on the same kind of embeddings, its default dynamic
@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from minivtp.generate import FastDecoder, Method, generate  # noqa: E402
+from minivtp.generate import FastDecoder, Method, generate, prepare_fast  # noqa: E402
 from minivtp.model import Config  # noqa: E402
 from minivtp.vision import VideoLLM, VisionConfig, pllava_pool  # noqa: E402
 
@@ -191,6 +191,12 @@ def main():
     pixels = torch.randn(16, 3, VISION.image_size, VISION.image_size, device=DEV)
     ids = ids_for()
     res["minivtp"] = {}
+    for n_new in (5, 72):  # --eager: the readable path on the model as loaded
+        for setting in ("unpruned", "llm-vtp a0.1 M10"):
+            first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, None)[0], n=3)
+            res["minivtp"][f"{setting} eager | {n_new}"] = dict(first_s=first, median_s=median)
+            print(f"minivtp {setting:18s} eager {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
+    prepare_fast(model.llm, compile=False)  # what answer does on CUDA (and eval --no-compile)
     for n_new in (5, 72):
         decoder = FastDecoder(model.llm)
         for setting in SETTINGS:
@@ -199,23 +205,17 @@ def main():
             res["minivtp"][f"{setting} | {n_new}"] = dict(first_s=first, median_s=median, cache_rows=out.cache_lens[-1],
                                                           prompt_rows=out.prompt_len)
             print(f"minivtp {setting:18s} {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
-        for setting in ("unpruned", "llm-vtp a0.1 M10"):
-            first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, None)[0], n=3)
-            res["minivtp"][f"{setting} eager | {n_new}"] = dict(first_s=first, median_s=median)
-            print(f"minivtp {setting:18s} eager {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
     res["growth"] = [] if args.skip_growth else growth(model)
     if not args.no_compile:  # what `python -m minivtp eval` does on CUDA: compile once, then the whole loop
         t = sync()
-        model.llm.compile_pointwise()
-        for kind, decoder, settings in (
-                (" compiled", FastDecoder(model.llm), SETTINGS),  # eval's default on CUDA
-                (" step compiled", FastDecoder(model.llm, compile=True), ("unpruned", "llm-vtp a0.1 M10"))):
-            for n_new in (5, 72):
-                for setting in settings:
-                    first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, decoder)[0])
-                    res["minivtp"][f"{setting}{kind} | {n_new}"] = dict(first_s=first, median_s=median)
-                    print(f"minivtp {setting:18s}{kind} {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s "
-                          f"({sync() - t:.0f} s since the compile began)", flush=True)
+        prepare_fast(model.llm, compile=True)
+        decoder = FastDecoder(model.llm)
+        for n_new in (5, 72):
+            for setting in SETTINGS:
+                first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, decoder)[0])
+                res["minivtp"][f"{setting} compiled | {n_new}"] = dict(first_s=first, median_s=median)
+                print(f"minivtp {setting:18s} compiled {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s "
+                      f"({sync() - t:.0f} s since the compile began)", flush=True)
     (args.out / "e2e.json").write_text(json.dumps(res, indent=1))
     if args.skip_hf:
         summary(res)
@@ -250,18 +250,18 @@ def main():
 def summary(res):
     """Per question, seconds; then LLM-VTP a0.1 M10 against transformers' pipelines, as ratios of this run."""
     mv, hf = res["minivtp"], res.get("transformers", {})
-    kinds = ("", " compiled", " step compiled", " eager")
-    print("\n| setting | tokens | graphs s | + compile_pointwise s | + step compiled s | eager s |\n"
-          "| --- | --- | --- | --- | --- | --- |")
+    kinds = ("", " compiled", " eager")
+    print("\n| setting | tokens | graphs, fused q+k+v s | eval default (+ compile_blocks) s | eager s |\n"
+          "| --- | --- | --- | --- | --- |")
     for n_new in (5, 72):
         for setting in SETTINGS:
             cells = [mv.get(f"{setting}{kind} | {n_new}", {}).get("median_s") for kind in kinds]
             print(f"| {setting} | {n_new} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
         for kind in ("default", "static"):
             t = hf.get(f"{kind} | {n_new}", {}).get("median_s")
-            print(f"| transformers {kind} | {n_new} | {'' if t is None else f'{t:.3f}'} | | | |")
+            print(f"| transformers {kind} | {n_new} | {'' if t is None else f'{t:.3f}'} | | |")
     for n_new in (5, 72):
-        for kind in kinds[:3]:
+        for kind in kinds[:2]:
             ours = mv.get(f"llm-vtp a0.1 M10{kind} | {n_new}", {}).get("median_s")
             for peer in ("default", "static"):
                 theirs = hf.get(f"{peer} | {n_new}", {}).get("median_s")

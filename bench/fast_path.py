@@ -2,15 +2,20 @@
 
     python bench/fast_path.py --out OUT      # one run, about 4 minutes on an H100; OUT/fast_path.json
 
+First, a float32 check: 72 greedy tokens through a FastDecoder on the model as eval prepares it on CUDA (fused
+q+k+v, compiled blocks: prepare_fast) equal the eager path's on the model as loaded, in every pruned setting.
+Then three variants of one bf16 model, one after another: as it reads ("plain"); q+k+v fused (Transformer.fuse_qkv,
+what `answer` runs on CUDA); and its blocks compiled too (Transformer.compile_blocks, eval's default on CUDA).
+For each:
 1. Pruned prefill, 35 + 16 x 144 + 60 = 2,399 rows, no pruning and alpha {0.2, 0.1} x M {5, 10}, median of 7
-   after warm-up, CUDA events: the loop (every layer launched from Python) and the default fast path (a
-   FastDecoder: layers M+1..L replayed as one CUDA graph, PrefillTail); then both again with compile_pointwise().
-   Speed-up against the unpruned prefill of the same variant, beside the FLOPs ratio (minivtp.flops).
-2. Decode, 72 tokens after an a0.1 M10 prefill: eager, CUDA graph, graph of the compiled step; kernel time per
-   step by kind (torch.profiler on the eager step), the bandwidth floor from a device copy measured here.
-3. The first question in a fresh process against the next ones (eager and graph), step by step: what a one-shot
-   `python -m minivtp answer` pays that an evaluation loop does not.
-First, a float32 check: a FastDecoder's 72 greedy tokens equal the eager path's in every pruned setting.
+   after warm-up, CUDA events: the loop (every layer launched from Python) and the fast path of a FastDecoder
+   (layers M+1..L replayed as one CUDA graph, PrefillTail), rows after M padded to 64, to 16 (the default) and not
+   at all. Speed-up against the unpruned prefill of the same variant, beside the FLOPs ratio (minivtp.flops).
+2. Decode, 72 tokens after an a0.1 M10 prefill: eager and CUDA graph (`--whole-step`: also the step compiled
+   whole); kernel time per step by kind (torch.profiler on the eager step); the bandwidth floor from a device
+   copy measured here.
+3. Unless --skip-first: the first question in a fresh process against the next ones (eager and graph), step by
+   step: what a one-shot `python -m minivtp answer` pays that an evaluation loop does not.
 Random bf16 weights made on the GPU: speed does not depend on their values.
 """
 
@@ -31,7 +36,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gpu import cuda_ms  # noqa: E402  (bench/gpu.py)
 from profile_gpu import random_model  # noqa: E402
 from minivtp.flops import VICUNA_7B, prefill_flops  # noqa: E402
-from minivtp.generate import FastDecoder, GraphDecode, Method, decode_one_token, generate, prefill  # noqa: E402
+from minivtp.generate import (FastDecoder, GraphDecode, Method, decode_one_token, generate, prefill,  # noqa: E402
+                              prepare_fast)
 from minivtp.model import StaticKVCache  # noqa: E402
 from minivtp.vtp import VideoSpan  # noqa: E402
 
@@ -44,8 +50,11 @@ SETTINGS = [("none", None), ("a0.2 M5", Method(alpha=0.2, layer=5)), ("a0.2 M10"
 @torch.no_grad()
 def prefill_table(model, embeds, label, reps=7):
     video = VideoSpan(PREFIX, T, NV)
+    # caches made once (a fresh set would time a 1.3 GB memset); each run gets a copy of the list, as a graph
+    # tail puts its own caches in place of layers M+1..L
     pools = [model.new_caches(1, N + NEW) for _ in range(2)]
-    decoder = FastDecoder(model)
+    decoder = FastDecoder(model)  # the default: rows after layer M padded to a multiple of 16
+    coarse = FastDecoder(model, prefill_bucket=64)
     exact = FastDecoder(model, prefill_bucket=1)  # no padding rows: one graph per exact row count
     rows = {}
     for name, method in SETTINGS:
@@ -54,31 +63,32 @@ def prefill_table(model, embeds, label, reps=7):
 
         def run(tail):
             i[0] += 1
-            return prefill(model, embeds, pools[i[0] % 2], tail=tail, **kw)
+            return prefill(model, embeds, list(pools[i[0] % 2]), tail=tail, **kw)
 
-        ref = prefill(model, embeds, pools[0], **kw)[0]
-        got = prefill(model, embeds, pools[1], tail=decoder, **kw)[0]
+        ref = prefill(model, embeds, list(pools[0]), **kw)[0]
+        got = prefill(model, embeds, list(pools[1]), tail=decoder, **kw)[0]
         err = ((got - ref).abs().max() / ref.abs().max()).item()
         loop_ms = cuda_ms(lambda: run(None), warmup=2, reps=reps)
         graph_ms = cuda_ms(lambda: run(decoder), warmup=2, reps=reps)
+        coarse_ms = cuda_ms(lambda: run(coarse), warmup=2, reps=reps)
         exact_ms = cuda_ms(lambda: run(exact), warmup=2, reps=reps)
         f = prefill_flops(model.cfg, PREFIX, T, NV, NQ, alpha=method.alpha if method else 1.0,
                           layer=method.layer if method else model.cfg.n_layers)
-        rows[name] = dict(loop_ms=loop_ms, graph_ms=graph_ms, graph_exact_rows_ms=exact_ms, flops=f["flops_pruned"] if method else f["flops_full"],
-                          logits_rel_err_graph_vs_loop=err)
-        print(f"{label} prefill {name}: loop {loop_ms:.1f} ms, graph tail {graph_ms:.1f} ms (exact rows {exact_ms:.1f}), "
-              f"rel err {err:.1e}", flush=True)
+        rows[name] = dict(loop_ms=loop_ms, graph_ms=graph_ms, graph64_ms=coarse_ms, graph_exact_rows_ms=exact_ms,
+                          flops=f["flops_pruned"] if method else f["flops_full"], logits_rel_err_graph_vs_loop=err)
+        print(f"{label} prefill {name}: loop {loop_ms:.1f} ms, graph tail {graph_ms:.1f} ms (rows to 64: {coarse_ms:.1f}, "
+              f"exact rows {exact_ms:.1f}), rel err {err:.1e}", flush=True)
     base = rows["none"]
     for r in rows.values():
         r["flops_ratio"] = base["flops"] / r["flops"]
-        for k in ("loop", "graph"):
-            r[f"{k}_speedup"] = base["graph_ms" if k == "graph" else "loop_ms"] / r[f"{k}_ms"]
+        for k in ("loop", "graph", "graph64"):
+            r[f"{k}_speedup"] = base["loop_ms" if k == "loop" else "graph_ms"] / r[f"{k}_ms"]
             r[f"{k}_of_ratio"] = r[f"{k}_speedup"] / r["flops_ratio"]
     return rows
 
 
 @torch.no_grad()
-def decode_table(model, embeds, copy_bps):
+def decode_table(model, embeds, copy_bps, label_="", whole_step=False):
     video = VideoSpan(PREFIX, T, NV)
     kw = dict(video=video, alpha=0.1, layer=10)
     caches = model.new_caches(1, N + NEW)
@@ -115,19 +125,20 @@ def decode_table(model, embeds, copy_bps):
     res["eager_step_kernels"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1][0]))
     res["eager_step_kernel_ms"] = sum(v[0] for v in kinds.values())
     res["eager_step_launches"] = sum(v[1] for v in kinds.values())
-    for label, compiled in (("graph", False), ("graph_compiled", True)):
+    kinds = ("eager", "graph") + (("graph_compiled",) if whole_step else ())
+    for label in kinds[1:]:
         caches = model.new_caches(1, N + NEW)
         prefill(model, embeds, caches, **kw)
         static = [StaticKVCache.from_cache(c, -(-(L0 + NEW) // 256) * 256) for c in caches]
         t = time.perf_counter()
-        step = GraphDecode(model, static, toks[0], N, 0, compile=compiled)
+        step = GraphDecode(model, static, toks[0], N, 0, compile=label == "graph_compiled")
         res[f"{label}_build_s"] = time.perf_counter() - t
         res[f"{label}_ms"] = timed(lambda j: step(toks[j], N + j, j))
-    for k in ("eager", "graph", "graph_compiled"):
+    for k in kinds:
         res[f"{k}_x_floor"] = res[f"{k}_ms"] / res["floor_ms"]
-    print(f"decode: floor {res['floor_ms']:.2f} ms; eager {res['eager_ms']:.2f}, graph {res['graph_ms']:.2f} "
-          f"({res['graph_x_floor']:.2f}x), compiled graph {res['graph_compiled_ms']:.2f} ({res['graph_compiled_x_floor']:.2f}x); "
-          f"eager step: {res['eager_step_kernel_ms']:.2f} ms of kernels in {res['eager_step_launches']} launches", flush=True)
+    print(f"{label_} decode: floor {res['floor_ms']:.2f} ms; " + ", ".join(f"{k} {res[k + '_ms']:.2f} ms "
+          f"({res[k + '_x_floor']:.2f}x)" for k in kinds) +
+          f"; eager step: {res['eager_step_kernel_ms']:.2f} ms of kernels in {res['eager_step_launches']} launches", flush=True)
     for k, (ms, n) in list(res["eager_step_kernels"].items())[:12]:
         print(f"    {ms:6.3f} ms x{n:<4d} {k}", flush=True)
     return res
@@ -200,10 +211,11 @@ def first_question():
 
 
 @torch.no_grad()
-def matmuls(rows_list=(335, 384, 559, 576, 2399)):
+def matmuls(rows_list=(1, 335, 336, 384, 559, 576, 2399)):
     """Achieved bf16 TFLOP/s of one layer's projections at the row counts a pruned prefill runs."""
     shapes = {"q/k/v/o 4096->4096": (4096, 4096), "gate/up 4096->11008": (4096, 11008),
-              "down 11008->4096": (11008, 4096), "q+k+v fused 4096->12288": (4096, 12288)}
+              "down 11008->4096": (11008, 4096), "q+k+v fused 4096->12288": (4096, 12288),
+              "gate+up fused 4096->22016": (4096, 22016)}
     res = {}
     for rows in rows_list:
         for name, (k, n) in shapes.items():
@@ -222,17 +234,21 @@ def check_float32():
     72 greedy tokens through a FastDecoder (prefill tail graph + decode graph) against the eager path."""
     model = random_model(VICUNA_7B, dtype=torch.float32)
     embeds = torch.randn(1, N, VICUNA_7B.dim, device="cuda") * 0.02
+    video = VideoSpan(PREFIX, T, NV)
+    eager = {name: generate(model, embeds, NEW, video=video, method=method) for name, method in SETTINGS[1:]}
+    t = time.perf_counter()
+    prepare_fast(model)  # as eval runs on CUDA: fused projections, compiled blocks, graphs
     decoder = FastDecoder(model)
     res = {}
     for name, method in SETTINGS[1:]:
-        video = VideoSpan(PREFIX, T, NV)
-        eager = generate(model, embeds, NEW, video=video, method=method)
         fast = [generate(model, embeds, NEW, video=video, method=method, fast_decode=decoder) for _ in range(2)]
-        res[name] = dict(same_tokens=[f.tokens.tolist() == eager.tokens.tolist() for f in fast],
-                         logits_rel_err=max(((f.logits - eager.logits).abs().max() / eager.logits.abs().max()).item()
+        eager_ = eager[name]
+        res[name] = dict(same_tokens=[f.tokens.tolist() == eager_.tokens.tolist() for f in fast],
+                         logits_rel_err=max(((f.logits - eager_.logits).abs().max() / eager_.logits.abs().max()).item()
                                             for f in fast))
-        print(f"float32 {name}: FastDecoder vs eager, same 72 tokens {res[name]['same_tokens']} (first question, "
-              f"then one reusing the graphs), logits rel err {res[name]['logits_rel_err']:.1e}", flush=True)
+        print(f"float32 {name}: fused, compiled FastDecoder vs eager, same 72 tokens {res[name]['same_tokens']} (first "
+              f"question, then one reusing the graphs), logits rel err {res[name]['logits_rel_err']:.1e}", flush=True)
+    res["prepare_and_first_questions_s"] = time.perf_counter() - t
     del model, decoder
     torch.cuda.empty_cache()
     return res
@@ -243,6 +259,7 @@ def main():
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--skip-first", action="store_true")
     p.add_argument("--only-check", action="store_true", help="only the float32 equality check")
+    p.add_argument("--whole-step", action="store_true", help="also the decode step compiled whole (a minute of compile)")
     args = p.parse_args()
     assert torch.cuda.is_available(), "bench/fast_path.py needs a CUDA GPU"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -261,20 +278,27 @@ def main():
     res["matmuls"] = matmuls()
     model = random_model(VICUNA_7B)
     embeds = torch.randn(1, N, VICUNA_7B.dim, device="cuda", dtype=torch.bfloat16) * 0.02
-    res["prefill"] = prefill_table(model, embeds, "eager kernels")
-    res["decode"] = decode_table(model, embeds, res["copy_bytes_per_s"])
-    model.compile_pointwise()
-    res["prefill_compiled"] = prefill_table(model, embeds, "compile_pointwise")
+    # the model as it reads, then fused projections (answer's default on CUDA), then compiled blocks (eval's)
+    variants = (("plain", lambda: None), ("fused q+k+v", model.fuse_qkv), ("fused+compiled", model.compile_blocks))
+    for label, change in variants:
+        t = time.perf_counter()
+        change()
+        res[f"prefill {label}"] = prefill_table(model, embeds, label)
+        res[f"prefill {label}"]["setup_and_table_s"] = time.perf_counter() - t
+        res[f"decode {label}"] = decode_table(model, embeds, res["copy_bytes_per_s"], label, whole_step=args.whole_step
+                                              and label == "fused+compiled")
     res["total_s"] = time.perf_counter() - t0
     (args.out / "fast_path.json").write_text(json.dumps(res, indent=1))
-    print("\n| setting | FLOPs ratio | loop ms | speed-up (of ratio) | graph tail ms | speed-up (of ratio) | "
-          "compiled loop ms | (of ratio) | compiled graph ms | (of ratio) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| setting | FLOPs ratio | " + " | ".join(f"{v} loop ms | (of ratio) | {v} graph tail ms | (of ratio) | rows to 64 ms "
+                                                    f"| (of ratio)" for v, _ in variants) + " |")
+    print("| --- | --- |" + " --- | --- | --- | --- | --- | --- |" * len(variants))
     for name, _ in SETTINGS:
-        a, b = res["prefill"][name], res["prefill_compiled"][name]
-        print(f"| {name} | {a['flops_ratio']:.2f}x | {a['loop_ms']:.1f} | {a['loop_speedup']:.2f}x ({a['loop_of_ratio']:.2f}) | "
-              f"{a['graph_ms']:.1f} | {a['graph_speedup']:.2f}x ({a['graph_of_ratio']:.2f}) | {b['loop_ms']:.1f} | "
-              f"{b['loop_of_ratio']:.2f} | {b['graph_ms']:.1f} | {b['graph_of_ratio']:.2f} |")
+        cells = []
+        for v, _ in variants:
+            a = res[f"prefill {v}"][name]
+            cells += [f"{a['loop_ms']:.1f}", f"{a['loop_of_ratio']:.2f}", f"{a['graph_ms']:.1f}", f"{a['graph_of_ratio']:.2f}",
+                      f"{a['graph64_ms']:.1f}", f"{a['graph64_of_ratio']:.2f}"]
+        print(f"| {name} | {res['prefill plain'][name]['flops_ratio']:.2f}x | " + " | ".join(cells) + " |")
     print(f"total {res['total_s']:.0f} s; wrote {args.out / 'fast_path.json'}")
 
 

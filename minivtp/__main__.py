@@ -19,7 +19,7 @@ from minivtp.cli import DTYPES, Parser, check_device, load_checkpoint, method_of
 
 def answer(args):
     from minivtp import png
-    from minivtp.generate import generate
+    from minivtp.generate import generate, prepare_fast
     from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
     from minivtp.vision import preprocess, read_frames
 
@@ -34,6 +34,8 @@ def answer(args):
     ids = torch.tensor(tok.encode(build_prompt(model.arrangement, args.question, args.template)), device=args.device)
     # the static cache and CUDA graph wherever there is a GPU; on a CPU there are no graphs to gain from
     fast = (args.fast_decode or torch.device(args.device).type == "cuda") and not args.eager
+    if fast and torch.device(args.device).type == "cuda":
+        prepare_fast(model.llm, compile=False)  # q+k+v as one matmul; a compile would cost more than one answer
     t = time.perf_counter()
     with torch.no_grad():
         embeds, video = model.prompt(ids, pixels, prumerge=merged)  # vision tower, projector, pooling, splice
@@ -163,7 +165,7 @@ def main(argv=None):
     e.add_argument("--lora-alpha", type=float, default=None)
     e.add_argument("--eager", action="store_true", help="prefill and decode step by step in Python, the readable path")
     e.add_argument("--no-compile", action="store_true", help="on CUDA, the CUDA graphs without torch.compile (the "
-                   "default compiles the norms, RoPE and SwiGLU once for the loop: compile_pointwise)")
+                   "default compiles the decoder block once for the loop: Transformer.compile_blocks)")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = p.parse_args(argv)
     try:

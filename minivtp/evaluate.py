@@ -85,7 +85,7 @@ class Answerer:
 
     def __init__(self, args):
         from minivtp.cli import load_checkpoint, method_of
-        from minivtp.generate import FastDecoder
+        from minivtp.generate import FastDecoder, prepare_fast
         import weights
 
         self.args = args
@@ -101,10 +101,11 @@ class Answerer:
         if self.method is not None:  # a bad --layer or ratio is one error now, not one per question
             self.method.resolved(self.llm.cfg.n_layers)
         fast = torch.device(args.device).type == "cuda" and not args.eager
-        if fast and not args.no_compile:  # a loop of questions: one compile of three small functions pays
-            print("compiling the norms, RoPE and SwiGLU for this run (once, at the first question; --no-compile "
-                  "skips it)", file=sys.stderr, flush=True)  # stdout stays the summary (one JSON object with --json)
-            self.llm.compile_pointwise()
+        if fast:  # a loop of questions: fused q+k+v, and one compile of a decoder block pays many times over
+            if not args.no_compile:
+                print("compiling the decoder blocks for this run (once, at the first question; --no-compile skips "
+                      "it)", file=sys.stderr, flush=True)  # stdout stays the summary (one JSON object with --json)
+            prepare_fast(self.llm, compile=not args.no_compile)
         self.decoder = FastDecoder(self.llm) if fast else False
 
     def __call__(self, q: dict, videos: Path):

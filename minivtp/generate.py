@@ -136,7 +136,8 @@ def prefill(model, embeds, caches, video=None, method=None, generator=None, fuse
     """Run the prompt (1, N, C) through every layer, pruning at layer M. Returns (last row's logits (V,), Pruning).
 
     `method` is a Method (or its name, with the keywords of Method: alpha=, layer=, ...). `tail` (a FastDecoder,
-    or None) runs layers M+1..L of a pruned prompt as one replayed CUDA graph instead of the loop below."""
+    or None) runs layers M+1..L of a pruned prompt as one replayed CUDA graph instead of the loop below; then
+    caches[M:] are the graph's own, read them before the tail's next replay (generate copies them at once)."""
     method = Method.from_keywords(method, **keywords).resolved(model.cfg.n_layers)
     if video is not None and not isinstance(video, vtp.VideoSpan):
         raise ValueError(f"video must be a VideoSpan, got {type(video).__name__} (a video PruMerge+ already pruned "
@@ -214,10 +215,19 @@ def compiled_decode_static():
     """decode_static through torch.compile, made once per process so that every GraphDecode shares its compiles.
 
     It fuses the small element-wise kernels (norms, RoPE, SiLU) that dominate a decode step once the matmuls are
-    down to reading the weights; the graph then removes the launch gaps. The price: torch.compile holds the sizes
-    of a module's buffers fixed, and the caches are modules, so each new cache size compiles the 32 layers again
-    (about 50 s on an H100, bench/RESULTS.md). For a loop whose questions share one size bucket."""
+    down to reading the weights; the graph then removes the launch gaps. The price: the whole step is one
+    program of L layers, compiled twice (the first cache size, then once more with sizes left symbolic), about
+    a minute on an H100. Transformer.compile_blocks gets the same fusion from one block's compile."""
     return torch.compile(decode_static)
+
+
+def prepare_fast(model, compile: bool = True):
+    """What the fast path changes in a model on a GPU, once per process: q, k, v as one matmul
+    (Transformer.fuse_qkv: the same numbers, no weight stored twice), and with `compile` every decoder block
+    compiled (Transformer.compile_blocks: one compile, seconds, serves all layers and every later size).
+    `python -m minivtp eval` does both on CUDA, `answer` only the first. Returns the model."""
+    model.fuse_qkv()
+    return model.compile_blocks() if compile else model
 
 
 def capture(fn, pool=None):
@@ -273,8 +283,8 @@ class PrefillTail:
     Shorter prompts are padded: real rows first, then padding rows at positions after every real one. The mask
     is causal, so no real row ever looks at a padding row, and the real rows' outputs and cache rows are those
     of the loop. On a CPU there are no graphs and the same padded function simply runs. The graph writes into
-    caches of its own (at Vicuna-7B shape, 27 layers x 2 x 4,096 x 2 bytes = 0.44 MB per row), copied into the
-    question's caches after each replay.
+    caches of its own (at Vicuna-7B shape, 27 layers x 2 x 4,096 x 2 bytes = 0.44 MB per row), which it hands
+    to the question in place of its caches of layers first+1..L: copying them would cost 0.7 ms (a0.1 M5).
     """
 
     def __init__(self, model, first: int, rows: int, pool=None):
@@ -296,7 +306,8 @@ class PrefillTail:
         return x
 
     def __call__(self, x, pos, caches):
-        """x (1, n, C) and pos (n,) after layer `first`; fills caches[first:] with n rows; returns (1, n, C)."""
+        """x (1, n, C) and pos (n,) after layer `first`. Puts this graph's caches, holding n rows, in
+        caches[first:] (until the next replay overwrites them); returns (1, n, C)."""
         n = x.shape[1]
         self.x[:, :n] = x
         self.x[:, n:] = 0
@@ -307,9 +318,9 @@ class PrefillTail:
         else:
             self.graph.replay()
             out = self.out  # the graph's output buffer, overwritten at the next replay: used right away
-        for cache, mine in zip(caches[self.first :], self.caches):  # the real rows, into the question's caches
-            cache.k[:, :, :n], cache.v[:, :, :n], cache.pos[:n] = mine.k[:, :, :n], mine.v[:, :, :n], mine.pos[:n]
-            cache.length = n
+        for mine in self.caches:  # the real rows are the first n; what lies after them is padding
+            mine.length = n
+        caches[self.first :] = self.caches
         return out[:, :n]
 
 
@@ -325,13 +336,14 @@ class FastDecoder:
     `bucket`, so questions of about the same length share a graph. The price: a step reads its whole static
     cache, masked, so up to bucket - 1 empty rows per layer more than the exact size (a few percent of the
     weights' bytes at 7B). bucket=1 gives exact sizes and a capture for every new size. compile=True compiles
-    the step before capturing it (fuses the element-wise kernels; tens of seconds once per size): for loops.
-    The pruned prefill's rows after layer M are rounded up to a multiple of `prefill_bucket` (PrefillTail);
-    prefill_bucket=0 leaves those layers to prefill's loop, as a one-shot question should (a capture costs more
-    than it saves once).
+    the whole step before capturing it (compiled_decode_static; Transformer.compile_blocks is the cheaper way).
+    The pruned prefill's rows after layer M are rounded up to a multiple of `prefill_bucket` (PrefillTail): the
+    fewer padding rows the faster (16 beat 64 in every setting on an H100, bench/RESULTS.md), but each new row
+    count is a capture and 0.44 MB of cache per row at 7B. prefill_bucket=0 leaves those layers to prefill's
+    loop, as a one-shot question should (a capture costs more than it saves once).
     """
 
-    def __init__(self, model, bucket: int = 256, compile: bool = False, prefill_bucket: int = 64):
+    def __init__(self, model, bucket: int = 256, compile: bool = False, prefill_bucket: int = 16):
         if bucket < 1:
             raise ValueError(f"bucket={bucket} must be >= 1")
         if prefill_bucket < 0:

@@ -170,7 +170,7 @@ def apply_rope(x, cos, sin):  # x (B, H, N, D), cos/sin (N, D)
 EMPTY = torch.iinfo(torch.long).max  # the position of a slot nothing has been written to
 
 
-class KVCache(nn.Module):
+class KVCache:
     """One layer's keys and values, preallocated for `max_len` rows: the cache of prefill and of eager decoding.
 
     Rows are written at explicit slots, and each slot remembers the position (for RoPE and the causal
@@ -186,11 +186,12 @@ class KVCache(nn.Module):
     """
 
     def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype=torch.float32, device=None):
-        super().__init__()
+        # plain tensors, not an nn.Module's buffers: torch.compile holds a module buffer's size fixed and would
+        # compile a decode step again for every cache size; plain tensors may change size (bench/RESULTS.md)
         shape = (batch, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("pos", torch.full((max_len,), EMPTY, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = torch.full((max_len,), EMPTY, device=device)
         self.length = 0  # slots 0..length-1 are filled
 
     def update(self, slot, k, v, pos):
@@ -230,7 +231,7 @@ class StaticKVCache(KVCache):
     def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype=torch.float32, device=None):
         super().__init__(batch, n_kv_heads, max_len, head_dim, dtype, device)
         # a tensor, not an int: a graph captured once reads it at every replay, so the next question can reuse it
-        self.register_buffer("start", torch.zeros(1, dtype=torch.long, device=device), persistent=False)
+        self.start = torch.zeros(1, dtype=torch.long, device=device)
 
     @classmethod
     def from_cache(cls, cache: KVCache, max_len: int) -> "StaticKVCache":
@@ -301,20 +302,28 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attention_bias)
         self.rope = apply_rope  # or its compiled twin, see Transformer.compile_pointwise
+        self.wqkv = None  # wq, wk, wv as one Linear's (weight, bias), see Transformer.fuse_qkv
 
-    def heads(self, x, w, n):  # (B, N, C) -> (B, n, N, D)
-        B, N, _ = x.shape
-        return w(x).view(B, N, n, self.head_dim).transpose(1, 2)
+    def heads(self, y, n):  # (B, N, n*D) -> (B, n, N, D)
+        B, N, _ = y.shape
+        return y.view(B, N, n, self.head_dim).transpose(1, 2)
 
     def query(self, x, cos, sin):  # (B, N, C) -> (B, H, N, D), RoPE applied
-        return self.rope(self.heads(x, self.wq, self.n_heads), cos, sin)
+        return self.rope(self.heads(self.wq(x), self.n_heads), cos, sin)
+
+    def project(self, x):  # (B, N, C) -> X W_Q, X W_K, X W_V: (B, N, H*D), (B, N, Hkv*D) x2
+        if self.wqkv is None:
+            return self.wq(x), self.wk(x), self.wv(x)
+        sizes = (self.wq.out_features, self.wk.out_features, self.wv.out_features)
+        return F.linear(x, *self.wqkv).split(sizes, dim=-1)  # the same three, as one matmul
 
     def forward(self, x, cos, sin, pos, cache=None, slot=0, fused=True):
         B, N, C = x.shape
         # Eq. 2: Q = X W_Q, K = X W_K, V = X W_V (per head; RoPE turns positions into rotations of Q and K)
-        q = self.query(x, cos, sin)  # (B, H, N, D)
-        k = self.rope(self.heads(x, self.wk, self.n_kv_heads), cos, sin)  # (B, Hkv, N, D)
-        v = self.heads(x, self.wv, self.n_kv_heads)  # (B, Hkv, N, D)
+        q, k, v = self.project(x)
+        q = self.rope(self.heads(q, self.n_heads), cos, sin)  # (B, H, N, D)
+        k = self.rope(self.heads(k, self.n_kv_heads), cos, sin)  # (B, Hkv, N, D)
+        v = self.heads(v, self.n_kv_heads)  # (B, Hkv, N, D)
         k_pos = pos
         if cache is not None:  # a KVCache gives back its filled rows, a StaticKVCache its whole buffer
             k, v, k_pos = cache.update(slot, k, v, pos)  # (B, Hkv, Nk, D) x2, (Nk,)
@@ -380,7 +389,10 @@ class Transformer(nn.Module):
             self.output.weight = self.embed.weight
 
     def rope(self, pos):  # (N,) -> cos, sin (N, D), computed once and shared by every layer
-        return rope_cos_sin(self.cfg, pos)
+        # computed in float32, then cast to the weights' dtype here: apply_rope would cast them to q's dtype (the
+        # same) for q and for k in every layer, four kernels a layer instead of two in all
+        cos, sin = rope_cos_sin(self.cfg, pos)
+        return cos.to(self.embed.weight.dtype), sin.to(self.embed.weight.dtype)
 
     def head(self, x):  # (B, N, C) -> (B, N, V) float32 logits
         return self.output(self.norm(x)).float()
@@ -407,6 +419,40 @@ class Transformer(nn.Module):
                 module.rope = rope
             elif isinstance(module, MLP):
                 module.act = act
+        return self
+
+    def compile_blocks(self):
+        """torch.compile every decoder block: inside a block the norms, RoPE, the cache write, the mask and SwiGLU
+        become a few fused kernels around the matmuls and the attention kernel (the math is the code above).
+
+        The L blocks run the same code on weights of the same shapes, so one compile serves all of them (seconds,
+        not the minute a whole-model compile takes), and a second size of prompt or cache compiles once more with
+        the sizes left symbolic, then no more. Returns the model."""
+        for layer in self.layers:
+            layer.compile()
+        return self
+
+    def fuse_qkv(self):
+        """q, k and v as one matmul in every layer: the same numbers from one product three times as wide, which
+        keeps more of a GPU busy when the rows are few (a pruned prompt, a decode step; bench/RESULTS.md).
+        wq, wk and wv become views of the fused weight, so nothing is stored twice and `query` still reads wq.
+        Run it after loading and moving the model: a later `.to()` would copy the views apart from the fused
+        weight. Returns the model."""
+        for layer in self.layers:
+            a = layer.attn
+            if a.wqkv is not None:
+                continue
+            with torch.no_grad():
+                weight = torch.cat([a.wq.weight, a.wk.weight, a.wv.weight])  # (H*D + 2*Hkv*D, C)
+                bias = None if a.wq.bias is None else torch.cat([a.wq.bias, a.wk.bias, a.wv.bias])
+            start = 0
+            for lin in (a.wq, a.wk, a.wv):  # each one's rows of the fused weight, as a view
+                rows = slice(start, start + lin.out_features)
+                lin.weight = nn.Parameter(weight[rows], requires_grad=False)
+                if bias is not None:
+                    lin.bias = nn.Parameter(bias[rows], requires_grad=False)
+                start += lin.out_features
+            a.wqkv = (weight, bias)
         return self
 
     def forward(self, tokens, fused=True):

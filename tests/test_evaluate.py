@@ -81,7 +81,7 @@ def test_a_rerun_skips_what_is_done(bench, tmp_path):
     assert full.returncode == 0
     first = out.read_text().splitlines()
     out.write_text("\n".join(first[:25]) + "\n" + first[25][:10])  # as if killed while writing question 26
-    again = eval_cmd(*args, "--no-compile")  # accepted everywhere; on CUDA it skips compile_pointwise
+    again = eval_cmd(*args, "--no-compile")  # accepted everywhere; on CUDA it skips compile_blocks
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("[rank 0]") == 15  # questions 26..40 only
     assert sorted(r["id"] for r in rows(out)) == sorted(r["id"] for r in (json.loads(x) for x in first))

@@ -335,6 +335,63 @@ def test_compile_pointwise_changes_only_the_model_it_is_called_on():
     assert b.norm.kernel is model_py.rms_norm and b.layers[1].mlp.act is model_py.swiglu
 
 
+def test_fuse_qkv_computes_the_same_numbers_from_one_weight():
+    """One product of the concatenated weight equals the three products (float32: only the summation order of a
+    wider matmul may differ), biases and grouped-query heads included, and nothing is stored twice."""
+    from minivtp import model as model_py
+    cfg = model_py.Config(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
+                          attention_bias=True)
+    torch.manual_seed(5)
+    model = model_py.Transformer(cfg).eval()
+    for p in model.parameters():  # biases start at zero: make them count
+        torch.nn.init.normal_(p, std=0.3)
+    tokens = torch.randint(0, 50, (1, 23))
+    embeds = model.embed(tokens)
+    want = model(tokens).detach()
+    want_gen = generate(model, embeds, 6, video=VideoSpan(3, 3, 5), alpha=0.4, layer=1)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert model.fuse_qkv() is model and model.fuse_qkv() is model  # a second call changes nothing
+    a = model.layers[1].attn
+    weight, bias = a.wqkv
+    assert weight.shape == (4 * 8 + 2 * 2 * 8, 32) and bias.shape == (4 * 8 + 2 * 2 * 8,)
+    for lin, start in ((a.wq, 0), (a.wk, 32), (a.wv, 48)):  # views into the fused weight, the same values
+        assert lin.weight.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+        assert torch.equal(lin.weight, weight[start : start + lin.out_features])
+        assert torch.equal(lin.bias, bias[start : start + lin.out_features])
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    torch.testing.assert_close(model(tokens), want, rtol=1e-5, atol=1e-5)
+    got_gen = generate(model, embeds, 6, video=VideoSpan(3, 3, 5), alpha=0.4, layer=1)
+    assert got_gen.tokens.tolist() == want_gen.tokens.tolist() and torch.equal(got_gen.kept, want_gen.kept)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
+def test_compile_blocks_compiles_one_block_for_all_layers_and_sizes(ckpt):
+    """The L blocks share one compile; a second prompt and cache size compiles once more (sizes symbolic), later
+    ones not at all; prefill, its tail and the decode graph give the eager model's tokens."""
+    import copy
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from minivtp.generate import FastDecoder
+    model, _ = ckpt
+    compiled = copy.deepcopy(model).compile_blocks()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled.forward_embeds(model.embed(prompt(1, 30))[None])
+    assert counters["stats"]["unique_graphs"] == 1  # one compile, run by all of the model's layers
+    decoder = FastDecoder(compiled, bucket=16, prefill_bucket=8)
+    graphs = []
+    for seed, n in ((31, 40), (32, 57), (33, 45), (34, 71), (35, 38)):  # every question a new size somewhere
+        embeds = model.embed(prompt(seed, n))[None]
+        eager = generate(model, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2)
+        fast = generate(compiled, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2, fast_decode=decoder)
+        assert fast.tokens.tolist() == eager.tokens.tolist()
+        torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-4, atol=1e-4)  # float32, fused kernels
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert len(decoder.graphs) >= 3 and len(decoder.tails) >= 3  # the later questions did meet new sizes
+    assert graphs[2:] == [graphs[1]] * 3, graphs  # ... and compiled nothing for them,
+    assert graphs[-1] < torch._dynamo.config.recompile_limit  # nor stopped compiling (torch then runs eager)
+
+
 def test_a_fast_decoder_serves_question_after_question(ckpt):
     from minivtp.generate import FastDecoder
     model, _ = ckpt
