@@ -181,9 +181,13 @@ def run(args) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1:
+        if torch.device(args.device).type == "cuda":  # one GPU per process: the local rank names it
+            local, gpus = int(os.environ.get("LOCAL_RANK", rank)), torch.cuda.device_count()
+            if local >= gpus:
+                raise ValueError(f"process {local} on this machine would use cuda:{local}, but torch sees {gpus} "
+                                 f"GPU(s): start at most {gpus} (torchrun --nproc-per-node), or give --device cpu")
+            args.device = f"cuda:{local}"
         dist.init_process_group("nccl" if torch.device(args.device).type == "cuda" else "gloo")
-        if torch.device(args.device).type == "cuda":
-            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     out = Path(args.out)
     questions = read_questions(args.questions)
     shard = out.with_name(f"{out.name}.rank{rank}") if world > 1 else out

@@ -59,10 +59,25 @@ def test_toy_benchmark_agrees_with_the_experiments(bench, tmp_path):
     assert summary["accuracy"] == pytest.approx(acc) and summary["mean_kept_ratio"] == pytest.approx(8 / 72)
 
 
+def test_more_processes_than_gpus_is_one_error_line(bench, tmp_path, monkeypatch, capsys):
+    """torchrun --nproc-per-node 2 on a one-GPU machine: the second process says why, before any distributed setup."""
+    import minivtp.__main__ as cli_main
+    monkeypatch.setattr(cli_main, "check_device", lambda name: None)  # as if this machine had CUDA
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    code = cli_main.main(["eval", "--weights", str(toy.ASSETS), "--questions", str(bench / "questions.json"),
+                          "--videos", str(bench / "videos"), "--out", str(tmp_path / "r.jsonl"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "process 1 on this machine would use cuda:1, but torch sees 1 GPU(s)" in err and "--device cpu" in err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_two_processes_give_the_one_process_results(bench, tmp_path):
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     args = ["--weights", toy.ASSETS, "--questions", bench / "questions.json", "--videos", bench / "videos",
-            "--alpha", 0.2, "--layer", 1, "--json"]
+            "--alpha", 0.2, "--layer", 1, "--json", "--device", "cpu"]  # gloo, on a GPU machine too
     a = eval_cmd(*args, "--out", one)
     b = eval_cmd(*args, "--out", two, torchrun=True)
     assert a.returncode == 0 and b.returncode == 0, b.stderr[-3000:]
