@@ -11,9 +11,9 @@ For each:
    after warm-up, CUDA events: the loop (every layer launched from Python) and the fast path of a FastDecoder
    (layers M+1..L replayed as one CUDA graph, PrefillTail), rows after M padded to 64, to 16 (the default) and not
    at all. Speed-up against the unpruned prefill of the same variant, beside the FLOPs ratio (minivtp.flops).
-2. Decode, 72 tokens after an a0.1 M10 prefill: eager and CUDA graph (`--whole-step`: also the step compiled
-   whole); kernel time per step by kind (torch.profiler on the eager step); the bandwidth floor from a device
-   copy measured here.
+2. Decode, 72 tokens after an a0.1 M10 prefill: eager and CUDA graph, and for the compiled variant the graph of
+   the tuned step (FastDecoder(compile=True): tuned_block, eval's default); kernel time per step by kind
+   (torch.profiler on the eager step); the bandwidth floor from a device copy measured here.
 3. Unless --skip-first: the first question in a fresh process against the next ones (eager and graph), step by
    step: what a one-shot `python -m minivtp answer` pays that an evaluation loop does not.
 Random bf16 weights made on the GPU: speed does not depend on their values.
@@ -42,6 +42,7 @@ from minivtp.model import StaticKVCache  # noqa: E402
 from minivtp.vtp import VideoSpan  # noqa: E402
 
 PREFIX, T, NV, NQ, NEW = 35, 16, 144, 60, 72
+AUTOTUNE = "max-autotune-no-cudagraphs"  # our own graphs capture the compiled kernels
 N = PREFIX + T * NV + NQ
 SETTINGS = [("none", None), ("a0.2 M5", Method(alpha=0.2, layer=5)), ("a0.2 M10", Method(alpha=0.2, layer=10)),
             ("a0.1 M5", Method(alpha=0.1, layer=5)), ("a0.1 M10", Method(alpha=0.1, layer=10))]
@@ -88,7 +89,7 @@ def prefill_table(model, embeds, label, reps=7):
 
 
 @torch.no_grad()
-def decode_table(model, embeds, copy_bps, label_="", whole_step=False):
+def decode_table(model, embeds, copy_bps, label_="", tuned=False):
     video = VideoSpan(PREFIX, T, NV)
     kw = dict(video=video, alpha=0.1, layer=10)
     caches = model.new_caches(1, N + NEW)
@@ -125,13 +126,13 @@ def decode_table(model, embeds, copy_bps, label_="", whole_step=False):
     res["eager_step_kernels"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1][0]))
     res["eager_step_kernel_ms"] = sum(v[0] for v in kinds.values())
     res["eager_step_launches"] = sum(v[1] for v in kinds.values())
-    kinds = ("eager", "graph") + (("graph_compiled",) if whole_step else ())
+    kinds = ("eager", "graph") + (("graph_tuned",) if tuned else ())
     for label in kinds[1:]:
         caches = model.new_caches(1, N + NEW)
         prefill(model, embeds, caches, **kw)
         static = [StaticKVCache.from_cache(c, -(-(L0 + NEW) // 256) * 256) for c in caches]
         t = time.perf_counter()
-        step = GraphDecode(model, static, toks[0], N, 0, compile=label == "graph_compiled")
+        step = GraphDecode(model, static, toks[0], N, 0, compile=label == "graph_tuned")
         res[f"{label}_build_s"] = time.perf_counter() - t
         res[f"{label}_ms"] = timed(lambda j: step(toks[j], N + j, j))
     for k in kinds:
@@ -237,8 +238,8 @@ def check_float32():
     video = VideoSpan(PREFIX, T, NV)
     eager = {name: generate(model, embeds, NEW, video=video, method=method) for name, method in SETTINGS[1:]}
     t = time.perf_counter()
-    prepare_fast(model)  # as eval runs on CUDA: fused projections, compiled blocks, graphs
-    decoder = FastDecoder(model)
+    prepare_fast(model)  # as eval runs on CUDA: fused projections, compiled blocks, graphs, the step compiled
+    decoder = FastDecoder(model, compile=True)
     res = {}
     for name, method in SETTINGS[1:]:
         fast = [generate(model, embeds, NEW, video=video, method=method, fast_decode=decoder) for _ in range(2)]
@@ -259,7 +260,8 @@ def main():
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--skip-first", action="store_true")
     p.add_argument("--only-check", action="store_true", help="only the float32 equality check")
-    p.add_argument("--whole-step", action="store_true", help="also the decode step compiled whole (a minute of compile)")
+    p.add_argument("--skip-plain", action="store_true", help="time only the compiled variants")
+    p.add_argument("--autotune", action="store_true", help=f"also the blocks compiled with mode={AUTOTUNE!r}")
     args = p.parse_args()
     assert torch.cuda.is_available(), "bench/fast_path.py needs a CUDA GPU"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -280,25 +282,30 @@ def main():
     embeds = torch.randn(1, N, VICUNA_7B.dim, device="cuda", dtype=torch.bfloat16) * 0.02
     # the model as it reads, then fused projections (answer's default on CUDA), then compiled blocks (eval's)
     variants = (("plain", lambda: None), ("fused q+k+v", model.fuse_qkv), ("fused+compiled", model.compile_blocks))
+    if args.autotune:  # the blocks compiled again, letting Inductor time Triton matmuls against cuBLAS per shape
+        variants += (("fused+autotuned", lambda: (torch._dynamo.reset(), model.compile_blocks(AUTOTUNE))),)
     for label, change in variants:
         t = time.perf_counter()
         change()
+        if args.skip_plain and label in ("plain", "fused q+k+v"):
+            continue
         res[f"prefill {label}"] = prefill_table(model, embeds, label)
         res[f"prefill {label}"]["setup_and_table_s"] = time.perf_counter() - t
-        res[f"decode {label}"] = decode_table(model, embeds, res["copy_bytes_per_s"], label, whole_step=args.whole_step
-                                              and label == "fused+compiled")
+        res[f"decode {label}"] = decode_table(model, embeds, res["copy_bytes_per_s"], label,
+                                              tuned=label == "fused+compiled")  # eval's decode: FastDecoder(compile=True)
     res["total_s"] = time.perf_counter() - t0
     (args.out / "fast_path.json").write_text(json.dumps(res, indent=1))
+    measured = [v for v, _ in variants if f"prefill {v}" in res]
     print("\n| setting | FLOPs ratio | " + " | ".join(f"{v} loop ms | (of ratio) | {v} graph tail ms | (of ratio) | rows to 64 ms "
-                                                    f"| (of ratio)" for v, _ in variants) + " |")
-    print("| --- | --- |" + " --- | --- | --- | --- | --- | --- |" * len(variants))
+                                                    f"| (of ratio)" for v in measured) + " |")
+    print("| --- | --- |" + " --- | --- | --- | --- | --- | --- |" * len(measured))
     for name, _ in SETTINGS:
         cells = []
-        for v, _ in variants:
+        for v in measured:
             a = res[f"prefill {v}"][name]
             cells += [f"{a['loop_ms']:.1f}", f"{a['loop_of_ratio']:.2f}", f"{a['graph_ms']:.1f}", f"{a['graph_of_ratio']:.2f}",
                       f"{a['graph64_ms']:.1f}", f"{a['graph64_of_ratio']:.2f}"]
-        print(f"| {name} | {res['prefill plain'][name]['flops_ratio']:.2f}x | " + " | ".join(cells) + " |")
+        print(f"| {name} | {res[f'prefill {measured[0]}'][name]['flops_ratio']:.2f}x | " + " | ".join(cells) + " |")
     print(f"total {res['total_s']:.0f} s; wrote {args.out / 'fast_path.json'}")
 
 

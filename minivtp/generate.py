@@ -18,7 +18,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minivtp import baselines, vtp
-from minivtp.model import KVCache, StaticKVCache
+from minivtp.model import Block, KVCache, StaticKVCache
 
 PAPER_LAYER = 10  # M used for PLLaVA and Tarsier multiple-choice runs (Sec. 4.3)
 METHODS = ("llm-vtp", "random", "complement", "fastv", "look-m")
@@ -210,15 +210,33 @@ def decode_static(model, token, pos, at, caches, fused=True):
     return model.head(x)[0, -1]
 
 
-@functools.cache
-def compiled_decode_static():
-    """decode_static through torch.compile, made once per process so that every GraphDecode shares its compiles.
+# torch.compile's mode for the decode step on a GPU: time Triton's kernels against cuBLAS for every weight shape
+# and keep the faster (our own CUDA graph captures the result, so not torch's graphs as well)
+AUTOTUNE = "max-autotune-no-cudagraphs"
 
-    It fuses the small element-wise kernels (norms, RoPE, SiLU) that dominate a decode step once the matmuls are
-    down to reading the weights; the graph then removes the launch gaps. The price: the whole step is one
-    program of L layers, compiled twice (the first cache size, then once more with sizes left symbolic), about
-    a minute on an H100. Transformer.compile_blocks gets the same fusion from one block's compile."""
-    return torch.compile(decode_static)
+
+@functools.cache
+def tuned_block(mode=None):
+    """Block.forward through torch.compile for the decode step, made once per process and mode.
+
+    A decode step reads every weight once for one row, so it is as fast as its matrix-vector products. Tuned
+    with AUTOTUNE, Inductor writes those products as reductions of its own and folds the norm before each one
+    into it: with the blocks themselves compiled that way, the step on an H100 went from 1.34x to 1.17x the
+    bandwidth floor, and the prefill's products got slower (bench/RESULTS.md); hence a compile for the decode
+    alone. Like the blocks' own, it serves all L layers (one block's code) and every cache size after the
+    second. Not yet timed in this form on a GPU, so not eval's default."""
+    return torch.compile(Block.forward, mode=mode)
+
+
+@torch.no_grad()
+def decode_tuned(model, token, pos, at, caches):
+    """decode_static's step, each block through tuned_block() (AUTOTUNE on a GPU). StaticKVCaches only."""
+    run = tuned_block(AUTOTUNE if token.is_cuda else None)
+    x = model.embed(token.view(1, 1))  # (1, 1, C)
+    cos, sin = model.rope(pos)
+    for block, cache in zip(model.layers, caches):
+        x = run(block, x, cos, sin, pos, cache, slot=at)
+    return model.head(x)[0, -1]
 
 
 def prepare_fast(model, compile: bool = True):
@@ -254,7 +272,7 @@ class GraphDecode:
 
     def __init__(self, model, caches, token, pos: int, step: int = 0, compile=False):  # caches: StaticKVCaches
         dev = caches[0].k.device
-        self.step = compiled_decode_static() if compile else decode_static
+        self.step = decode_tuned if compile else decode_static
         self.model, self.caches = model, caches
         self.token = token.view(1).clone()
         self.pos = torch.tensor([pos], device=dev)
@@ -335,8 +353,8 @@ class FastDecoder:
     Each layer's cache size (the rows after prefill plus the new tokens) is rounded up to a multiple of
     `bucket`, so questions of about the same length share a graph. The price: a step reads its whole static
     cache, masked, so up to bucket - 1 empty rows per layer more than the exact size (a few percent of the
-    weights' bytes at 7B). bucket=1 gives exact sizes and a capture for every new size. compile=True compiles
-    the whole step before capturing it (compiled_decode_static; Transformer.compile_blocks is the cheaper way).
+    weights' bytes at 7B). bucket=1 gives exact sizes and a capture for every new size. compile=True decodes
+    through tuned_block (compiled, and autotuned on a GPU, once per process).
     The pruned prefill's rows after layer M are rounded up to a multiple of `prefill_bucket` (PrefillTail): the
     fewer padding rows the faster (16 beat 64 in every setting on an H100, bench/RESULTS.md), but each new row
     count is a capture and 0.44 MB of cache per row at 7B. prefill_bucket=0 leaves those layers to prefill's

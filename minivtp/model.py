@@ -421,15 +421,15 @@ class Transformer(nn.Module):
                 module.act = act
         return self
 
-    def compile_blocks(self):
+    def compile_blocks(self, mode=None):
         """torch.compile every decoder block: inside a block the norms, RoPE, the cache write, the mask and SwiGLU
         become a few fused kernels around the matmuls and the attention kernel (the math is the code above).
 
         The L blocks run the same code on weights of the same shapes, so one compile serves all of them (seconds,
         not the minute a whole-model compile takes), and a second size of prompt or cache compiles once more with
-        the sizes left symbolic, then no more. Returns the model."""
+        the sizes left symbolic, then no more. `mode` is torch.compile's. Returns the model."""
         for layer in self.layers:
-            layer.compile()
+            layer.compile(mode=mode)
         return self
 
     def fuse_qkv(self):

@@ -392,6 +392,29 @@ def test_compile_blocks_compiles_one_block_for_all_layers_and_sizes(ckpt):
     assert graphs[-1] < torch._dynamo.config.recompile_limit  # nor stopped compiling (torch then runs eager)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
+def test_the_tuned_decode_step_is_one_compile_for_all_layers(ckpt):
+    """FastDecoder(compile=True) decodes through tuned_block: the eager tokens, one compile for every layer, one
+    more for the second cache size, none after."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from minivtp.generate import FastDecoder
+    model, _ = ckpt
+    torch._dynamo.reset()
+    counters.clear()
+    decoder = FastDecoder(model, bucket=16, compile=True)
+    graphs = []
+    for seed, n in ((41, 40), (42, 57), (43, 71), (44, 88)):  # a new decode cache size every time
+        embeds = model.embed(prompt(seed, n))[None]
+        eager = generate(model, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2)
+        fast = generate(model, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2, fast_decode=decoder)
+        assert fast.tokens.tolist() == eager.tokens.tolist()
+        torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-4, atol=1e-4)  # float32, fused kernels
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert len(decoder.graphs) == 4
+    assert graphs == [1, 2, 2, 2], graphs
+
+
 def test_a_fast_decoder_serves_question_after_question(ckpt):
     from minivtp.generate import FastDecoder
     model, _ = ckpt
