@@ -364,6 +364,22 @@ def test_fuse_qkv_computes_the_same_numbers_from_one_weight():
     assert got_gen.tokens.tolist() == want_gen.tokens.tolist() and torch.equal(got_gen.kept, want_gen.kept)
 
 
+def compiles_per_question(model, fast_model, decoder, questions):
+    """Each (seed, length) question through `model` eagerly and through `fast_model` with `decoder`: the same tokens,
+    the same logits (float32; compiled kernels sum in another order). Returns torch.compile's count of compiled
+    graphs after each question."""
+    from torch._dynamo.utils import counters
+    graphs = []
+    for seed, n in questions:
+        embeds = model.embed(prompt(seed, n))[None]
+        eager = generate(model, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2)
+        fast = generate(fast_model, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2, fast_decode=decoder)
+        assert fast.tokens.tolist() == eager.tokens.tolist()
+        torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-4, atol=1e-4)
+        graphs.append(counters["stats"]["unique_graphs"])
+    return graphs
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
 def test_compile_blocks_compiles_one_block_for_all_layers_and_sizes(ckpt):
     """The L blocks share one compile; a second prompt and cache size compiles once more (sizes symbolic), later
@@ -379,14 +395,8 @@ def test_compile_blocks_compiles_one_block_for_all_layers_and_sizes(ckpt):
     compiled.forward_embeds(model.embed(prompt(1, 30))[None])
     assert counters["stats"]["unique_graphs"] == 1  # one compile, run by all of the model's layers
     decoder = FastDecoder(compiled, bucket=16, prefill_bucket=8)
-    graphs = []
-    for seed, n in ((31, 40), (32, 57), (33, 45), (34, 71), (35, 38)):  # every question a new size somewhere
-        embeds = model.embed(prompt(seed, n))[None]
-        eager = generate(model, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2)
-        fast = generate(compiled, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2, fast_decode=decoder)
-        assert fast.tokens.tolist() == eager.tokens.tolist()
-        torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-4, atol=1e-4)  # float32, fused kernels
-        graphs.append(counters["stats"]["unique_graphs"])
+    # every question a new size somewhere
+    graphs = compiles_per_question(model, compiled, decoder, ((31, 40), (32, 57), (33, 45), (34, 71), (35, 38)))
     assert len(decoder.graphs) >= 3 and len(decoder.tails) >= 3  # the later questions did meet new sizes
     assert graphs[2:] == [graphs[1]] * 3, graphs  # ... and compiled nothing for them,
     assert graphs[-1] < torch._dynamo.config.recompile_limit  # nor stopped compiling (torch then runs eager)
@@ -403,14 +413,8 @@ def test_the_tuned_decode_step_is_one_compile_for_all_layers(ckpt):
     torch._dynamo.reset()
     counters.clear()
     decoder = FastDecoder(model, bucket=16, compile=True)
-    graphs = []
-    for seed, n in ((41, 40), (42, 57), (43, 71), (44, 88)):  # a new decode cache size every time
-        embeds = model.embed(prompt(seed, n))[None]
-        eager = generate(model, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2)
-        fast = generate(model, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2, fast_decode=decoder)
-        assert fast.tokens.tolist() == eager.tokens.tolist()
-        torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-4, atol=1e-4)  # float32, fused kernels
-        graphs.append(counters["stats"]["unique_graphs"])
+    # a new decode cache size every time
+    graphs = compiles_per_question(model, model, decoder, ((41, 40), (42, 57), (43, 71), (44, 88)))
     assert len(decoder.graphs) == 4
     assert graphs == [1, 2, 2, 2], graphs
 
