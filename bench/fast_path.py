@@ -89,7 +89,7 @@ def prefill_table(model, embeds, label, reps=7):
 
 
 @torch.no_grad()
-def decode_table(model, embeds, copy_bps, label_="", tuned=False):
+def decode_table(model, embeds, copy_bps, variant="", tuned=False):
     video = VideoSpan(PREFIX, T, NV)
     kw = dict(video=video, alpha=0.1, layer=10)
     caches = model.new_caches(1, N + NEW)
@@ -137,7 +137,7 @@ def decode_table(model, embeds, copy_bps, label_="", tuned=False):
         res[f"{label}_ms"] = timed(lambda j: step(toks[j], N + j, j))
     for k in kinds:
         res[f"{k}_x_floor"] = res[f"{k}_ms"] / res["floor_ms"]
-    print(f"{label_} decode: floor {res['floor_ms']:.2f} ms; " + ", ".join(f"{k} {res[k + '_ms']:.2f} ms "
+    print(f"{variant} decode: floor {res['floor_ms']:.2f} ms; " + ", ".join(f"{k} {res[k + '_ms']:.2f} ms "
           f"({res[k + '_x_floor']:.2f}x)" for k in kinds) +
           f"; eager step: {res['eager_step_kernel_ms']:.2f} ms of kernels in {res['eager_step_launches']} launches", flush=True)
     for k, (ms, n) in list(res["eager_step_kernels"].items())[:12]:
