@@ -10,7 +10,8 @@ and reported apart; the median of the next ones is the per-question time.
 
 minivtp: `VideoLLM.prompt` + `generate` with one `FastDecoder` for the whole loop: the eager path (`--eager`, the
 model as loaded), then CUDA graphs with q+k+v fused (what `answer` runs on CUDA, and `eval --no-compile`), then as
-`python -m minivtp eval` runs on CUDA by default (the decoder blocks compiled too, once for the loop). Settings:
+`python -m minivtp eval` runs on CUDA by default (the decoder blocks compiled, once for the loop, and the decode
+step through the autotuned block of FastDecoder(compile=True)). Settings:
 unpruned, LLM-VTP (alpha 0.1 M 10; alpha 0.2 M 5), FastV (alpha 0.1, K 10), Look-M (recent = important = 0.05),
 PruMerge+ (in the vision tower).
 transformers: CLIPVisionModel + LlamaForCausalLM.generate on the same kind of embeddings, its default dynamic
@@ -209,7 +210,7 @@ def main():
     if not args.no_compile:  # what `python -m minivtp eval` does on CUDA: compile once, then the whole loop
         t = sync()
         prepare_fast(model.llm, compile=True)
-        decoder = FastDecoder(model.llm)
+        decoder = FastDecoder(model.llm, compile=True)  # the decode step through tuned_block, as eval's
         for n_new in (5, 72):
             for setting in SETTINGS:
                 first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, decoder)[0])

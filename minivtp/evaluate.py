@@ -80,12 +80,26 @@ def letter_of(text: str):
     return m.group(1).upper() if m else None
 
 
+def fast_decoder(llm, device, eager: bool, no_compile: bool):
+    """What eval decodes with: on CUDA a loop of questions pays a compile once and gains it back many times, so
+    the model is prepared for speed (q+k+v fused, blocks compiled: prepare_fast) and one FastDecoder, its decode
+    step compiled with autotuned products (compile=True), serves every question. --no-compile: fused, CUDA graphs
+    only. --eager, or not CUDA: False, the readable path."""
+    from minivtp.generate import FastDecoder, prepare_fast
+    if torch.device(device).type != "cuda" or eager:
+        return False
+    if not no_compile:
+        print("compiling the decoder blocks and an autotuned decode step for this run (once, at the first "
+              "questions; --no-compile skips it)", file=sys.stderr, flush=True)  # stdout stays the summary
+    prepare_fast(llm, compile=not no_compile)
+    return FastDecoder(llm, compile=not no_compile)
+
+
 class Answerer:
     """Loads a checkpoint once and answers one question at a time: (prediction, letter, facts)."""
 
     def __init__(self, args):
         from minivtp.cli import load_checkpoint, method_of
-        from minivtp.generate import FastDecoder, prepare_fast
         import weights
 
         self.args = args
@@ -100,13 +114,7 @@ class Answerer:
         self.llm = self.model.llm
         if self.method is not None:  # a bad --layer or ratio is one error now, not one per question
             self.method.resolved(self.llm.cfg.n_layers)
-        fast = torch.device(args.device).type == "cuda" and not args.eager
-        if fast:  # a loop of questions: fused q+k+v, and one compile of a decoder block pays many times over
-            if not args.no_compile:
-                print("compiling the decoder blocks for this run (once, at the first question; --no-compile skips "
-                      "it)", file=sys.stderr, flush=True)  # stdout stays the summary (one JSON object with --json)
-            prepare_fast(self.llm, compile=not args.no_compile)
-        self.decoder = FastDecoder(self.llm) if fast else False
+        self.decoder = fast_decoder(self.llm, args.device, args.eager, args.no_compile)
 
     def __call__(self, q: dict, videos: Path):
         from minivtp.generate import generate

@@ -215,17 +215,24 @@ def decode_static(model, token, pos, at, caches, fused=True):
 AUTOTUNE = "max-autotune-no-cudagraphs"
 
 
+def decode_block(block, x, cos, sin, pos, cache, at):
+    """One decoder block in the decode step, Block.forward itself. A function of its own so that torch.compile
+    counts its compiles apart from the blocks' (Transformer.compile_blocks): torch keeps at most
+    torch._dynamo.config.recompile_limit (8) compiled versions of one function and then runs it eagerly, and the
+    prefill's sizes, the decode's and a second model's dtype would otherwise share those eight."""
+    return Block.forward(block, x, cos, sin, pos, cache, slot=at)
+
+
 @functools.cache
 def tuned_block(mode=None):
-    """Block.forward through torch.compile for the decode step, made once per process and mode.
+    """decode_block through torch.compile for the decode step, made once per process and mode.
 
     A decode step reads every weight once for one row, so it is as fast as its matrix-vector products. Tuned
     with AUTOTUNE, Inductor writes those products as reductions of its own and folds the norm before each one
-    into it: with the blocks themselves compiled that way, the step on an H100 went from 1.34x to 1.17x the
-    bandwidth floor, and the prefill's products got slower (bench/RESULTS.md); hence a compile for the decode
-    alone. Like the blocks' own, it serves all L layers (one block's code) and every cache size after the
-    second. Not yet timed in this form on a GPU, so not eval's default."""
-    return torch.compile(Block.forward, mode=mode)
+    into it. With the blocks themselves compiled that way the prefill's products got slower, hence a compile
+    for the decode alone: on an H100 the step went from 1.34x to 1.24x the bandwidth floor (bench/RESULTS.md).
+    Like the blocks' own, it serves all L layers (one block's code) and every cache size after the second."""
+    return torch.compile(decode_block, mode=mode)
 
 
 @torch.no_grad()
@@ -235,7 +242,7 @@ def decode_tuned(model, token, pos, at, caches):
     x = model.embed(token.view(1, 1))  # (1, 1, C)
     cos, sin = model.rope(pos)
     for block, cache in zip(model.layers, caches):
-        x = run(block, x, cos, sin, pos, cache, slot=at)
+        x = run(block, x, cos, sin, pos, cache, at)
     return model.head(x)[0, -1]
 
 

@@ -36,6 +36,28 @@ def bench(tmp_path_factory):
     return d
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
+@pytest.mark.parametrize("device,eager,no_compile,want", [
+    ("cuda", False, False, "compiled"), ("cuda:0", False, True, "graphs"), ("cuda", True, False, "eager"),
+    ("cpu", False, False, "eager")])
+def test_eval_s_decoder_on_each_path(device, eager, no_compile, want, capsys):
+    """What eval decodes with (no GPU needed: preparing touches no device). On CUDA by default: q+k+v fused, the
+    blocks compiled and the decode step tuned (FastDecoder(compile=True)); --no-compile: fused, graphs only;
+    --eager or a CPU: the readable path on the model as loaded."""
+    from minivtp.model import Config, Transformer
+    llm = Transformer(Config(vocab_size=11, dim=16, n_layers=2, n_heads=2, n_kv_heads=2, hidden_dim=32, max_seq_len=32))
+    decoder = evaluate.fast_decoder(llm, device, eager, no_compile)
+    fused = [layer.attn.wqkv is not None for layer in llm.layers]
+    compiled = [layer._compiled_call_impl is not None for layer in llm.layers]
+    if want == "eager":
+        assert decoder is False and not any(fused) and not any(compiled)
+    else:
+        assert all(fused) and decoder.model is llm
+        assert decoder.compile is (want == "compiled")
+        assert compiled == [want == "compiled"] * len(llm.layers)  # nn.Module.compile keeps its wrapper there
+    assert ("compiling" in capsys.readouterr().err) == (want == "compiled")  # one line on stderr, stdout stays clean
+
+
 def test_letters_and_prompt_text():
     assert evaluate.letter_of("B) a man") == "B" and evaluate.letter_of("(c) no") == "C"
     assert evaluate.letter_of("  D") == "D" and evaluate.letter_of("I think so") is None

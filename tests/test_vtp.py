@@ -419,6 +419,29 @@ def test_the_tuned_decode_step_is_one_compile_for_all_layers(ckpt):
     assert graphs == [1, 2, 2, 2], graphs
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
+def test_eval_s_compiles_stay_under_torch_s_limit_across_models_and_sizes(ckpt):
+    """As eval runs on CUDA (prepare_fast: compiled blocks; FastDecoder(compile=True): the tuned decode step),
+    then a second model of another dtype through the same code: the eager tokens throughout, and no compiled
+    function reaches torch's recompile_limit, past which torch silently runs it eagerly. The tuned decode step
+    keeps its compiles apart from the blocks' (generate.decode_block); sharing one function they reached the limit here."""
+    import copy
+    import torch._dynamo
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list as compiled_versions
+    from minivtp.generate import FastDecoder, decode_block, prepare_fast
+    from minivtp.model import Block
+    model, _ = ckpt
+    torch._dynamo.reset()
+    questions = ((51, 40), (52, 57), (53, 45), (54, 71))
+    for m in (model, copy.deepcopy(model).double()):
+        decoder = FastDecoder(prepare_fast(copy.deepcopy(m)), bucket=16, prefill_bucket=8, compile=True)
+        graphs = compiles_per_question(m, decoder.model, decoder, questions)
+        assert graphs[2:] == [graphs[1]] * 2, graphs  # new sizes after the second question: no new compile
+    limit = torch._dynamo.config.recompile_limit
+    versions = [len(compiled_versions(f.__code__)) for f in (Block.forward, decode_block)]
+    assert all(0 < n < limit for n in versions), (versions, limit)
+
+
 def test_a_fast_decoder_serves_question_after_question(ckpt):
     from minivtp.generate import FastDecoder
     model, _ = ckpt
