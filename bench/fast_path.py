@@ -122,7 +122,8 @@ def decode_table(model, embeds, copy_bps, variant="", tuned=False):
     kinds = {}
     for ev in prof.key_averages():
         if ev.device_type == torch.autograd.DeviceType.CUDA:
-            kinds[ev.key[:80]] = (ev.self_device_time_total / 1e3, ev.count)
+            ms, count = kinds.get(ev.key, (0.0, 0))  # summed by the full name: truncated ones would collide
+            kinds[ev.key] = (ms + ev.self_device_time_total / 1e3, count + ev.count)
     res["eager_step_kernels"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1][0]))
     res["eager_step_kernel_ms"] = sum(v[0] for v in kinds.values())
     res["eager_step_launches"] = sum(v[1] for v in kinds.values())
@@ -141,7 +142,7 @@ def decode_table(model, embeds, copy_bps, variant="", tuned=False):
           f"({res[k + '_x_floor']:.2f}x)" for k in kinds) +
           f"; eager step: {res['eager_step_kernel_ms']:.2f} ms of kernels in {res['eager_step_launches']} launches", flush=True)
     for k, (ms, n) in list(res["eager_step_kernels"].items())[:12]:
-        print(f"    {ms:6.3f} ms x{n:<4d} {k}", flush=True)
+        print(f"    {ms:6.3f} ms x{n:<4d} {k[:100]}", flush=True)
     return res
 
 
