@@ -165,8 +165,8 @@ def main(argv=None):
     e.add_argument("--lora-alpha", type=float, default=None)
     e.add_argument("--eager", action="store_true", help="prefill and decode step by step in Python, the readable path")
     e.add_argument("--no-compile", action="store_true", help="on CUDA, the CUDA graphs without torch.compile (the "
-                   "default compiles the decoder block once for the loop, Transformer.compile_blocks, and the decode step with "
-                   "autotuned products, FastDecoder(compile=True))")
+                   "default compiles the decoder block once for the loop, Transformer.compile_blocks, and the "
+                   "decode step with autotuned products, FastDecoder(compile=True))")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = p.parse_args(argv)
     try:

@@ -424,7 +424,8 @@ def test_eval_s_compiles_stay_under_torch_s_limit_across_models_and_sizes(ckpt):
     """As eval runs on CUDA (prepare_fast: compiled blocks; FastDecoder(compile=True): the tuned decode step),
     then a second model of another dtype through the same code: the eager tokens throughout, and no compiled
     function reaches torch's recompile_limit, past which torch silently runs it eagerly. The tuned decode step
-    keeps its compiles apart from the blocks' (generate.decode_block); sharing one function they reached the limit here."""
+    keeps its compiles apart from the blocks' (generate.decode_block); sharing one function they reached the
+    limit here."""
     import copy
     import torch._dynamo
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list as compiled_versions
