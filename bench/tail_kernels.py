@@ -117,7 +117,8 @@ def main():
     for k, (ms, n) in list(res["kernels"].items())[:25]:
         print(f"  {ms:7.3f} ms x{n:<4d} {k[:100]}")
     for k, v in res["graph_ms"].items():
-        print(f"graph {k}: {v:.3f} ms" + (f" (rel err vs as-is {res['rel_err'][k]:.1e})" if k in res["rel_err"] else ""))
+        err = f" (rel err vs as-is {res['rel_err'][k]:.1e})" if k in res["rel_err"] else ""
+        print(f"graph {k}: {v:.3f} ms{err}")
     (args.out / "tail_kernels.json").write_text(json.dumps(res, indent=1))
 
 
