@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from gpu import cuda_ms  # noqa: E402  (bench/gpu.py)
-from profile_gpu import random_model  # noqa: E402
+from profile_gpu import cuda_kernels, random_model  # noqa: E402
 from minivtp.flops import VICUNA_7B, prefill_flops  # noqa: E402
 from minivtp.generate import (FastDecoder, GraphDecode, Method, decode_one_token, generate, prefill,  # noqa: E402
                               prepare_fast)
@@ -119,12 +119,7 @@ def decode_table(model, embeds, copy_bps, variant="", tuned=False):
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         decode_one_token(model, toks[3], N + 3, caches)
         torch.cuda.synchronize()
-    kinds = {}
-    for ev in prof.key_averages():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            ms, count = kinds.get(ev.key, (0.0, 0))  # summed by the full name: truncated ones would collide
-            kinds[ev.key] = (ms + ev.self_device_time_total / 1e3, count + ev.count)
-    res["eager_step_kernels"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1][0]))
+    kinds = res["eager_step_kernels"] = cuda_kernels(prof)
     res["eager_step_kernel_ms"] = sum(v[0] for v in kinds.values())
     res["eager_step_launches"] = sum(v[1] for v in kinds.values())
     kinds = ("eager", "graph") + (("graph_tuned",) if tuned else ())

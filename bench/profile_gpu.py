@@ -45,13 +45,18 @@ def random_model(cfg, device="cuda", dtype=torch.bfloat16, std=0.02, seed=0):
     return model.eval()
 
 
-def kernel_summary(prof, top=8):
+def cuda_kernels(prof):
+    """A torch.profiler run's CUDA kernels by full name (cut names would collide): {name: (ms, launches)},
+    the slowest first."""
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total = sum(e.self_device_time_total for e in events)
-    count = sum(e.count for e in events)
-    lines = [f"    {e.self_device_time_total / 1e3:8.2f} ms  x{e.count:<5d} {e.key[:90]}"
-             for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]]
-    return total / 1e3, count, "\n".join(lines)
+    return {e.key: (e.self_device_time_total / 1e3, e.count)
+            for e in sorted(events, key=lambda e: -e.self_device_time_total)}
+
+
+def kernel_summary(prof, top=8):
+    kernels = cuda_kernels(prof)
+    lines = [f"    {ms:8.2f} ms  x{n:<5d} {name[:90]}" for name, (ms, n) in list(kernels.items())[:top]]
+    return sum(ms for ms, _ in kernels.values()), sum(n for _, n in kernels.values()), "\n".join(lines)
 
 
 @torch.no_grad()
