@@ -230,8 +230,9 @@ def tuned_block(mode=None):
     A decode step reads every weight once for one row, so it is as fast as its matrix-vector products. Tuned
     with AUTOTUNE, Inductor writes those products as reductions of its own and folds the norm before each one
     into it. With the blocks themselves compiled that way the prefill's products got slower, hence a compile
-    for the decode alone: on an H100 the step went from 1.34x to 1.24x the bandwidth floor (bench/RESULTS.md).
-    Like the blocks' own, it serves all L layers (one block's code) and every cache size after the second."""
+    for the decode alone: on an H100 the step went from 1.31-1.34x to 1.17-1.25x the bandwidth floor
+    (four runs, bench/RESULTS.md). Like the blocks' own, it serves all L layers (one block's code) and every
+    cache size after the second."""
     return torch.compile(decode_block, mode=mode)
 
 
