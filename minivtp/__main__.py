@@ -19,7 +19,7 @@ from minivtp.cli import DTYPES, Parser, check_device, load_checkpoint, method_of
 
 def answer(args):
     from minivtp import png
-    from minivtp.generate import generate, prepare_fast
+    from minivtp.generate import generate
     from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
     from minivtp.vision import preprocess, read_frames
 
@@ -32,10 +32,7 @@ def answer(args):
         print(f"note: {note}", file=sys.stderr)
     pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
     ids = torch.tensor(tok.encode(build_prompt(model.arrangement, args.question, args.template)), device=args.device)
-    # the static cache and CUDA graph wherever there is a GPU; on a CPU there are no graphs to gain from
-    fast = (args.fast_decode or torch.device(args.device).type == "cuda") and not args.eager
-    if fast and torch.device(args.device).type == "cuda":
-        prepare_fast(model.llm, compile=False)  # q+k+v as one matmul; a compile would cost more than one answer
+    decoder = one_shot_decoder(model.llm, args)
     t = time.perf_counter()
     with torch.no_grad():
         embeds, video = model.prompt(ids, pixels, prumerge=merged)  # vision tower, projector, pooling, splice
@@ -47,14 +44,14 @@ def answer(args):
         raise ValueError(f"the prompt is {embeds.shape[1]} rows ({video.end - video.start} of them video) and "
                          f"--max-new-tokens {args.max_new_tokens} more would exceed the model's {n_max} positions")
     out = generate(model.llm, embeds, args.max_new_tokens, video=video if method else None, method=method,
-                   eos_id=tok.eos, fast_decode=fast)
+                   eos_id=tok.eos, decoder=decoder)
     n_video = video.unpruned_rows if merged else video.end - video.start
     kept = video.end - video.start if merged else int(out.kept.numel()) if method else n_video
     result = dict(answer=tok.decode([t for t in out.tokens.tolist() if t != tok.eos], skip_special=True).strip(),
                   method=args.method if method or merged else None, alpha=args.alpha,
                   layer=method.layer if method and method.name != "look-m" else None, video_tokens=n_video,
-                  kept_video_tokens=kept, kept_ratio=kept / n_video, decode="static cache + CUDA graph" if fast else
-                  "eager", prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
+                  kept_video_tokens=kept, kept_ratio=kept / n_video, decode="eager" if decoder is None or args.eager else
+                  "static cache + CUDA graph", prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
                   new_tokens=len(out.tokens), load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s,
                   decode_s=out.decode_s, decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1))
     if args.heatmap:
@@ -65,6 +62,18 @@ def answer(args):
         result["heatmap"] = str(args.heatmap)
     print(json.dumps(result) if args.json else report(result))
     return 0
+
+
+def one_shot_decoder(llm, args):
+    """answer's decoder: the static cache and CUDA graph wherever there is a GPU (or with --fast-decode), the
+    readable path otherwise (None: generate's default; on a CPU there are no graphs to gain from)."""
+    from minivtp import fast
+    cuda = torch.device(args.device).type == "cuda"
+    if args.eager or not (cuda or args.fast_decode):
+        return fast.EagerOnGPU() if args.eager and cuda else None
+    if cuda:
+        fast.fuse_qkv(llm)  # q+k+v as one matmul; a compile would cost more than one answer
+    return fast.FastDecoder(llm, bucket=1, prefill_bucket=0)  # one question: a graph for the decode, none for the prefill
 
 
 def report(r: dict) -> str:
@@ -165,8 +174,8 @@ def main(argv=None):
     e.add_argument("--lora-alpha", type=float, default=None)
     e.add_argument("--eager", action="store_true", help="prefill and decode step by step in Python, the readable path")
     e.add_argument("--no-compile", action="store_true", help="on CUDA, the CUDA graphs without torch.compile (the "
-                   "default compiles the decoder block once for the loop, Transformer.compile_blocks, and the "
-                   "decode step with autotuned products, FastDecoder(compile=True))")
+                   "default compiles the decoder block once for the loop, fast.compile_blocks, and the "
+                   "decode step with autotuned products, fast.FastDecoder(compile=True))")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = p.parse_args(argv)
     try:

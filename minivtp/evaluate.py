@@ -82,17 +82,20 @@ def letter_of(text: str):
 
 def fast_decoder(llm, device, eager: bool, no_compile: bool):
     """What eval decodes with: on CUDA a loop of questions pays a compile once and gains it back many times, so
-    the model is prepared for speed (q+k+v fused, blocks compiled: prepare_fast) and one FastDecoder, its decode
-    step compiled with autotuned products (compile=True), serves every question. --no-compile: fused, CUDA graphs
-    only. --eager, or not CUDA: False, the readable path."""
-    from minivtp.generate import FastDecoder, prepare_fast
-    if torch.device(device).type != "cuda" or eager:
-        return False
+    the model is prepared for speed (q+k+v fused, blocks compiled: fast.prepare) and one fast.FastDecoder, its
+    decode step compiled with autotuned products (compile=True), serves every question. --no-compile: fused, CUDA
+    graphs only. --eager on CUDA: the readable path (fast.EagerOnGPU's kernels); not CUDA: None, the readable
+    path (generate's default)."""
+    if torch.device(device).type != "cuda":
+        return None
+    from minivtp import fast
+    if eager:
+        return fast.EagerOnGPU()
     if not no_compile:
         print("compiling the decoder blocks and an autotuned decode step for this run (once, at the first "
               "questions; --no-compile skips it)", file=sys.stderr, flush=True)  # stdout stays the summary
-    prepare_fast(llm, compile=not no_compile)
-    return FastDecoder(llm, compile=not no_compile)
+    fast.prepare(llm, compile=not no_compile)
+    return fast.FastDecoder(llm, compile=not no_compile)
 
 
 class Answerer:
@@ -134,7 +137,7 @@ class Answerer:
         with torch.no_grad():
             embeds, video = self.model.prompt(ids, pixels, prumerge=merged)
         out = generate(self.llm, embeds, self.args.max_new_tokens, video=video if self.method else None,
-                       method=self.method, eos_id=self.tok.eos, fast_decode=self.decoder)
+                       method=self.method, eos_id=self.tok.eos, decoder=self.decoder)
         prediction = "(" + self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
         n_video = video.unpruned_rows if merged else video.end - video.start
         kept = video.end - video.start if merged else out.kept.numel() if self.method else n_video
