@@ -70,7 +70,7 @@ def one_shot_decoder(llm, args):
     from minivtp import fast
     cuda = torch.device(args.device).type == "cuda"
     if args.eager or not (cuda or args.fast_decode):
-        return fast.EagerOnGPU() if args.eager and cuda else None
+        return fast.EagerOnGPU(llm) if args.eager and cuda else None
     if cuda:
         fast.fuse_qkv(llm)  # q+k+v as one matmul; a compile would cost more than one answer
     return fast.FastDecoder(llm, bucket=1, prefill_bucket=0)  # one question: a graph for the decode, none for the prefill

@@ -90,7 +90,7 @@ def fast_decoder(llm, device, eager: bool, no_compile: bool):
         return None
     from minivtp import fast
     if eager:
-        return fast.EagerOnGPU()
+        return fast.EagerOnGPU(llm)
     if not no_compile:
         print("compiling the decoder blocks and an autotuned decode step for this run (once, at the first "
               "questions; --no-compile skips it)", file=sys.stderr, flush=True)  # stdout stays the summary
@@ -117,7 +117,9 @@ class Answerer:
         self.llm = self.model.llm
         if self.method is not None:  # a bad --layer or ratio is one error now, not one per question
             self.method.resolved(self.llm.cfg.n_layers)
-        self.decoder = fast_decoder(self.llm, args.device, args.eager, args.no_compile)
+        # by where the model is, not by --device: the toy always runs on the CPU, and compiling it there (what a
+        # GPU machine's default --device cuda asked for) cost every eval of the toy a CPU compile
+        self.decoder = fast_decoder(self.llm, self.llm.embed.weight.device, args.eager, args.no_compile)
 
     def __call__(self, q: dict, videos: Path):
         from minivtp.generate import generate

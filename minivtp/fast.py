@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from minivtp.generate import Eager
+from minivtp.generate import decode_one_token
 from minivtp.model import EMPTY, Attention, Block, KVCache
 
 # torch.compile's mode for the decode step on a GPU: time Triton's kernels against cuBLAS for every weight shape
@@ -278,7 +278,7 @@ class PrefillTail:
 # The decoders generate takes
 
 
-class FastDecoder(Eager):
+class FastDecoder:
     """The fast path, kept from one question to the next: CUDA graphs of the pruned prefill's last layers, and
     static caches with one graph of the decode step per size. generate(..., decoder=FastDecoder(model)).
 
@@ -302,23 +302,17 @@ class FastDecoder(Eager):
         self.prefill_bucket, self.tails = prefill_bucket, {}
         self.pool = torch.cuda.graph_pool_handle() if model.embed.weight.is_cuda else None  # shared by the tails
 
-    def check(self, model):
-        if model is not self.model:
-            raise ValueError("this FastDecoder was made for another model: make one per model")
-
-    def rest(self, model, x, cos, sin, pos, caches, start: int):
+    def rest(self, x, cos, sin, pos, caches, start: int):
         """Layers start+1..L on the rows that survived pruning, through a PrefillTail (or the loop)."""
-        self.check(model)
-        if not self.prefill_bucket or start == len(model.layers):
-            return super().rest(model, x, cos, sin, pos, caches, start)
+        if not self.prefill_bucket or start == len(self.model.layers):
+            return self.model.forward_layers(x, cos, sin, pos, caches, start)
         rows = -(-x.shape[1] // self.prefill_bucket) * self.prefill_bucket
         if (start, rows) not in self.tails:
-            self.tails[start, rows] = PrefillTail(model, start, rows, self.pool)
+            self.tails[start, rows] = PrefillTail(self.model, start, rows, self.pool)
         return self.tails[start, rows](x, pos, caches)
 
-    def steps(self, model, caches, new_tokens: int):
+    def steps(self, caches, new_tokens: int):
         """The decode steps of one question: a GraphDecode, found or made at the first step."""
-        self.check(model)
         graph, i = None, 0
 
         def step(token, pos: int):
@@ -344,14 +338,19 @@ class FastDecoder(Eager):
         return self.graphs[sizes]
 
 
-class EagerOnGPU(Eager):
-    """The readable decode on a GPU, with GROWING_SDPA's kernels (no cuDNN plan for every new cache length)."""
+class EagerOnGPU:
+    """The readable path on a GPU: generate's own functions, the decode with GROWING_SDPA's kernels (no cuDNN plan
+    for every new cache length)."""
 
-    def steps(self, model, caches, new_tokens: int):
-        step = super().steps(model, caches, new_tokens)
+    def __init__(self, model):
+        self.model = model
 
-        def run(token, pos: int):
+    def rest(self, x, cos, sin, pos, caches, start: int):
+        return self.model.forward_layers(x, cos, sin, pos, caches, start)
+
+    def steps(self, caches, new_tokens: int):
+        def step(token, pos: int):
             with sdpa_kernel(GROWING_SDPA):
-                return step(token, pos)
+                return decode_one_token(self.model, token, pos, caches)
 
-        return run
+        return step

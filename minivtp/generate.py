@@ -10,6 +10,7 @@ M+1..L, and the caches of layers 1..M drop the other rows (Eq. 7-8). Positions t
 token keeps its RoPE position, and the first generated token sits at the *original* prompt length.
 """
 
+import functools
 import time
 from dataclasses import dataclass, fields, replace
 
@@ -115,26 +116,12 @@ def choose(method: Method, a_v, video, generator=None):
     return vtp.complement(S, video) if method.name == "complement" else S
 
 
-class Eager:
-    """How generate runs what comes after layer M and each decode step: the functions of this file, as written.
-
-    It is the one place where the fast path plugs in. minivtp/fast.py's FastDecoder has the same two methods
-    (CUDA graphs, a static cache, a compiled step), and a caller chooses it at the call site:
-    `generate(model, embeds, 5, video=span, alpha=0.1, layer=10, decoder=FastDecoder(model))`."""
-
-    def rest(self, model, x, cos, sin, pos, caches, start: int):  # layers start+1..L of a pruned prefill
-        return model.forward_layers(x, cos, sin, pos, caches, start)
-
-    def steps(self, model, caches, new_tokens: int):  # one decode step per call: (token, position) -> logits (V,)
-        return lambda token, pos: decode_one_token(model, token, pos, caches)
-
-
 @torch.no_grad()
 def prefill(model, embeds, caches, video=None, method=None, generator=None, decoder=None, **keywords):
     """Run the prompt (1, N, C) through every layer, pruning at layer M. Returns (last row's logits (V,), Pruning).
 
     `method` is a Method (or its name, with the keywords of Method: alpha=, layer=, ...). Layers M+1..L run
-    through `decoder.rest` (default Eager(): model.forward_layers)."""
+    through `decoder.rest` when a decoder is given (see generate), through model.forward_layers otherwise."""
     method = Method.from_keywords(method, **keywords).resolved(model.cfg.n_layers)
     if video is not None and not isinstance(video, vtp.VideoSpan):
         raise ValueError(f"video must be a VideoSpan, got {type(video).__name__} (a video PruMerge+ already pruned "
@@ -146,8 +133,8 @@ def prefill(model, embeds, caches, video=None, method=None, generator=None, deco
         x = model.forward_layers(embeds, cos, sin, pos, caches)
         return model.head(x[:, -1:])[0, -1], None
     if method.name == "look-m":  # every layer's cache compressed after that layer, the hidden states go on whole
-        x, pruning = baselines.look_m_prefill(model, embeds, cos, sin, pos, caches, video, method)
-        return model.head(x[:, -1:])[0, -1], pruning
+        x, (S, rows, a_v) = baselines.look_m_prefill(model, embeds, cos, sin, pos, caches, video, method)
+        return model.head(x[:, -1:])[0, -1], Pruning(layer=None, kept=S, rows=rows, scores=a_v)
     M = method.layer
     x_in = model.forward_layers(embeds, cos, sin, pos, caches, stop=M - 1)  # layers 1..M-1 on the whole prompt
     x = model.forward_layers(x_in, cos, sin, pos, caches, start=M - 1, stop=M)  # layer M; x_in scores the video
@@ -163,7 +150,8 @@ def prefill(model, embeds, caches, video=None, method=None, generator=None, deco
         S = choose(method, a_v, video, generator)  # Eq. 5-6
         rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
         x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, caches[:M], rows)  # layers M+1..L; Eq. 7-8 on 1..M
-    x = (decoder or Eager()).rest(model, x, cos, sin, pos, caches, M)  # layers M+1..L on the kept rows
+    rest = model.forward_layers if decoder is None else decoder.rest  # the same function, or its fast twin
+    x = rest(x, cos, sin, pos, caches, M)  # layers M+1..L on the kept rows
     return model.head(x[:, -1:])[0, -1], Pruning(layer=M, kept=S, rows=rows, scores=a_v)  # (V,)
 
 
@@ -194,8 +182,12 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
         generate(model, embeds, 64, video=span, method=Method("random", alpha=0.1, layer=10))
 
     The pruning is a Method, or its keywords (alpha=, layer=, head_pool=, ranking=, scores=, ...); alpha=1 keeps
-    every video token, video=None skips scoring. Greedy unless temperature > 0. `decoder` runs layers M+1..L
-    and the decode steps (default Eager(), this file; minivtp.fast.FastDecoder on a GPU).
+    every video token, video=None skips scoring. Greedy unless temperature > 0.
+
+    `decoder` is where the fast path plugs in (minivtp/fast.py's FastDecoder, made for this model): an object
+    with `model`, `rest(x, cos, sin, pos, caches, start)` in place of model.forward_layers for layers M+1..L,
+    and `steps(caches, new_tokens)`, a function (token, position) -> logits in place of decode_one_token. The
+    same numbers, faster on a GPU. None: the functions of this file, as written.
     """
     if embeds.dim() != 3 or embeds.shape[0] != 1:
         raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
@@ -211,14 +203,18 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
     if N + max_new_tokens > model.cfg.max_seq_len:
         raise ValueError(f"prompt {N} + max_new_tokens {max_new_tokens} = {N + max_new_tokens} exceeds the "
                          f"model's {model.cfg.max_seq_len} positions")
-    decoder = decoder or Eager()
+    if decoder is not None and decoder.model is not model:
+        raise ValueError("the decoder was made for another model: make one per model")
     generator = torch.Generator().manual_seed(seed)
     caches = model.new_caches(batch=1, max_len=N + max_new_tokens)
     t0 = clock(embeds.device)
     logits, pruning = prefill(model, embeds.to(model.embed.weight.dtype), caches, video, method, generator, decoder)
     cache_len, cache_lens = caches[0].length, [c.length for c in caches]
     t1 = clock(embeds.device)
-    step = decoder.steps(model, caches, max_new_tokens)
+    if decoder is None:
+        step = functools.partial(decode_one_token, model, caches=caches)  # step(token, pos)
+    else:
+        step = decoder.steps(caches, max_new_tokens)
     tokens, all_logits = [], []
     for i in range(max_new_tokens):
         token = pick(logits, temperature, generator)

@@ -53,8 +53,7 @@ class Config:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-        kind = self.rope_scaling.get("rope_type", "default") if self.rope_scaling else "default"
-        if kind not in ("default", "linear", "llama3"):
+        if (kind := self.rope_scaling.get("rope_type", "default")) not in ("default", "linear", "llama3"):
             raise ValueError(f"rope_type {kind!r} is not supported (minivtp knows default, linear, llama3)")
 
     @classmethod
@@ -80,29 +79,20 @@ class Config:
         if missing:
             raise ValueError(f"config.json has no {', '.join(missing)}")
         n_heads = hf["num_attention_heads"]
-        return cls(
-            vocab_size=hf["vocab_size"],
-            dim=hf["hidden_size"],
-            n_layers=hf["num_hidden_layers"],
-            n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-            hidden_dim=hf["intermediate_size"],
-            head_dim=hf.get("head_dim") or 0,
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta),
-            rope_scaling=rope,
-            max_seq_len=hf.get("max_position_embeddings", 4096),
-            tie_embeddings=hf.get("tie_word_embeddings", False),
-            attention_bias=hf.get("attention_bias", False),
-            mlp_bias=hf.get("mlp_bias", False),
-        )
+        return cls(vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+                   n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+                   hidden_dim=hf["intermediate_size"], head_dim=hf.get("head_dim") or 0,
+                   norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=rope,
+                   max_seq_len=hf.get("max_position_embeddings", 4096),
+                   tie_embeddings=hf.get("tie_word_embeddings", False),
+                   attention_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # RMSNorm
 
 
-def rms_norm(x, weight, eps: float):  # (..., C) -> (..., C)
+def rms_norm(x, weight, eps: float):
     # The mean of squares is taken in float32 whatever the weights' dtype: in bf16 it loses digits.
     # Like Hugging Face, I cast back to the input dtype before the gain, so bf16 runs round the same way.
     x32 = x.float()
@@ -133,8 +123,8 @@ def rope_inv_freq(cfg: Config, device=None) -> torch.Tensor:
         inv_freq = inv_freq / cfg.rope_scaling["factor"]
     elif kind == "llama3":  # long wavelengths slowed by `factor`, short ones kept, a smooth ramp between
         s = cfg.rope_scaling
-        factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
-        old_len = s["original_max_position_embeddings"]
+        factor, lo, hi, old_len = (s[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                                   "original_max_position_embeddings"))
         wavelen = 2 * math.pi / inv_freq
         smooth = (old_len / wavelen - lo) / (hi - lo)
         ramp = (1 - smooth) * inv_freq / factor + smooth * inv_freq
@@ -247,9 +237,8 @@ def attention_manual(q, k, v, mask):  # the readable twin of the fused kernel
 
 
 def attention_fused(q, k, v, mask, causal=False):
-    # subtle: `causal=True` is only for queries and keys that are the same rows in increasing position (a
-    # prefill into an empty cache). Then the mask is the lower triangle, and the kernel may skip the upper
-    # half instead of reading a mask.
+    # subtle: `causal=True` only for queries and keys that are the same rows in increasing position (a prefill
+    # into an empty cache): then the mask is the lower triangle, and the kernel skips the upper half unread.
     if causal:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, N, D)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, D)

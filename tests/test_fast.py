@@ -229,7 +229,7 @@ def test_the_eager_decode_keeps_cudnn_attention_out(ckpt, monkeypatch):
         return real(q, k, v, **kw)
     monkeypatch.setattr(model_py.F, "scaled_dot_product_attention", spy)
     generate(model, model.embed(prompt(4, 40))[None], 3, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2,
-             decoder=fast.EagerOnGPU())
+             decoder=fast.EagerOnGPU(model))
     prefill_calls = [on for rows, on in seen if rows > 1]
     decode_calls = [on for rows, on in seen if rows == 1]
     assert prefill_calls and all(prefill_calls) and len(decode_calls) == 2 * model.cfg.n_layers and not any(decode_calls)
