@@ -4,10 +4,12 @@ LLM-VTP rests on one observation (Sec. 3 of the paper): at a middle layer M, the
 to the video columns points at the tokens the answer needs. A text-only model lets us look at the same rows with
 a prompt whose right answer we know. Each frame is one sentence; the question asks which frame shows one thing:
 
-    row:   0              1..      a..b             ...      y..z             z+1 ..  N-1
-           <|im_start|>   user\\n   Frame 1: a man   ...      Frame 8: a chef  \\nWhich frame shows the soup?
-                                   slices tomatoes.\\n        pours soup ...    <|im_end|>\\n<|im_start|>assistant\\nFrame 
-           first token    prefix   frame 1          ...      frame 8          question rows (as LLM-VTP counts them)
+    rows:  0             1 2       3 ...                ...   ...                   ... N-1
+           <|im_start|>  user \\n  Frame 1: a man       ...   Frame 8: a chef       Which frame shows the soup?
+                                   slices tomatoes ... .\\n     pours soup ... .\\n  <|im_end|>\\n<|im_start|>
+                                                                                   assistant\\nFrame_ (_: a space)
+           first token   prefix    frame 1              ...   frame 8               question rows (as LLM-VTP
+                                                                                   counts them: all after the frames)
 
 The assistant's turn is begun with "Frame " (SmolLM2 writes every digit as its own token, after a "Ġ" of its
 own), so the model's next token is its answer: a digit.

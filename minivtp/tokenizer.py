@@ -156,7 +156,10 @@ class Tokenizer:
     def from_file(cls, path):
         path = Path(path)
         if path.is_dir():
-            path = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else path / "tokenizer.model"
+            found = [path / f for f in ("tokenizer.json", "tokenizer.model") if (path / f).is_file()]
+            if not found:
+                raise ValueError(f"{path}: no tokenizer.json or tokenizer.model")
+            path = found[0]
         if path.suffix == ".model":
             return cls.from_sentencepiece(path)
         if not path.is_file():

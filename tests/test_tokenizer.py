@@ -148,10 +148,9 @@ def byte_level_files():
     return {
         "gpt2": dict(pre=bl(add_prefix_space=False)),
         "gpt2-prefix-space": dict(pre=bl(add_prefix_space=True)),
-        "llama3": dict(pre=split(Regex(LLAMA3_PATTERN)), ignore_merges=True,
-                       post=processors.Sequence([processors.ByteLevel(trim_offsets=False),
-                                                 processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                                                               special_tokens=[("<|begin_of_text|>", 1)])])),
+        "llama3": dict(pre=split(Regex(LLAMA3_PATTERN)), ignore_merges=True, post=processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 1)])])),
         "qwen2-nfc": dict(pre=split(Regex(QWEN2_PATTERN)), norm=normalizers.NFC()),
         "possessive-nfkc": dict(pre=split(Regex(POSSESSIVE_PATTERN)), norm=normalizers.NFKC()),
         "digits-then-gpt2": dict(pre=pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
