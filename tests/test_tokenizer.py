@@ -125,6 +125,10 @@ BYTE_LEVEL_TEXTS = TEXTS + [
     "<|im_start|>user\nWhat is in frame 3?<|im_end|>\n<|im_start|>assistant\n",
     "<|endoftext|><|endoftext|>", "no<|im_end|>space", "  <|im_start|>  spaced  <|im_end|>  ",
     "<image> <image>x", "\n", "\n\n\n", " ", "a", "''", "'s", "!!!???...",
+    # where regex engines may differ on \s, \p{L} and \p{N}: odd spaces, controls, marks, other numerals
+    "a\x1cb \x1c c", "x\x0by\x0c z", "p\x85q \u2028 r\u2029s", "\u3000ideographic\u3000space", "zero\u200bwidth",
+    "\ufeffbom", "rtl \u202e mark", "a\x00b", "Ⅻ roman ⅻ", "𝟘𝟙 math digits", "ǅ titlecase", "e\u0301\u0302 marks",
+    "ﾊﾝｶｸ",
 ]
 
 # the pre-tokenizer patterns of files in the wild, written as tokenizers' Split pre-tokenizer holds them
