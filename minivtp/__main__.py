@@ -1,8 +1,11 @@
 """python -m minivtp answer: ask a video a question with a PLLaVA / Tarsier / LLaVA checkpoint, LLM-VTP on.
 python -m minivtp eval: a multiple-choice benchmark in MVBench's format (minivtp/evaluate.py).
+python -m minivtp generate: text from any LLaMA checkpoint with our decoder and tokenizer (no video).
 
     python -m minivtp answer --weights pllava-7b --video clip.mp4 --question "What is he doing?" \\
         --alpha 0.1 --layer 10 --device cuda --dtype bfloat16 --heatmap kept.png
+
+    python -m minivtp generate --weights "$(python -m minivtp.smollm2)" --prompt "Why is the sky blue?" --chat
 
 Prints the answer, the kept ratio and the prefill and decode times (--json: one JSON object). Any problem is one
 line on stderr and exit code 2.
@@ -11,6 +14,7 @@ line on stderr and exit code 2.
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -127,6 +131,44 @@ def heatmap(frames, scores, kept, video, model, size=168):
     return img
 
 
+def generate_text(args):
+    """python -m minivtp generate: greedy text from a LLaMA checkpoint, read by weights.load and our tokenizer."""
+    import weights
+    from minivtp.generate import generate
+    from minivtp.prompts import chat_prompt
+    from minivtp.tokenizer import Tokenizer
+
+    check_device(args.device)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
+    if args.system is not None and not args.chat:
+        raise ValueError("--system goes with --chat (without it the prompt is used as it is)")
+    t = time.perf_counter()
+    model = weights.load(args.weights, dtype=DTYPES[args.dtype], device=args.device)
+    tok = Tokenizer.from_file(args.weights)
+    load_s = time.perf_counter() - t
+    text = args.prompt
+    if args.chat:  # ChatML when the tokenizer has its markers (SmolLM2, Qwen2), Vicuna's conversation otherwise
+        text = chat_prompt(args.prompt, chatml="<|im_start|>" in tok.added, system=args.system)
+    ids = tok.encode(text)
+    if not ids:
+        raise ValueError("--prompt is empty: there is nothing to continue")
+    eos = tok.eos
+    if eos is None:  # no eos_token in tokenizer_config.json: the model's config.json says which id ends
+        eos = weights.read_config(Path(args.weights)).get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) else eos
+    with torch.no_grad():
+        embeds = model.embed(torch.tensor([ids], device=args.device))  # (1, N, C)
+    out = generate(model, embeds, args.max_new_tokens, eos_id=eos)
+    tokens = out.tokens.tolist()
+    print(tok.decode([t for t in tokens if t != eos], skip_special=True), flush=True)
+    n = len(tokens)
+    decode = f"decode {(n - 1) / out.decode_s:.1f} tokens/s" if n > 1 and out.decode_s > 0 else "no decode step"
+    print(f"{n} new tokens at {n / (out.prefill_s + out.decode_s):.1f} tokens/s: prefill of {len(ids)} prompt tokens "
+          f"{out.prefill_s * 1e3:.0f} ms, {decode} (load {load_s:.1f} s)", file=sys.stderr)
+    return 0
+
+
 def main(argv=None):
     p = Parser(prog="python -m minivtp", description="minivtp: LLM-VTP on a video LLM")
     sub = p.add_subparsers(dest="command", required=True)
@@ -177,14 +219,26 @@ def main(argv=None):
                    "default compiles the decoder block once for the loop, fast.compile_blocks, and the "
                    "decode step with autotuned products, fast.FastDecoder(compile=True))")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    g = sub.add_parser("generate", help="text from a LLaMA checkpoint (SmolLM2: python -m minivtp.smollm2)")
+    g.add_argument("--weights", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")
+    g.add_argument("--prompt", required=True, help="the text to continue, or with --chat the user's message")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt as one user turn: ChatML when the tokenizer "
+                   "has <|im_start|>, Vicuna's conversation otherwise")
+    g.add_argument("--system", default=None, help="with --chat: the system message (default: none for ChatML, "
+                   "Vicuna's own sentence for Vicuna)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     args = p.parse_args(argv)
     try:
+        if args.command == "generate":
+            return generate_text(args)
         if args.command == "eval":
             from minivtp import evaluate
             check_device(args.device)
             return evaluate.run(args)
         return answer(args)
-    except ValueError as e:  # every expected problem is a ValueError with a message that names it
+    except (ValueError, ImportError) as e:  # every expected problem: a message that names it (or the package)
         print(f"error: {e}", file=sys.stderr)
         return 2
 
