@@ -17,9 +17,20 @@ each. A worked example: a 40-frame video at 10 fps, MVBench's segment 1.2 s .. 2
     start_idx = max(0, round(1.2 * 10)) = 12      end_idx = min(round(2.0 * 10), 39) = 20
     seg = (20 - 12) / 8 = 1.0                      frames int(12 + 0.5 + round(1.0 * i)) = 12, 13, ..., 19
 
-and the whole video (no segment): start_idx 0, end_idx 39 (the last frame), seg 4.875, frames 2, 7, 12, 17, 21,
-26, 31, 36. A folder of JPEG frames (MVBench's Episodic Reasoning, TVQA at 3 fps) is numbered from 00001.jpg, so
-start_idx is at least 1 and end_idx at most the number of files (read_frame, lines 366-373).
+    >>> pllava_indices(8, fps=10, max_frame=39, bound=(1.2, 2.0))
+    [12, 13, 14, 15, 16, 17, 18, 19]
+
+and the whole video (no segment): start_idx 0, end_idx 39 (the last frame), seg 4.875; for i = 4, round(19.5)
+is 20 (half to even), so int(2.4375 + 20) = 22:
+
+    >>> pllava_indices(8, fps=10, max_frame=39)
+    [2, 7, 12, 17, 22, 26, 31, 36]
+
+A folder of JPEG frames (MVBench's Episodic Reasoning, TVQA at 3 fps) is numbered from 00001.jpg, so start_idx is
+at least 1 and end_idx at most the number of files (read_frame, lines 366-373): 30 files, 2.0 s .. 6.0 s:
+
+    >>> pllava_indices(8, fps=3, max_frame=30, bound=(2.0, 6.0), first_idx=1)
+    [6, 8, 9, 10, 12, 14, 15, 16]
 
 Sources (file and line, read at magic-research/PLLaVA 6f49fd2 unless named otherwise):
 - MVBench's task table: tasks/eval/mvbench/__init__.py, MVBenchDataset.data_list_info, lines 68-90.
@@ -285,8 +296,8 @@ def load_videomme(_, data: Path) -> list:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ValueError(f"{path} is parquet: reading it needs the optional package 'pyarrow': pip install pyarrow (or .[benchmarks])"
-                         ) from None
+        raise ValueError(f"{path} is parquet: reading it needs the optional package 'pyarrow': pip install "
+                         "pyarrow (or .[benchmarks])") from None
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow's own error types for a broken file
@@ -428,14 +439,16 @@ def write_outputs(benchmark: str, out: Path, rows: list, questions: list) -> lis
     if benchmark in OPEN_ENDED:
         folder = out.with_name(out.name + ".judge")
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "inference_results.json").write_text(json.dumps(judge_rows(benchmark, rows, by_id), indent=1))
+        judged = judge_rows(benchmark, rows, by_id)
+        (folder / "inference_results.json").write_text(json.dumps(judged, indent=1))
         script = {"videoqa": "tasks.eval.videoqabench.pllava_eval_videoqabench",
                   "vcgbench": "tasks.eval.vcgbench.pllava_eval_vcgbench"}[benchmark]
         extra = " --test_datasets " + "-".join(sorted({q["task_type"] for q in questions})) \
             if benchmark == "videoqa" else ""
         return [f"{benchmark} is scored by GPT-3.5-Turbo-0125 as a judge (the paper, Sec. 4.1); minivtp cannot call "
                 f"it, and prints no score of its own.",
-                f"predictions for the judge: {folder / 'inference_results.json'}",
+                f"predictions for the judge: {folder / 'inference_results.json'} ({len(judged)} answers; "
+                f"{len(rows) - len(judged)} questions with an error line are not in it)",
                 f"to score: in a PLLaVA checkout with OPENAI_API_KEY set, python -m {script} "
                 f"--pretrained_model_name_or_path unused --num_frames 16 --save_path {folder.resolve()}{extra}  "
                 f"(it finds inference_results.json there, skips inference and asks the judge)"]

@@ -207,7 +207,7 @@ def summary(rows: list) -> dict:
         tasks[r["task_type"]][0] += bool(r["correct"])
     answered = [r for r in rows if "error" not in r]
     return dict(questions=len(rows), correct=sum(bool(r["correct"]) for r in scored),
-                accuracy=sum(bool(r["correct"]) for r in scored) / max(1, len(scored)),
+                accuracy=sum(bool(r["correct"]) for r in scored) / len(scored) if scored else None,
                 unscored=len(rows) - len(scored),
                 per_task={t: dict(correct=c, total=n, accuracy=c / n) for t, (c, n) in sorted(tasks.items())},
                 errors=len(rows) - len(answered), unparsed=sum(1 for r in answered if r.get("letter", "") is None),
@@ -327,10 +327,14 @@ def run(args) -> int:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"accuracy {s['accuracy']:.3f} ({s['correct']} of {s['questions']}); errors {s['errors']}, "
+    if s["accuracy"] is None:  # open-ended QA: its score is a judge's, not ours
+        head = f"{s['questions']} questions, none scored here"
+    else:
+        head = f"accuracy {s['accuracy']:.3f} ({s['correct']} of {s['questions'] - s.get('unscored', 0)})"
+    lines = [f"{head}; errors {s['errors']}, "
              f"answers without a letter {s['unparsed']}; mean kept ratio {s['mean_kept_ratio']:.3f}; "
              f"{s['seconds_per_question']:.3f} s per question"]
-    if s.get("unscored"):
+    if s.get("unscored") and s["accuracy"] is not None:
         lines.append(f"  {s['unscored']} questions without a public answer: not in the accuracy")
     for task, t in s["per_task"].items():
         lines.append(f"  {task:28s} {t['accuracy']:.3f}  ({t['correct']}/{t['total']})")

@@ -113,9 +113,14 @@ def mvbench(root: Path, seed=0):
     # Episodic Reasoning: 30 JPEGs at 3 fps, segment 2.0 .. 6.0 s (frames from 1)
     frames, a2, b2, seg2, whole2 = segment_case(g, 30, 3, (2.0, 6.0), first_idx=1, max_frame=30)
     write_frame_folder(root / "video/tvqa/frames_fps3_hq/clip_0001", frames)
+    gap = root / "video/tvqa/frames_fps3_hq/clip_gap"
+    write_frame_folder(gap, frames)
+    (gap / "00008.jpg").rename(gap / "00031.jpg")  # frame 8, one the segment reads, is not there (still 30 files)
     er = [dict(video="clip_0001", question=text(b2)[0], candidates=CANDIDATES, answer="triangle blue",
                start=2.0, end=6.0),
           dict(video="clip_missing", question=text(b2)[0], candidates=CANDIDATES, answer="triangle blue",
+               start=2.0, end=6.0),
+          dict(video="clip_gap", question=text(b2)[0], candidates=CANDIDATES, answer="triangle blue",
                start=2.0, end=6.0)]
     facts["Episodic Reasoning"] = dict(seg=seg2, whole=whole2, a=a2, b=b2)
     # Object Shuffle: whole videos, 33 frames at 8 fps

@@ -67,6 +67,11 @@ def test_frame_rule_is_pllavas(n, fps, count, bound, first):
         reference_indices(n, fps, max_frame, bound, first)
 
 
+def test_the_module_docstrings_worked_examples():
+    import doctest
+    assert doctest.testmod(benchmarks).failed == 0 and doctest.testmod(benchmarks).attempted == 3
+
+
 def test_a_segment_outside_the_video_is_an_error():
     with pytest.raises(ValueError, match=r"segment 50.0..60.0 s at 10 fps gives frames .* outside the video's 0..39"):
         benchmarks.pllava_indices(8, 10, 39, (50.0, 60.0))
@@ -101,15 +106,16 @@ def test_mvbench_segments_frames_and_missing_files(trees, tmp_path):
     # a missing video, a missing frame folder: error rows with the path; the run went on
     assert str(data / "video/ssv2_video/nowhere.webm") in got["Action Antonym/0"]["error"]
     assert str(data / "video/tvqa/frames_fps3_hq/clip_missing") in got["Episodic Reasoning/1"]["error"]
+    assert got["Episodic Reasoning/2"]["error"].startswith(str(data / "video/tvqa/frames_fps3_hq/clip_gap/00008.jpg"))
     s = json.loads(run.stdout)
-    assert s["errors"] == 2 and s["per_task"]["Action Sequence"] == dict(correct=2, total=2, accuracy=1.0)
-    assert s["accuracy"] == pytest.approx(5 / 7)
+    assert s["errors"] == 3 and s["per_task"]["Action Sequence"] == dict(correct=2, total=2, accuracy=1.0)
+    assert s["accuracy"] == pytest.approx(5 / 8)
     # without --tasks, each of the 16 absent task files is one error row that names it
     full = eval_main("--benchmark", "mvbench", "--data", data, "--weights", toy.ASSETS, "--out", tmp_path / "all.jsonl",
                     "--json")
     assert full.returncode == 0, full.stderr[-3000:]
     errors = [r["error"] for r in rows(tmp_path / "all.jsonl") if "error" in r]
-    assert len(errors) == 18 and any(str(data / "json/fine_grained_pose.json") in e for e in errors)
+    assert len(errors) == 19 and any(str(data / "json/fine_grained_pose.json") in e for e in errors)
     bad = eval_main("--benchmark", "mvbench", "--data", data, "--weights", toy.ASSETS, "--out", tmp_path / "x.jsonl",
                    "--tasks", "Action Sequnce")
     assert bad.returncode == 2 and "--tasks 'Action Sequnce' is not a task of mvbench" in bad.stderr
@@ -172,6 +178,7 @@ def test_open_ended_writes_the_judges_files(trees, tmp_path):
     run = eval_main("--benchmark", "videoqa", "--data", root / "videoqa", "--weights", toy.ASSETS, "--out", out)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "minivtp cannot call it, and prints no score of its own" in run.stdout
+    assert run.stdout.startswith("7 questions, none scored here") and "accuracy" not in run.stdout
     assert "python -m tasks.eval.videoqabench.pllava_eval_videoqabench" in run.stdout
     got = {r["id"]: r for r in rows(out)}
     assert got["ActivityNet_0"]["video"] == "ActivityNet/all_test/v_clip7.mp4"
