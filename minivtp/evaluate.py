@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
+from minivtp import benchmarks
 # MVBench's prompt and letter rule live with the benchmarks' readers; --questions uses them too
 from minivtp.benchmarks import ANSWER_PROMPT, LETTERS, POST_QUERY, letter_of, qa_text  # noqa: F401
-
 
 
 def read_questions(path) -> list:
@@ -141,7 +141,6 @@ class Answerer:
 
     def ask_benchmark(self, q: dict, benchmark: str) -> dict:
         """One question of a downloaded benchmark: the row's prediction(s), letter, frames read and costs."""
-        from minivtp import benchmarks
         from minivtp import toy
         frames, indices = benchmarks.read_clip(q, self.args.data, toy.T if self.toy else self.model.frames)
         open_ended = benchmark in benchmarks.OPEN_ENDED
@@ -243,7 +242,6 @@ def run(args) -> int:
     out = Path(args.out)
     benchmark = getattr(args, "benchmark", None)
     if benchmark:
-        from minivtp import benchmarks
         if not args.data:
             raise ValueError("--benchmark needs --data DIR, the folder the benchmark was downloaded to")
         questions = benchmarks.load(benchmark, args.data, args.tasks.split(",") if args.tasks else None)
@@ -267,42 +265,12 @@ def run(args) -> int:
     start = time.perf_counter()
     with open(shard, "a") as f:
         for n, q in enumerate(mine, 1):
-            row = dict(id=q["id"], task_type=q["task_type"])
-            t0 = time.perf_counter()
-            if benchmark:
-                row["video"] = q["video"]
-                try:
-                    if "_error" in q:
-                        raise ValueError(q["_error"])
-                    row.update(answer.ask_benchmark(q, benchmark), seconds=time.perf_counter() - t0)
-                    if "letter" in row:  # multiple choice; None: the answer is not public (EgoSchema's full set)
-                        row.update(answer=q["answer"], correct=row["letter"] == q["answer"] if q["answer"] else None)
-                except ValueError as e:  # a missing file, video or frame: recorded with its path, the run goes on
-                    row.update(error=str(e), correct=None if benchmark in ("videoqa", "vcgbench") or
-                               (benchmark == "egoschema" and q.get("answer") is None) else False)
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                status = "error: " + row["error"] if "error" in row else \
-                    {True: "right", False: "wrong", None: "answered"}[row.get("correct")]
-                print(f"[rank {rank}] {n}/{len(mine)} {q['task_type']}: {row.get('letter', '')} {status}  "
-                      f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-                continue
-            problem = check_entry(q)
-            try:
-                if problem:
-                    raise ValueError(f"question {q['id']}: {problem}")
-                prediction, letter, facts = answer(q, videos)
-                truth = LETTERS[q["candidates"].index(q["answer"])]
-                # the toy names any object in the video: each of those answers is right ("right_answers")
-                right = prediction in q["right_answers"] if "right_answers" in q else letter == truth
-                row.update(prediction=prediction, letter=letter, answer=truth, correct=right,
-                           seconds=time.perf_counter() - t0, **facts)
-            except ValueError as e:  # a bad question or video: recorded, and the run goes on
-                row.update(error=str(e), correct=False)
+            row = benchmark_row(answer, q, benchmark) if benchmark else questions_row(answer, q, videos)
             f.write(json.dumps(row) + "\n")
             f.flush()
-            print(f"[rank {rank}] {n}/{len(mine)} {q['task_type']}: {row.get('letter')} "
-                  f"{'right' if row['correct'] else 'wrong' if 'error' not in row else 'error: ' + row['error']}  "
+            status = "error: " + row["error"] if "error" in row else \
+                {True: "right", False: "wrong", None: "answered"}[row.get("correct")]
+            print(f"[rank {rank}] {n}/{len(mine)} {q['task_type']}: {row.get('letter')} {status}  "
                   f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if world > 1:
         dist.barrier()
@@ -324,6 +292,42 @@ def run(args) -> int:
             res["notes"] = benchmarks.write_outputs(benchmark, out, done_rows, questions)
         print(json.dumps(res) if args.json else format_summary(res))
     return 0
+
+
+def questions_row(answer: Answerer, q: dict, videos: Path) -> dict:
+    """The line for one question of a --questions file (MVBench's format, or the toy's)."""
+    row = dict(id=q["id"], task_type=q["task_type"])
+    t0 = time.perf_counter()
+    problem = check_entry(q)
+    try:
+        if problem:
+            raise ValueError(f"question {q['id']}: {problem}")
+        prediction, letter, facts = answer(q, videos)
+        truth = LETTERS[q["candidates"].index(q["answer"])]
+        # the toy names any object in the video: each of those answers is right ("right_answers")
+        right = prediction in q["right_answers"] if "right_answers" in q else letter == truth
+        row.update(prediction=prediction, letter=letter, answer=truth, correct=right,
+                   seconds=time.perf_counter() - t0, **facts)
+    except ValueError as e:  # a bad question or video: recorded, and the run goes on
+        row.update(error=str(e), correct=False)
+    return row
+
+
+def benchmark_row(answer: Answerer, q: dict, benchmark: str) -> dict:
+    """The line for one question of a --benchmark: with the video and frames read. "correct" is None where there
+    is nothing to compare with here (open-ended QA; EgoSchema's questions without a public answer)."""
+    row = dict(id=q["id"], task_type=q["task_type"], video=q["video"])
+    t0 = time.perf_counter()
+    unscored = benchmark in benchmarks.OPEN_ENDED or q.get("answer", "") is None
+    try:
+        if "_error" in q:
+            raise ValueError(q["_error"])
+        row.update(answer.ask_benchmark(q, benchmark), seconds=time.perf_counter() - t0)
+        if "letter" in row:  # multiple choice
+            row.update(answer=q["answer"], correct=None if unscored else row["letter"] == q["answer"])
+    except ValueError as e:  # a missing file, video or frame: recorded with its path, and the run goes on
+        row.update(error=str(e), correct=None if unscored else False)
+    return row
 
 
 def format_summary(s: dict) -> str:
