@@ -302,6 +302,10 @@ def load_videomme(_, data: Path) -> list:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow's own error types for a broken file
         raise ValueError(f"{path}: cannot read this parquet file ({e})") from None
+    need = {"videoID", "question_id", "duration", "question", "options", "answer"}
+    if rows and need - set(rows[0]):
+        raise ValueError(f"{path}: has no column {', '.join(sorted(need - set(rows[0])))} (Video-MME's test split "
+                         f"has {', '.join(sorted(need))})")
     out = []
     for r in rows:
         name = next((f"data/{r['videoID']}.{x}" for x in ("mp4", "MP4", "mkv") if
@@ -318,8 +322,14 @@ def load_egoschema(_, data: Path) -> list:
     if not path.exists():
         return [missing("full", path, "no such file")]
     answers = read_json(data / "subset_answers.json") if (data / "subset_answers.json").exists() else {}
+    entries = read_json(path)
+    if not isinstance(entries, list) or not isinstance(answers, dict):
+        raise ValueError(f"{path} must hold a list of questions and subset_answers.json an object q_uid -> 0..4")
     out = []
-    for i, e in enumerate(read_json(path)):
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            out.append(dict(id=str(i), task_type="full", video=None, _error=f"{path} entry {i} is not an object"))
+            continue
         uid = e.get("q_uid", str(i))
         options = [e.get(f"option {k}") for k in range(5)]
         q = dict(id=uid, task_type="subset" if uid in answers else "full", video=f"videos/{uid}.mp4",
@@ -337,12 +347,19 @@ def load_open(benchmark: str, data: Path) -> list:
     for task in TASKS[benchmark]:
         try:
             qs = read_json(data / task.file)
-            ans = read_json(data / task.answers) if task.answers else None
+            ans = read_json(data / task.answers) if task.answers else [{}] * len(qs)
+            if not isinstance(qs, list) or not isinstance(ans, list) or len(ans) != len(qs):
+                raise ValueError(f"{data / task.file}: needs a list of questions and {task.answers or 'nothing'} "
+                                 "an answer for each, in the same order")
         except ValueError as e:
             out.append(missing(task.name, data / task.file, str(e).split(": ", 1)[-1]))
             continue
-        for i, e in enumerate(qs):
-            e = dict(e, **(ans[i] if ans else {}))  # test_q.json and test_a.json pair up by position (line 285)
+        for i, (e, a) in enumerate(zip(qs, ans)):
+            if not isinstance(e, dict) or not isinstance(a, dict):
+                out.append(dict(id=f"{task.name}/{i}", task_type=task.name, video=None,
+                                _error=f"{data / task.file} entry {i} (or its answer) is not an object"))
+                continue
+            e = dict(e, **a)  # test_q.json and test_a.json pair up by position (line 285)
             name = str(e.get("video_name"))
             if task.name == "ActivityNet":
                 name = "v_" + name

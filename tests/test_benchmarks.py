@@ -202,6 +202,21 @@ def test_open_ended_writes_the_judges_files(trees, tmp_path):
     assert judge["generic_qa"]["video_path"] == "Videos/Benchmarking/v_abc.mp4"
 
 
+def test_broken_question_files_are_one_line_each(tmp_path):
+    (tmp_path / "MSVD_Zero_Shot_QA").mkdir()
+    (tmp_path / "MSVD_Zero_Shot_QA/test_q.json").write_text(json.dumps([dict(video_name="a", question="q")]))
+    (tmp_path / "MSVD_Zero_Shot_QA/test_a.json").write_text(json.dumps([]))  # one answer short
+    got = {q["task_type"]: q for q in benchmarks.load("videoqa", tmp_path)}
+    assert "an answer for each, in the same order" in got["MSVD_QA"]["_error"]
+    assert str(tmp_path / "TGIF_QA/test_q.json") in got["TGIF_QA"]["_error"]
+    (tmp_path / "questions.json").write_text(json.dumps(["not a question"]))
+    assert benchmarks.load("egoschema", tmp_path)[0]["_error"].endswith("entry 0 is not an object")
+    with pytest.raises(ValueError, match="--data .*nowhere: no such folder"):
+        benchmarks.load("mvbench", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="--benchmark 'mvbenc' is not one of mvbench, videomme"):
+        benchmarks.load("mvbenc", tmp_path)
+
+
 def test_vcg_stop_words_and_pllava_prompts():
     assert benchmarks.open_answer("vcgbench", " A man runs.### USER: more") == "A man runs."
     assert benchmarks.open_answer("videoqa", " a dog ") == "a dog"
