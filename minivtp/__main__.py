@@ -1,5 +1,6 @@
 """python -m minivtp answer: ask a video a question with a PLLaVA / Tarsier / LLaVA checkpoint, LLM-VTP on.
-python -m minivtp eval: a multiple-choice benchmark in MVBench's format (minivtp/evaluate.py).
+python -m minivtp eval: a multiple-choice benchmark in MVBench's format (minivtp/evaluate.py), or one of the paper's
+benchmarks as downloaded (--benchmark, minivtp/benchmarks.py).
 python -m minivtp generate: text from any LLaMA checkpoint with our decoder and tokenizer (no video).
 
     python -m minivtp answer --weights pllava-7b --video clip.mp4 --question "What is he doing?" \\
@@ -198,10 +199,16 @@ def main(argv=None):
     a.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale for unmerged adapters when the directory "
                    "has no adapter_config.json (PLLaVA's released weights: 4)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
-    e = sub.add_parser("eval", help="multiple-choice video QA in MVBench's format (torchrun for several GPUs)")
+    e = sub.add_parser("eval", help="a video QA benchmark: MVBench's format, or one as downloaded (--benchmark); "
+                                    "torchrun for several GPUs")
     e.add_argument("--weights", required=True, help="checkpoint directory (or a toy directory)")
-    e.add_argument("--questions", required=True, help="MVBench-format JSON: a list of questions or task -> list")
-    e.add_argument("--videos", required=True, help="folder the questions' video paths are relative to")
+    e.add_argument("--questions", default=None, help="MVBench-format JSON: a list of questions or task -> list")
+    e.add_argument("--videos", default=None, help="folder the questions' video paths are relative to")
+    e.add_argument("--benchmark", default=None, choices=("mvbench", "videomme", "egoschema", "videoqa", "vcgbench"),
+                   help="read a benchmark as it is downloaded, from --data (instead of --questions and --videos)")
+    e.add_argument("--data", default=None, help="the folder a --benchmark was downloaded to (minivtp/benchmarks.py)")
+    e.add_argument("--tasks", default=None, help="some of the benchmark's tasks, comma-separated (MVBench: "
+                   "'Action Sequence,Episodic Reasoning'; videomme: short,medium,long; videoqa: MSVD_QA,...)")
     e.add_argument("--out", required=True, help="JSON lines, one per question; a rerun skips the ids in it")
     e.add_argument("--method", default="llm-vtp", choices=("llm-vtp", "fastv", "prumerge+", "look-m", "random",
                                                            "complement"))
@@ -210,7 +217,8 @@ def main(argv=None):
     e.add_argument("--head-pool", default="max", choices=("max", "mean", "min"))
     e.add_argument("--recent", type=float, default=0.05)
     e.add_argument("--important", type=float, default=0.05)
-    e.add_argument("--max-new-tokens", type=int, default=5, help="the letter and a few words")
+    e.add_argument("--max-new-tokens", type=int, default=None, help="default 5 (the letter and a few words); 100 "
+                   "for open-ended QA, as PLLaVA's scripts")
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=sorted(DTYPES))
     e.add_argument("--lora-alpha", type=float, default=None)
