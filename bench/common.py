@@ -493,7 +493,8 @@ def write_tokenizer(d: Path, image_token: int):
                                dict(type="Replace", pattern=dict(String=" "), content="\u2581")]),
                pre_tokenizer=None,
                post_processor=dict(type="TemplateProcessing", single=[dict(SpecialToken=dict(id="<s>", type_id=0)),
-                                   dict(Sequence=dict(id="A", type_id=0))], pair=[], special_tokens={}),
+                                   dict(Sequence=dict(id="A", type_id=0))], pair=[],
+                                   special_tokens={"<s>": dict(id="<s>", ids=[1], tokens=["<s>"])}),
                decoder=None,
                model=dict(type="BPE", dropout=None, unk_token="<unk>", continuing_subword_prefix=None,
                           end_of_word_suffix=None, fuse_unk=True, byte_fallback=True, vocab=vocab, merges=merges))
@@ -526,8 +527,16 @@ def config_dicts(s: Shape):
 def hf_models(text: dict, vision: dict, device, dtype, init=True):
     """(CLIPVisionModel, LlamaForCausalLM, projector) built on `device` in `dtype`. init=False skips transformers'
     weight initialisation (the weights are about to be loaded), as from_pretrained does."""
+    import contextlib
+
     import transformers
-    from transformers.initialization import no_init_weights
+    try:  # transformers 5
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:  # transformers 4
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:  # initialise, then overwrite: slower, the same weights in the end
+            no_init_weights = contextlib.nullcontext
     llm_cfg, clip_cfg = hf_configs(text, vision)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
