@@ -88,7 +88,8 @@ def shape(tiny: bool = False) -> Shape:
     if tiny:
         cuda = torch.cuda.is_available()
         return Shape(TINY_TEXT, TINY_VISION, prefix=5, frames=4, grid=2, question=6, image_token=384,
-                     growth=(2, 4, 8), lora_rank=4, frame_size=(36, 64), new_tokens=(2, 4), device="cuda" if cuda else "cpu",
+                     growth=(2, 4, 8), lora_rank=4, frame_size=(36, 64), new_tokens=(2, 4),
+                     device="cuda" if cuda else "cpu",
                      dtype=torch.bfloat16 if cuda else torch.float32, tiny=True)
     if not torch.cuda.is_available():
         sys.exit(f"{Path(sys.argv[0]).name}: the full shape needs a CUDA GPU (--tiny runs a small one on the CPU)")
@@ -330,6 +331,41 @@ def write_json(out: Path, name: str, res: dict) -> Path:
     return path
 
 
+def timings(res, path=()):
+    """{"a / b / c": number} for every timing in a result (keys median_s or ending in _ms); lists of growth rows
+    keyed by their frames and setting, so that two runs line up."""
+    out = {}
+    if isinstance(res, list) and all(isinstance(r, dict) and "frames" in r for r in res):
+        res = {f"{r['frames']} frames {r.get('setting', '')}".strip(): r for r in res}
+    if isinstance(res, dict):
+        for k, v in res.items():
+            out.update(timings(v, path + (str(k),)))
+    elif isinstance(res, (int, float)) and not isinstance(res, bool) and path and \
+            (path[-1] == "median_s" or path[-1].endswith("_ms")):
+        out[" / ".join(path)] = float(res)
+    return out
+
+
+def compare(old_path: Path, new_path: Path, tolerance: float = 0.05) -> int:
+    """Every timing the two JSON files share, old beside new (a run of an earlier commit's script against this
+    one's, in the same lease): the before/after table. Marks each figure that moved by more than `tolerance`."""
+    old, new = json.loads(Path(old_path).read_text()), json.loads(Path(new_path).read_text())
+    a, b = timings(old), timings(new)
+    shared = [k for k in a if k in b]
+    for name, res, path in (("old", old, old_path), ("new", new, new_path)):
+        print(f"{name}: {path}: {res.get('device', '?')}, torch {res.get('torch', '?')}, {res.get('command', '')}")
+    print("\n| figure | old | new | new / old |\n| --- | --- | --- | --- |")
+    moved = 0
+    for k in shared:
+        ratio = b[k] / a[k] if a[k] else float("nan")
+        flag = " **" if abs(ratio - 1) > tolerance else ""
+        moved += bool(flag)
+        print(f"| {k} | {a[k]:.4g} | {b[k]:.4g} | {ratio:.3f}{flag} |")
+    print(f"\n{len(shared)} figures in both, {moved} moved by more than {tolerance:.0%} (marked **); "
+          f"{len(a) - len(shared)} only in the old run, {len(b) - len(shared)} only in the new one")
+    return 0
+
+
 def parts(arg: str, known: tuple) -> list:
     """--parts a,b,c checked against the script's parts (all of them when not given)."""
     if not arg:
@@ -462,7 +498,8 @@ def write_checkpoint(d: Path, s: Shape, shard_bytes: float = 4e9, seed: int = 0)
     (d / "adapter_config.json").write_text(json.dumps({"lora_alpha": LORA_ALPHA, "r": s.lora_rank}))
     write_tokenizer(d, s.image_token)
     H, W = s.frame_size
-    pixels = torch.randint(0, 256, (s.frames, H, W, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (s.frames, H, W, 3), dtype=torch.uint8, generator=g)
     save_file({"frames": pixels}, frames)
     marker.write_text(json.dumps(stamp))
     return Checkpoint(d, frames, names)
@@ -488,7 +525,8 @@ def write_tokenizer(d: Path, image_token: int):
                     special=True)
 
     tok = dict(version="1.0", truncation=None, padding=None,
-               added_tokens=[special("<unk>", 0), special("<s>", 1), special("</s>", 2), special("<image>", image_token)],
+               added_tokens=[special("<unk>", 0), special("<s>", 1), special("</s>", 2),
+                             special("<image>", image_token)],
                normalizer=dict(type="Sequence", normalizers=[dict(type="Prepend", prepend="\u2581"),
                                dict(type="Replace", pattern=dict(String=" "), content="\u2581")]),
                pre_tokenizer=None,

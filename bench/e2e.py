@@ -78,8 +78,8 @@ def questions(model, s, pixels, ids, kind, settings, res, reps):
         for setting in settings:
             first, median = loop(lambda: ask(model, s, pixels, ids, n_new, setting, decoder)[0], reps)
             _, out = ask(model, s, pixels, ids, n_new, setting, decoder)
-            res[f"{setting}{KINDS[kind]} | {n_new}"] = dict(first_s=first, median_s=median, cache_rows=out.cache_lens[-1],
-                                                            prompt_rows=out.prompt_len)
+            res[f"{setting}{KINDS[kind]} | {n_new}"] = dict(first_s=first, median_s=median,
+                                                            cache_rows=out.cache_lens[-1], prompt_rows=out.prompt_len)
             extra = f" ({time.perf_counter() - t:.0f} s since the compile began)" if kind == "compiled" else ""
             print(f"minivtp {setting:18s} {kind:8s} {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s{extra}",
                   flush=True)
@@ -94,7 +94,8 @@ def growth(model, s, reps: int = 3):
     for T in s.growth:
         N = s.prefix + T * s.nv + s.question
         if N + n_new > t_cfg.max_seq_len:
-            common.skip(f"growth at {T} frames", f"{N} + {n_new} rows exceed the config's {t_cfg.max_seq_len} positions")
+            common.skip(f"growth at {T} frames",
+                        f"{N} + {n_new} rows exceed the config's {t_cfg.max_seq_len} positions")
             continue
         embeds = common.random_embeds(s, N)
         video = common.VideoSpan(s.prefix, T, s.nv)
@@ -187,7 +188,8 @@ def summary(res):
     for n_new in tokens:
         for setting in QUESTION_SETTINGS:
             first = mv.get(f"{setting} compiled | {n_new}", {}).get("first_s")
-            print(f"| {setting} | {n_new} | {ms(mv, f'{setting} eager | {n_new}')} | {ms(mv, f'{setting} | {n_new}')} | "
+            print(f"| {setting} | {n_new} | {ms(mv, f'{setting} eager | {n_new}')} | "
+                  f"{ms(mv, f'{setting} | {n_new}')} | "
                   f"{ms(mv, f'{setting} compiled | {n_new}')} | {'' if first is None else f'{first:.2f}'} |")
         for kind in ("default", "static"):
             print(f"| transformers {kind} | {n_new} | | {ms(hf, f'{kind} | {n_new}')} | | |")
@@ -198,6 +200,12 @@ def summary(res):
                 theirs = hf.get(f"{peer} | {n_new}", {}).get("median_s")
                 if ours and theirs:
                     print(f"{n_new:2d} tokens: LLM-VTP a0.1 M10 {label} vs transformers {peer}: {theirs / ours:.2f}x")
+    lo, hi = min(tokens), max(tokens)
+    for kind, label in ((" eager", "eager"), ("", "graphs"), (" compiled", "eval default")):
+        a, b = (mv.get(f"llm-vtp a0.1 M10{kind} | {n}", {}).get("median_s") for n in (lo, hi))
+        if a and b:  # what the longer answer's extra tokens cost each: the decode step inside the loop
+            print(f"LLM-VTP a0.1 M10 {label}: ({hi}-token - {lo}-token answer) / {hi - lo} = "
+                  f"{(b - a) / (hi - lo) * 1e3:.2f} ms per decoded token")
     rows = res.get("growth", [])
     if rows:
         print("\n| frames | prompt rows | prefill ms | decode ms/token | peak GB | KV GB | "
@@ -222,12 +230,19 @@ def summary(res):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for e2e.json")
+    p.add_argument("--out", type=Path, help="folder for e2e.json (required unless --compare)")
     p.add_argument("--parts", default="", help=f"comma-separated, of {', '.join(PARTS)} (default: all)")
     p.add_argument("--tiny", action="store_true", help="a tiny config, on the CPU when there is no GPU: a smoke test")
     p.add_argument("--reps", type=int, default=None, help="questions per setting: the first, then the median of the "
                    "rest (default 4; 2 with --tiny)")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
+                   help="print the timings two JSON files share, side by side (an earlier commit's e2e.json "
+                        "against this one's); runs nothing")
     args = p.parse_args(argv)
+    if args.compare:
+        return common.compare(*args.compare)
+    if args.out is None:
+        p.error("--out is required")
     chosen = common.parts(args.parts, PARTS)
     s = common.shape(args.tiny)
     reps = args.reps or (2 if args.tiny else 4)

@@ -62,7 +62,8 @@ def check_float32(s):
     model = common.random_llm(s, dtype=torch.float32)
     embeds = common.random_embeds(s, s.rows).float()
     settings = {k: m for k, m in PAPER_SETTINGS.items() if m is not None}
-    eager = {name: generate(model, embeds, n, video=s.video, method=m) for name, m in settings.items()}
+    eager = {name: generate(model, embeds, n, video=s.video, method=m, decoder=decoder_for("eager", model))
+             for name, m in settings.items()}
     compiled = common.cuda(s)
     if not compiled:
         common.skip("the compile in the float32 check", "eval compiles only on CUDA; checking the uncompiled fast path")
@@ -92,8 +93,7 @@ def copy_rate(s) -> float:
     n = 2**30 if common.cuda(s) else 2**24  # 2 GiB of bf16 on a GPU; 32 MiB on a CPU, only to run the code
     src = torch.randn(n, device=s.device, dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    ms = common.median_ms(lambda: dst.copy_(src), s.device, warmup=3, reps=10)
-    del src, dst
+    ms = common.median_ms(lambda: dst.copy_(src), s.device, warmup=3, reps=10)  # both freed on return
     return 2 * n * 2 / (ms / 1e3)
 
 
@@ -126,7 +126,8 @@ def decode_table(model, s, embeds, tokens, rate, variant, decoders):
         res[f"{name}_x_floor"] = r["ms"] / res["floor_ms"]
         if r["profile"]:
             res[f"{name}_step_kernels"] = r["profile"]["kernels"]
-            res[f"{name}_step_kernel_ms"], res[f"{name}_step_launches"] = r["profile"]["kernel_ms"], r["profile"]["launches"]
+            res[f"{name}_step_kernel_ms"] = r["profile"]["kernel_ms"]
+            res[f"{name}_step_launches"] = r["profile"]["launches"]
     print(f"{variant} decode: floor {res['floor_ms']:.2f} ms; " + ", ".join(
         f"{k} {res[k + '_ms']:.2f} ms ({res[k + '_x_floor']:.2f}x; first step {res[k + '_first_step_s']:.1f} s)"
         for k in decoders), flush=True)
@@ -187,13 +188,20 @@ def summary(res):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for floors.json")
+    p.add_argument("--out", type=Path, help="folder for floors.json (required unless --compare)")
     p.add_argument("--parts", default="", help=f"comma-separated, of {', '.join(PARTS)} (default: all)")
     p.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--reps", type=int, default=None, help="prefill repeats per setting, the median kept (default 7; "
                    "3 with --tiny)")
     p.add_argument("--tiny", action="store_true", help="a tiny config, on the CPU when there is no GPU: a smoke test")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
+                   help="print the timings two JSON files share, side by side (the old bench/fast_path.py's "
+                        "fast_path.json against floors.json); runs nothing")
     args = p.parse_args(argv)
+    if args.compare:
+        return common.compare(*args.compare)
+    if args.out is None:
+        p.error("--out is required")
     chosen, variants = common.parts(args.parts, PARTS), common.parts(args.variants, tuple(VARIANTS))
     s = common.shape(args.tiny)
     args.reps = args.reps or (3 if args.tiny else 7)
@@ -213,7 +221,8 @@ def main(argv=None):
         model = common.random_llm(s)
         embeds = common.random_embeds(s, s.rows)
         n = new_tokens(s)
-        out = generate(model, embeds, n, video=s.video, method=LLM_VTP)  # the tokens every decoder is fed
+        # the tokens every decoder is fed
+        out = generate(model, embeds, n, video=s.video, method=LLM_VTP, decoder=decoder_for("eager", model))
         tokens = list(out.tokens)
         res["weight_bytes_per_step"] = weight_bytes(model)
         for v in VARIANTS:  # in this order: each changes the model further
@@ -221,7 +230,8 @@ def main(argv=None):
                 fast.fuse_qkv(model)
             elif v == "compiled":
                 if not common.cuda(s):
-                    common.skip("the compiled variant", "eval compiles only on CUDA (torch.compile on a CPU takes minutes)")
+                    common.skip("the compiled variant",
+                                "eval compiles only on CUDA (torch.compile on a CPU takes minutes)")
                     continue
                 fast.prepare(model, compile=True)
             if v not in variants:

@@ -35,7 +35,8 @@ else:
     frames = [torch.from_numpy(every[i]) for i in sample_indices(len(every), 16)]
 print(len(frames), time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
-BASELINE = "import resource; import torch, av, minivtp.vision; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+BASELINE = "import resource; import torch, av, minivtp.vision; " \
+           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
 
 
 def make_clip(path: Path, seconds: int, width=1920, height=1080, fps=25):
@@ -82,13 +83,15 @@ def main(argv=None):
             clip = Path(tmp) / f"{seconds}s.mp4"
             t = time.perf_counter()
             make_clip(clip, seconds, *size)
-            print(f"made {seconds} s of {size[1]}p ({clip.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s",
+            print(f"made {seconds} s of {size[1]}p ({clip.stat().st_size / 1e6:.0f} MB) in "
+                  f"{time.perf_counter() - t:.0f} s",
                   file=sys.stderr, flush=True)
             for how in ("minivtp", "decode-everything"):
                 if how != "minivtp" and seconds > args.old_up_to:
                     continue
                 n, secs, rss = run(CHILD.format(how=how, path=str(clip)))
-                rows.append(dict(seconds=seconds, frames=seconds * 25, height=size[1], reader=how, kept=int(n), read_s=float(secs),
+                rows.append(dict(seconds=seconds, frames=seconds * 25, height=size[1], reader=how, kept=int(n),
+                                 read_s=float(secs),
                                  peak_rss_mb=int(rss) / 1e6, above_imports_mb=(int(rss) - base) / 1e6))
                 print(rows[-1], file=sys.stderr, flush=True)
     res = dict(common.machine(), script="frames", tiny=args.tiny, baseline_rss_mb=base / 1e6, rows=rows)

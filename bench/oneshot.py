@@ -96,7 +96,8 @@ def describe_answer(out, wall):
 def describe_hf(out, wall):
     inside = out["import_s"] + out["load_s"] + out["frames_s"] + out["encode_s"] + out["generate_s"]
     return dict(out, outside_s=wall - inside,
-                note=f"import transformers {out['import_s']:.2f}, load {out['load_s']:.2f}, frames {out['frames_s']:.2f}, CLIP + projector {out['encode_s']:.2f}, "
+                note=f"import transformers {out['import_s']:.2f}, load {out['load_s']:.2f}, frames "
+                     f"{out['frames_s']:.2f}, CLIP + projector {out['encode_s']:.2f}, "
                      f"generate {out['generate_s']:.2f} s, the rest {wall - inside:.2f} s")
 
 
@@ -165,7 +166,9 @@ def transformers_child(args):
     import_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    d, device, dtype = Path(args.dir), args.device, getattr(torch, args.dtype)
+    d, device, dtype = Path(args.dir), torch.device(args.device), getattr(torch, args.dtype)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # safetensors wants the index
     cfg = json.loads((d / "config.json").read_text())
     clip, llm, projector = common.hf_models(cfg["text_config"], cfg["vision_config"], device, dtype, init=False)
     want = {"llm": {}, "clip": {}, "projector": {}}
@@ -173,7 +176,7 @@ def transformers_child(args):
     clip_prefix = "vision_model." if next(iter(clip.state_dict())).startswith("vision_model.") else ""
     lora = {}
     for shard in sorted(set(json.loads((d / "model.safetensors.index.json").read_text())["weight_map"].values())):
-        for name, tensor in load_file(d / shard, device=device).items():
+        for name, tensor in load_file(d / shard, device=str(device)).items():
             if name.startswith("language_model.base_model.model."):
                 name = name[len("language_model.base_model.model."):]
                 if ".lora_" in name:  # q_proj.lora_A.default.weight -> q_proj.weight, "A"

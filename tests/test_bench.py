@@ -7,6 +7,7 @@ path's, the prompt transformers builds against the one minivtp builds."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +40,17 @@ def test_e2e_tiny_writes_every_question_and_the_growth(tmp_path):
         assert mv[f"unpruned | {n}"]["cache_rows"] == S.rows
         assert mv[f"llm-vtp a0.1 M10 | {n}"]["cache_rows"] == KEPT_ROWS
         assert res["transformers"][f"default | {n}"]["median_s"] > 0
+    # every figure an earlier commit's bench/e2e.py wrote (a run of it is in bench/results) has its namesake
+    # here, so `python -m bench.e2e --compare OLD NEW` lines them up; compiled and static do not run on a CPU
+    old = common.timings(json.loads((Path(common.ROOT) / "bench/results/e2e-h100-2026-11-24e.json").read_text()))
+    new = common.timings(res)
+    tiny = {"| 5 /": f"| {S.new_tokens[0]} /", "| 72 /": f"| {S.new_tokens[1]} /"}
+    for key in old:
+        if "compiled" in key or "static" in key:
+            continue
+        for a, b in tiny.items():
+            key = key.replace(a, b)
+        assert key in new, key
     rows = {(r["frames"], r["setting"]): r for r in res["growth"]}
     assert sorted(rows) == sorted((T, s) for T in S.growth for s in ("unpruned", "llm-vtp a0.1 M10"))
     for T in S.growth:
