@@ -134,17 +134,24 @@ LLM_VTP = QUESTION_SETTINGS["llm-vtp a0.1 M10"][0]  # the setting growth and one
 
 
 @torch.no_grad()
+def init_(t, name: str, g, std: float = 0.02):
+    """The one rule for random weights, by the tensor's name: biases 0, norms' gains 1 (input_layernorm,
+    pre_layrnorm (sic), layer_norm1, attn_norm ...), LoRA's B small (so a merge changes the weights, as a trained
+    adapter does), the rest N(0, std^2). In place, on the tensor's own device."""
+    if name.endswith("bias"):
+        return t.zero_()
+    if "norm" in name:
+        return t.fill_(1.0)
+    return t.normal_(0, std / 10 if "lora_B" in name else std, generator=g)
+
+
+@torch.no_grad()
 def randomize(module, seed: int = 0, std: float = 0.02):
-    """Every parameter drawn in place, on its own device: norms' gains 1, biases 0, the rest N(0, std^2).
-    The same function fills minivtp's models and transformers' (bench/e2e.py compares them on equal terms)."""
+    """Every parameter of a module drawn by init_. It fills minivtp's models and transformers' alike (bench/e2e.py
+    compares them on equal terms), and write_checkpoint's tensors follow the same rule."""
     g = torch.Generator(next(module.parameters()).device).manual_seed(seed)
     for name, p in module.named_parameters():
-        if name.endswith("bias"):
-            p.zero_()
-        elif "norm" in name:
-            p.fill_(1.0)
-        else:
-            p.normal_(0, std, generator=g)
+        init_(p, name, g, std)
     return module
 
 
@@ -443,8 +450,8 @@ LORA_ALPHA = 4  # PLLaVA's inference scripts pass --lora_alpha 4 (docs/checkpoin
 def write_checkpoint(d: Path, s: Shape, shard_bytes: float = 4e9, seed: int = 0) -> Checkpoint:
     """A random PLLaVA checkpoint in d, as the released one is laid out: safetensors shards of at most
     `shard_bytes` with an index, config.json, adapter_config.json (lora_alpha 4, r), a LLaMA-style tokenizer.json
-    with <image>, and frames.safetensors (16 random frames). Tensors are drawn on s.device (fast at 7B), in
-    s.dtype, norms 1, biases 0, LoRA B small (so the merge changes the weights, as a trained adapter does).
+    with <image>, and frames.safetensors (16 random frames). Tensors are drawn by init_ on s.device (fast at 7B),
+    in s.dtype.
     Rewriting is skipped when d already holds a checkpoint written for the same shape (d/bench-shape.json)."""
     from safetensors.torch import save_file
 
@@ -462,12 +469,7 @@ def write_checkpoint(d: Path, s: Shape, shard_bytes: float = 4e9, seed: int = 0)
     g = torch.Generator(s.device).manual_seed(seed)
     shards, shard, size = [], {}, 0
     for name, shape_ in checkpoint_tensors(s):
-        if name.endswith("bias"):
-            t = torch.zeros(shape_, device=s.device, dtype=s.dtype)
-        elif "norm" in name:  # input_layernorm, pre_layrnorm (sic), layer_norm1, ...
-            t = torch.ones(shape_, device=s.device, dtype=s.dtype)
-        else:
-            t = torch.randn(shape_, device=s.device, dtype=s.dtype, generator=g) * (0.002 if "lora_B" in name else 0.02)
+        t = init_(torch.empty(shape_, device=s.device, dtype=s.dtype), name, g)
         shard[name] = t.cpu()
         size += t.numel() * t.element_size()
         if size > shard_bytes:

@@ -1,6 +1,6 @@
 """Per question, as a user pays it, at PLLaVA-7B shape on one GPU: minivtp against transformers; then growth in frames.
 
-    python -m bench.e2e --out OUT                         # everything, OUT/e2e.json (about 5 minutes on an H200)
+    python -m bench.e2e --out OUT                         # everything, OUT/e2e.json (--parts splits it)
     python -m bench.e2e --out OUT --parts eager,graphs,compiled,hf,hf-static    # per question only
     python -m bench.e2e --out OUT --parts growth          # 8 .. 128 frames only
     python -m bench.e2e --out OUT --tiny                  # the same code at a tiny shape, on the CPU, in seconds

@@ -1,7 +1,7 @@
 """Speed against the floors at Vicuna-7B shape on one GPU: each decode path against the bandwidth floor, the pruned
 prefill against the FLOPs ratio, and a float32 check that the fast path gives the readable path's tokens.
 
-    python -m bench.floors --out OUT                       # everything, OUT/floors.json (about 3 minutes on an H200)
+    python -m bench.floors --out OUT                       # everything, OUT/floors.json
     python -m bench.floors --out OUT --parts check         # only the float32 token check
     python -m bench.floors --out OUT --variants compiled   # only eval's path (prefill and decode)
     python -m bench.floors --out OUT --tiny                # the same code at a tiny shape, on the CPU

@@ -1,7 +1,7 @@
 """What a one-shot user pays: the whole `python -m minivtp answer` command, from the shell to the printed answer,
 cold and warm, against a transformers script doing the same; and torch's on-disk compile cache across processes.
 
-    python -m bench.oneshot --out OUT                     # everything, OUT/oneshot.json (about 5 minutes on an H200)
+    python -m bench.oneshot --out OUT                     # everything, OUT/oneshot.json (--parts splits it)
     python -m bench.oneshot --out OUT --parts answer,transformers
     python -m bench.oneshot --out OUT --dir /tmp/pllava7b # keep the 14 GB checkpoint there, reused by later runs
     python -m bench.oneshot --out OUT --tiny              # the same code at a tiny shape, on the CPU
