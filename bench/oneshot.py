@@ -46,10 +46,20 @@ PARTS = ("answer", "transformers", "transformers-static", "eval-cache")
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32"}
 
 
+TIMEOUT_S = 300  # one process; a hung one is reported as such and the rest of the run goes on
+
+
 def run(cmd, env, label):
     """One fresh process, timed from its start to its exit: (wall seconds, its last stdout line as JSON or None)."""
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT, env=env)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT, env=env, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        wall = time.perf_counter() - t
+        err = (e.stderr or b"")[-1500:]
+        err = err.decode(errors="replace") if isinstance(err, bytes) else err
+        print(f"{label}: killed after {TIMEOUT_S} s", flush=True)
+        return dict(wall_s=wall, rc=None, error=f"timed out after {TIMEOUT_S} s: {err}"), None
     wall = time.perf_counter() - t
     lines = p.stdout.strip().splitlines()
     try:
@@ -286,6 +296,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="oneshot-") as tmp:
         t = time.perf_counter()
         ckpt = common.write_checkpoint(args.dir or Path(tmp) / "checkpoint", s)
+        if common.cuda(s):
+            torch.cuda.empty_cache()  # the GPU for the processes timed below
         res["checkpoint"] = dict(path=str(ckpt.path), shards=ckpt.shards, write_or_reuse_s=time.perf_counter() - t,
                                  gb=sum(f.stat().st_size for f in ckpt.path.glob("*.safetensors")) / 1e9)
         print(f"checkpoint {ckpt.path}: {len(ckpt.shards)} shards, {res['checkpoint']['gb']:.1f} GB "
