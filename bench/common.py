@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from minivtp.generate import Eager, Method, prefill
+from minivtp.generate import Method, decode_one_token, prefill
 from minivtp.model import Config, Transformer
 from minivtp.vision import VideoLLM, VisionConfig
 from minivtp.vtp import VideoSpan
@@ -259,12 +259,16 @@ def prefill_ms(model, embeds, video, method, decoder=None, warmup: int = 2, reps
 
 @torch.no_grad()
 def decode_ms(model, caches, tokens, pos: int, decoder=None, profile: bool = False) -> dict:
-    """The one decode-timing loop: the steps of `decoder` (default generate's Eager) fed `tokens` in turn (teacher
+    """The one decode-timing loop: the steps of `decoder` (default: generate.decode_one_token) fed `tokens` in turn (teacher
     forced, so every path computes the same rows) at positions pos, pos+1, ... after a prefill into `caches`, as
     many steps as a len(tokens)-token answer takes. The first step (where a graph is captured or a step compiled)
     is timed apart; the others give ms per token. profile: one more step under the profiler (its kernel table)."""
     n = len(tokens)
-    step = (decoder or Eager()).steps(model, caches, n)
+    if decoder is None:
+        def step(token, p):
+            return decode_one_token(model, token, p, caches)
+    else:
+        step = decoder.steps(caches, n)
     device = caches[0].k.device
     t = time.perf_counter()
     logits = [step(tokens[0], pos)]

@@ -67,7 +67,7 @@ def questions(model, s, pixels, ids, kind, settings, res, reps):
     """Every setting at 5 and 72 tokens through one decoder for the loop, as eval keeps one."""
     t = time.perf_counter()
     if kind == "eager":
-        decoder = fast.EagerOnGPU() if common.cuda(s) else None
+        decoder = fast.EagerOnGPU(model.llm) if common.cuda(s) else None
     elif kind == "graphs":
         fast.fuse_qkv(model.llm)  # what answer and eval --no-compile do on CUDA
         decoder = fast.FastDecoder(model.llm)

@@ -19,7 +19,7 @@ Parts (--parts):
              answer       `answer`'s FastDecoder(bucket=1, prefill_bucket=0): exact sizes, fused, nothing compiled
              graph_tuned  eval's default: FastDecoder(compile=True), the step through the autotuned block
   prefill  the 2,399-row prefill unpruned and in the paper's four settings (alpha 0.2 / 0.1, M 5 / 10), median of
-           --reps (7) after 2 warm-ups, CUDA events: the loop (generate's Eager: every layer from Python) and the
+           --reps (7) after 2 warm-ups, CUDA events: the loop (model.forward_layers: every layer from Python) and the
            graph tail (a FastDecoder's PrefillTail, rows after M padded to 16); speed-up against the unpruned
            prefill of the same column, beside the FLOPs ratio (minivtp.flops) and the fraction of it reached
 Variants (--variants), one bf16 model changed step by step as answer and eval change it:
@@ -105,7 +105,7 @@ def weight_bytes(model) -> int:
 
 def decoder_for(name, model):
     if name == "eager":
-        return fast.EagerOnGPU() if model.embed.weight.is_cuda else None
+        return fast.EagerOnGPU(model) if model.embed.weight.is_cuda else None
     if name == "graph":
         return fast.FastDecoder(model)
     if name == "answer":  # as minivtp/__main__.py's one_shot_decoder makes it
