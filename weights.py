@@ -135,12 +135,13 @@ def hf_to_ours(name: str):
 
 
 def hf_names(cfg: Config) -> list:
-    """Every tensor name a Hugging Face LlamaForCausalLM with this config saves."""
+    """Every tensor name a Hugging Face LlamaForCausalLM (or Qwen2ForCausalLM) with this config saves."""
     names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if cfg.tie_embeddings else ["lm_head.weight"])
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
         for proj in ("q", "k", "v", "o"):
-            names += [p + f"self_attn.{proj}_proj.weight"] + ([p + f"self_attn.{proj}_proj.bias"] if cfg.attention_bias else [])
+            bias = cfg.attention_bias or (cfg.qkv_bias and proj != "o")
+            names += [p + f"self_attn.{proj}_proj.weight"] + ([p + f"self_attn.{proj}_proj.bias"] if bias else [])
         for proj in ("gate", "up", "down"):
             names += [p + f"mlp.{proj}_proj.weight"] + ([p + f"mlp.{proj}_proj.bias"] if cfg.mlp_bias else [])
         names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
