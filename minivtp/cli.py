@@ -52,10 +52,24 @@ def load_checkpoint(args):
     model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device, progress=progress,
                                    lora_alpha=args.lora_alpha)
     tok = Tokenizer.from_file(args.weights)
-    if tok.added.get("<image>") != model.image_token:
-        raise ValueError(f"{args.weights}: the tokenizer's <image> is {tok.added.get('<image>')}, the model's video "
-                         f"token is {model.image_token}")
+    name = model.placeholder
+    if model.image_token >= 0:  # a vocabulary id (LLaVA-NeXT's -200 is spliced in by encode_prompt instead)
+        if tok.added.get(name) != model.image_token:
+            raise ValueError(f"{args.weights}: the tokenizer's {name} is {tok.added.get(name)}, the model's video "
+                             f"token is {model.image_token}")
     return model, tok, time.perf_counter() - t
+
+
+def encode_prompt(tok, text: str, model) -> list:
+    """Token ids of a prompt with ONE video placeholder. A tokenizer that knows the placeholder encodes it; one that
+    does not need to: LLaVA-NeXT's id is -200, outside any vocabulary, and its tokenizer_image_token encodes the
+    text on each side and puts the id between. So do I."""
+    if model.image_token >= 0:
+        return tok.encode(text)
+    before, sep, after = text.partition(model.placeholder)
+    if not sep:
+        raise ValueError(f"the prompt holds no {model.placeholder}")
+    return tok.encode(before) + [model.image_token] + tok.encode(after, bos=False)
 
 
 def method_of(args):

@@ -121,15 +121,17 @@ class Answerer:
         path = videos / q["video"]
         if self.toy:
             return self.ask_toy(q, path)
+        from minivtp.cli import encode_prompt
         from minivtp.prompts import build_prompt
-        from minivtp.vision import preprocess, read_frames
-        frames, _ = read_frames(path, self.model.frames)
-        pixels = preprocess(frames, self.model.vision.cfg.image_size).to(self.args.device)
-        if self.model.arrangement == "tarsier":
-            text = build_prompt("tarsier", qa_text(q) + POST_QUERY) + ANSWER_PROMPT
+        from minivtp.vision import read_frames
+        frames, _ = read_frames(path, self.model.frames, self.model.sample_indices)
+        pixels = self.model.preprocess(frames).to(self.args.device)
+        kind = self.model.arrangement
+        if kind in ("tarsier", "llava-onevision", "llava-video"):  # their own template, then the answer's start
+            text = build_prompt(kind, qa_text(q) + POST_QUERY, placeholder=self.model.placeholder) + ANSWER_PROMPT
         else:
             text = build_prompt("pllava", qa_text(q) + POST_QUERY, "eval_mvbench")
-        ids = torch.tensor(self.tok.encode(text), device=self.args.device)
+        ids = torch.tensor(encode_prompt(self.tok, text, self.model), device=self.args.device)
         merged = self.args.method == "prumerge+"
         with torch.no_grad():
             embeds, video = self.model.prompt(ids, pixels, prumerge=merged)
