@@ -327,3 +327,17 @@ def test_weights_cli_describes_the_host(onevision):
     assert out.returncode == 0, out.stderr
     assert "Qwen2 decoder inside" in out.stdout and "vision       SigLIP, 3 layers, width 32" in out.stdout
     assert "video        llava-onevision: 32 frames, 9 tokens per frame" in out.stdout
+
+
+def test_bench_runs_at_a_tiny_shape_and_answers_as_transformers_generates(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("onevision_e2e", ROOT / "bench" / "onevision_e2e.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.run(tiny=True, out_dir=tmp_path, tokens=(6,), repeats=2)
+    # the same weights in both: minivtp's greedy answer, decoded from its own cache, is transformers' generate's
+    assert res["transformers"]["default | 6"]["tokens_equal_to_minivtp_unpruned"] == 6
+    assert len(res["minivtp"]) == len(bench.SETTINGS)
+    pruned = res["minivtp"]["llm-vtp a0.1 M10 eager | 6"]
+    assert pruned["cache_rows"] == res["prompt_rows"] - (4 * 4 - 4 * n_keep(0.1, 4))
+    assert json.loads((tmp_path / "onevision_e2e.json").read_text())["frames"] == 4
