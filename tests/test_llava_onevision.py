@@ -341,3 +341,36 @@ def test_bench_runs_at_a_tiny_shape_and_answers_as_transformers_generates(tmp_pa
     pruned = res["minivtp"]["llm-vtp a0.1 M10 eager | 6"]
     assert pruned["cache_rows"] == res["prompt_rows"] - (4 * 4 - 4 * n_keep(0.1, 4))
     assert json.loads((tmp_path / "onevision_e2e.json").read_text())["frames"] == 4
+
+
+def test_the_saved_processor_normalisation_is_used(onevision, tmp_path):
+    d, _, _ = onevision
+    local = tmp_path / "with-processor"
+    local.mkdir()
+    for f in d.iterdir():
+        (local / f.name).symlink_to(f)
+    clip_mean, clip_std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    (local / "video_preprocessor_config.json").write_text(json.dumps({"image_mean": clip_mean, "image_std": clip_std}))
+    model = weights.load_video_llm(local)
+    px = model.preprocess(torch.full((1, 8, 8, 3), 255, dtype=torch.uint8))
+    torch.testing.assert_close(px[0, :, 0, 0], (1 - torch.tensor(clip_mean)) / torch.tensor(clip_std))
+    assert weights.load_video_llm(d).mean == siglip.SIGLIP_MEAN  # no processor file: SigLIP's 0.5
+
+
+def test_cli_refuses_a_byte_level_tokenizer_it_cannot_read_yet(onevision, clip, tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from conftest import TOKENIZER_CORPUS
+    d, _, _ = onevision
+    local = tmp_path / "qwen-tokenizer"
+    local.mkdir()
+    for f in d.iterdir():
+        if f.name != "tokenizer.json":
+            (local / f.name).symlink_to(f)
+    tok = Tokenizer(models.BPE())  # the shape of Qwen2's tokenizer.json: ByteLevel pre-tokenizer and decoder
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TOKENIZER_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<video>"]))
+    tok.save(str(local / "tokenizer.json"))
+    out = run("answer", "--weights", local, "--video", clip, "--question", "Why?", "--device", "cpu")
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1 and "a byte-level BPE tokenizer (Qwen2's)" in errors[0]

@@ -31,7 +31,6 @@ Dimensions: T frames, g patches per side, h = w pooled tokens per side, Nv token
 Where each fact comes from (file and line of LLaVA-NeXT and of transformers): docs/checkpoints.md.
 """
 
-import json
 import math
 import re
 
@@ -231,13 +230,15 @@ def llava_next_to_ours(name: str):
 def load(path, hf: dict, files, index, dtype=torch.float32, device="cpu", progress=None) -> LlavaOnevision:
     """A ready host from an opened checkpoint directory (weights.load_video_llm calls this)."""
     original = hf.get("model_type") == "llava_qwen"
-    pre = path / "preprocessor_config.json"
+    # the normalisation the processor saved beside the weights (video first: that is what videos go through)
+    pre = next((f for f in (path / "video_preprocessor_config.json", path / "preprocessor_config.json") if f.is_file()),
+               None)
     with torch.device("meta"):
         try:
             if original:
                 model = LlavaOnevision.from_llava_next(hf)
             else:
-                model = LlavaOnevision.from_transformers(hf, json.loads(pre.read_text()) if pre.is_file() else None)
+                model = LlavaOnevision.from_transformers(hf, weights.read_json(pre) if pre else None)
         except ValueError as e:
             raise weights.CheckpointError(f"{path / 'config.json'}: {e}") from None
     rename = llava_next_to_ours if original else transformers_to_ours
