@@ -283,8 +283,7 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
     return model.eval()
 
 
-# model_type -> the file in minivtp/hosts/ whose load(path, hf, files, index, dtype, device, progress) builds it
-HOSTS = {"llava_onevision": "llava_onevision", "llava_qwen": "llava_onevision"}  # transformers' / LLaVA-NeXT's
+HOST_TYPES = ("llava_onevision", "llava_qwen")  # minivtp/hosts/llava_onevision.py: transformers' / LLaVA-NeXT's
 
 
 def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None):
@@ -298,12 +297,11 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
     """
     path, hf, files, index = open_checkpoint(path)
     kind = hf.get("model_type")
-    if kind in HOSTS:  # the hosts in minivtp/hosts/, each with its own loader
-        import importlib
-        host = importlib.import_module(f"minivtp.hosts.{HOSTS[kind]}")
+    if kind in HOST_TYPES:  # LLaVA-OneVision / LLaVA-Video: their names and layouts live in their own file
+        from minivtp.hosts import llava_onevision
         if lora_alpha is not None:
             raise CheckpointError(f"{path}: --lora-alpha is for PLLaVA's adapters; a {kind} checkpoint has none")
-        return host.load(path, hf, files, index, dtype, device, progress)
+        return llava_onevision.load(path, hf, files, index, dtype, device, progress)
     if kind == "minivtp-toy":
         raise CheckpointError(f"{path}: this is minivtp's toy video LLM, which answers through python -m minivtp.demo "
                               "(from Python: minivtp.toy.load(path))")
@@ -428,7 +426,7 @@ def main(argv=None):
     try:
         # A structural check on the meta device: every name, shape and file, without reading 13 GB of data.
         hf = read_config(Path(argv[0])) if Path(argv[0]).is_dir() else {}
-        if "vision_config" in hf or hf.get("model_type") in ("llava", "pllava", "tarsier", "minivtp-toy", *HOSTS):
+        if "vision_config" in hf or hf.get("model_type") in ("llava", "pllava", "tarsier", "minivtp-toy", *HOST_TYPES):
             model = load_video_llm(argv[0], device="meta")
             print(describe_video(model))
         else:

@@ -374,3 +374,44 @@ def test_cli_refuses_a_byte_level_tokenizer_it_cannot_read_yet(onevision, clip, 
     out = run("answer", "--weights", local, "--video", clip, "--question", "Why?", "--device", "cpu")
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode == 2 and len(errors) == 1 and "a byte-level BPE tokenizer (Qwen2's)" in errors[0]
+
+
+@pytest.mark.parametrize("layout", ["onevision", "llava-video"])
+def test_explore_page_places_each_video_token_on_the_pooled_grid(onevision, clip, tmp_path, layout):
+    import re as regex
+    d, _, _ = onevision
+    cfg = json.loads((d / "config.json").read_text())
+    if layout == "onevision":
+        w = tmp_path / "ov2"
+        w.mkdir()
+        for f in d.iterdir():
+            if f.name != "config.json":
+                (w / f.name).symlink_to(f)
+        (w / "config.json").write_text(json.dumps(dict(cfg, num_frames=2)))
+    else:
+        w = llava_next_layout(d, tmp_path / "video", mm_newline_position="grid", mm_spatial_pool_mode="average",
+                              num_frames=2)
+    out = tmp_path / "p.html"
+    r = subprocess.run([sys.executable, "-m", "minivtp.explore", "--weights", str(w), "--video", str(clip),
+                        "--question", "What is it?", "--device", "cpu", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(regex.search(r"const data = (\{.*?\});\n", out.read_text(), regex.S).group(1).replace("<\\/", "</"))
+    if layout == "onevision":  # 3 x 3 pooled tokens a frame, row by row
+        assert data["Nv"] == 9 and data["grid"] == [3, 3] and data["cells"][4] == [1, 1]
+    else:  # 2 x 2 average-pooled tokens, each row followed by its newline, which has no cell
+        assert data["Nv"] == 6 and data["grid"] == [2, 2]
+        assert data["cells"] == [[0, 0], [0, 1], None, [1, 0], [1, 1], None]
+    assert data["T"] == 2 and len(data["scores"]["max"][0]) == 2 * data["Nv"]
+
+
+def test_cli_heatmap_on_llava_video_grid_layout(onevision, clip, tmp_path):
+    from minivtp import png
+    nxt = llava_next_layout(onevision[0], tmp_path / "video", mm_newline_position="grid",
+                            mm_spatial_pool_mode="average", num_frames=2)
+    out = run("answer", "--weights", nxt, "--video", clip, "--question", "What?", "--alpha", 0.5, "--layer", 2,
+              "--max-new-tokens", 2, "--device", "cpu", "--json", "--heatmap", tmp_path / "kept.png")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["video_tokens"] == 2 * 6 and r["kept_video_tokens"] == 2 * 3  # newline rows ranked with the patches
+    assert png.read_png_size(tmp_path / "kept.png")[0] > 100
