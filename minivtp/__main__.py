@@ -28,7 +28,7 @@ def answer(args):
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
     merged, method = args.method == "prumerge+", method_of(args)  # PruMerge+ prunes in the vision tower
     model, tok, load_s = load_checkpoint(args)
-    if args.template and model.arrangement not in ("pllava", "llava"):
+    if args.template and model.arrangement in ("llava-onevision", "llava-video"):
         raise ValueError(f"--template is PLLaVA's; a {model.arrangement} checkpoint has its own prompt")
     frames, note = read_frames(args.video, model.frames, model.sample_indices)
     if note:

@@ -42,8 +42,8 @@ PRESETS = {
     "tarsier-7b": dict(cfg=VICUNA_7B, prefix=5, frames=8, tokens_per_frame=24 * 24 + 24 + 1, question=60),
     # LLaVA-OneVision-7B (llava-hf/llava-onevision-qwen2-7b-ov-hf): Qwen2-7B, 32 frames of 27 x 27 SigLIP patches
     # bilinearly resized to 14 x 14; the one newline row after the video counts with the question. prefix: the
-    # qwen_1_5 template's "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n", 14
-    # tokens counted by hand (docs/checkpoints.md)
+    # qwen_1_5 template's "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n", about
+    # 14 tokens (its pieces counted by hand; Qwen2's tokenizer, once minivtp reads it, gives the exact number)
     "llava-ov-7b": dict(cfg=QWEN2_7B_OV, prefix=14, frames=32, tokens_per_frame=14 * 14, question=60 + 1),
     # LLaVA-Video-7B-Qwen2 (lmms-lab): the same decoder, 64 frames average-pooled to 13 x 13, a newline after every
     # row inside each frame (mm_newline_position "grid"): 13 * 14 rows a frame

@@ -415,3 +415,12 @@ def test_cli_heatmap_on_llava_video_grid_layout(onevision, clip, tmp_path):
     r = json.loads(out.stdout)
     assert r["video_tokens"] == 2 * 6 and r["kept_video_tokens"] == 2 * 3  # newline rows ranked with the patches
     assert png.read_png_size(tmp_path / "kept.png")[0] > 100
+
+
+def test_the_worked_examples_in_the_host_files_run():
+    import doctest
+    from minivtp import prompts
+    from minivtp.hosts import llava_onevision
+    for module in (siglip, llava_onevision, prompts):
+        result = doctest.testmod(module)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__
