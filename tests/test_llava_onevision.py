@@ -424,3 +424,23 @@ def test_the_worked_examples_in_the_host_files_run():
     for module in (siglip, llava_onevision, prompts):
         result = doctest.testmod(module)
         assert result.attempted >= 1 and result.failed == 0, module.__name__
+
+
+def test_a_tied_head_as_in_onevision_0_5b_equals_transformers(tmp_path):
+    text = transformers.Qwen2Config(vocab_size=64, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                    num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+                                    tie_word_embeddings=True)
+    cfg = transformers.LlavaOnevisionConfig(vision_config=siglip_config(num_hidden_layers=2), text_config=text,
+                                            image_token_index=62, video_token_index=63)
+    torch.manual_seed(0)
+    hf = randomize(transformers.LlavaOnevisionForConditionalGeneration(cfg), seed=4, std=0.3).eval()
+    hf.save_pretrained(tmp_path)
+    model = weights.load_video_llm(tmp_path)
+    assert model.llm.output.weight is model.llm.embed.weight
+    px = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(9))
+    ids = torch.tensor([1, 5, 63, 7, 8])
+    with torch.no_grad():
+        hf = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path).eval()  # as saved
+        ref = hf(input_ids=hf_video_ids(ids, 63, 2 * POOLED**2 + 1)[None], pixel_values_videos=px[None]).logits
+        embeds, _ = model.prompt(ids, px)
+        assert rel_err(model.llm.forward_embeds(embeds), ref) <= 1e-5
