@@ -135,12 +135,13 @@ def hf_to_ours(name: str):
 
 
 def hf_names(cfg: Config) -> list:
-    """Every tensor name a Hugging Face LlamaForCausalLM with this config saves."""
+    """Every tensor name a Hugging Face LlamaForCausalLM (or Qwen2ForCausalLM) with this config saves."""
     names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if cfg.tie_embeddings else ["lm_head.weight"])
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
         for proj in ("q", "k", "v", "o"):
-            names += [p + f"self_attn.{proj}_proj.weight"] + ([p + f"self_attn.{proj}_proj.bias"] if cfg.attention_bias else [])
+            bias = cfg.attention_bias or (cfg.qkv_bias and proj != "o")
+            names += [p + f"self_attn.{proj}_proj.weight"] + ([p + f"self_attn.{proj}_proj.bias"] if bias else [])
         for proj in ("gate", "up", "down"):
             names += [p + f"mlp.{proj}_proj.weight"] + ([p + f"mlp.{proj}_proj.bias"] if cfg.mlp_bias else [])
         names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
@@ -282,8 +283,12 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
     return model.eval()
 
 
+HOST_TYPES = ("llava_onevision", "llava_qwen")  # minivtp/hosts/llava_onevision.py: transformers' / LLaVA-NeXT's
+
+
 def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None):
-    """A video LLM directory -> minivtp.vision.VideoLLM (LLaVA, PLLaVA, Tarsier). The toy loads with minivtp.toy.load.
+    """A video LLM directory -> minivtp.vision.VideoLLM (LLaVA, PLLaVA, Tarsier), or a host of minivtp/hosts/
+    (LLaVA-OneVision, LLaVA-Video: minivtp.hosts.llava_onevision.LlavaOnevision). The toy loads with minivtp.toy.load.
 
     Unmerged LoRA adapters (X.lora_A / X.lora_B beside X's weight) are merged at load time:
     W = W + (lora_alpha / r) * B @ A. PLLaVA's released weights need this; its inference scripts pass
@@ -292,6 +297,11 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
     """
     path, hf, files, index = open_checkpoint(path)
     kind = hf.get("model_type")
+    if kind in HOST_TYPES:  # LLaVA-OneVision / LLaVA-Video: their names and layouts live in their own file
+        from minivtp.hosts import llava_onevision
+        if lora_alpha is not None:
+            raise CheckpointError(f"{path}: --lora-alpha is for PLLaVA's adapters; a {kind} checkpoint has none")
+        return llava_onevision.load(path, hf, files, index, dtype, device, progress)
     if kind == "minivtp-toy":
         raise CheckpointError(f"{path}: this is minivtp's toy video LLM, which answers through python -m minivtp.demo "
                               "(from Python: minivtp.toy.load(path))")
@@ -391,10 +401,12 @@ def describe_video(model) -> str:
     llm = model.llm
     llm.load_info = model.load_info
     lines = describe(llm).splitlines()
-    lines[1] = f"architecture video LLM ({model.load_info['config'].get('model_type')}), LLaMA decoder inside"
+    decoder = "Qwen2" if llm.cfg.qkv_bias else "LLaMA"
+    lines[1] = f"architecture video LLM ({model.load_info['config'].get('model_type')}), {decoder} decoder inside"
     if hasattr(model, "vision"):
         v = model.vision.cfg
-        lines.insert(2, f"vision       CLIP ViT, {v.n_layers} layers, width {v.dim}, {v.image_size}px / {v.patch_size}px "
+        tower = "SigLIP" if type(model).__module__.startswith("minivtp.hosts") else "CLIP ViT"
+        lines.insert(2, f"vision       {tower}, {v.n_layers} layers, width {v.dim}, {v.image_size}px / {v.patch_size}px "
                         f"patches; features of layer {model.feature_layer}")
         lines.insert(3, f"video        {model.arrangement}: {model.frames} frames, {model.tokens_per_frame()} tokens "
                         f"per frame")
@@ -414,7 +426,7 @@ def main(argv=None):
     try:
         # A structural check on the meta device: every name, shape and file, without reading 13 GB of data.
         hf = read_config(Path(argv[0])) if Path(argv[0]).is_dir() else {}
-        if "vision_config" in hf or hf.get("model_type") in ("llava", "pllava", "tarsier", "minivtp-toy"):
+        if "vision_config" in hf or hf.get("model_type") in ("llava", "pllava", "tarsier", "minivtp-toy", *HOST_TYPES):
             model = load_video_llm(argv[0], device="meta")
             print(describe_video(model))
         else:

@@ -24,19 +24,25 @@ from minivtp.cli import DTYPES, Parser, check_device, load_checkpoint, method_of
 
 def answer(args):
     from minivtp import png
-    from minivtp.generate import generate
+    pixels = model.preprocess(frames).to(args.device)
+    text = build_prompt(model.arrangement, args.question, args.template, placeholder=model.placeholder)
+    ids = torch.tensor(encode_prompt(tok, text, model), device=args.device)
+    decoder = one_shot_decoder(model.llm, args)
     from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
-    from minivtp.vision import preprocess, read_frames
+    from minivtp.vision import read_frames
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
     merged, method = args.method == "prumerge+", method_of(args)  # PruMerge+ prunes in the vision tower
     model, tok, load_s = load_checkpoint(args)
-    frames, note = read_frames(args.video, model.frames)
+    if args.template and model.arrangement in ("llava-onevision", "llava-video"):
+        raise ValueError(f"--template is PLLaVA's; a {model.arrangement} checkpoint has its own prompt")
+    frames, note = read_frames(args.video, model.frames, model.sample_indices)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
-    ids = torch.tensor(tok.encode(build_prompt(model.arrangement, args.question, args.template)), device=args.device)
+    pixels = model.preprocess(frames).to(args.device)
+    text = build_prompt(model.arrangement, args.question, args.template, placeholder=model.placeholder)
+    ids = torch.tensor(encode_prompt(tok, text, model), device=args.device)
     decoder = one_shot_decoder(model.llm, args)
     t = time.perf_counter()
     with torch.no_grad():
@@ -98,9 +104,9 @@ def heatmap(frames, scores, kept, video, model, size=168):
     from minivtp import png
 
     T, Nv = video.frames, video.tokens_per_frame
-    if model.arrangement == "tarsier":  # drop the newline and separator tokens: the grid is h x w
-        g = model.vision.cfg.grid
-        keep_cols = torch.tensor([j for j in range(Nv - 1) if j % (g + 1) != g])
+    if model.arrangement in ("tarsier", "llava-video"):  # drop the newline (and separator) tokens: the grid is h x w
+        g = model.vision.cfg.grid if model.arrangement == "tarsier" else model.pooled()
+        keep_cols = torch.tensor([j for j in range(g * (g + 1)) if j % (g + 1) != g])
         grid_scores = scores.view(T, Nv)[:, keep_cols].view(T, g, g)
         kept_mask = torch.zeros(T * Nv, dtype=torch.bool)
         kept_mask[kept - video.start] = True

@@ -117,23 +117,24 @@ class Answerer:
         if self.toy:
             return self.ask_toy(q, path)
         from minivtp.vision import read_frames
-        frames, _ = read_frames(path, self.model.frames)
+        frames, _ = read_frames(path, self.model.frames, self.model.sample_indices)
         text, facts = self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench", self.args.max_new_tokens or 5)
         prediction = "(" + text
         return prediction, letter_of(prediction), facts
 
     def generate(self, frames, question: str, template: str, max_new_tokens: int):
-        """The model's answer to `question` about `frames` in PLLaVA's conversation `template` (Tarsier: its own
-        prompt, then the template's answer prompt), and what it cost."""
+        """The model's answer to `question` about `frames` in PLLaVA's conversation `template` (Tarsier and the
+        LLaVA-OneVision hosts: their own prompt, then the template's answer prompt), and what it cost."""
+        from minivtp.cli import encode_prompt
         from minivtp.generate import generate
         from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
-        from minivtp.vision import preprocess
-        pixels = preprocess(frames, self.model.vision.cfg.image_size).to(self.args.device)
-        if self.model.arrangement == "tarsier":
-            text = build_prompt("tarsier", question) + (PLLAVA_TEMPLATES[template][6] or "")
+        pixels = self.model.preprocess(frames).to(self.args.device)
+        kind = self.model.arrangement
+        if kind in ("tarsier", "llava-onevision", "llava-video"):
+            text = build_prompt(kind, question, placeholder=self.model.placeholder) + (PLLAVA_TEMPLATES[template][6] or "")
         else:
             text = build_prompt("pllava", question, template)
-        ids = torch.tensor(self.tok.encode(text), device=self.args.device)
+        ids = torch.tensor(encode_prompt(self.tok, text, self.model), device=self.args.device)
         merged = self.args.method == "prumerge+"
         with torch.no_grad():
             embeds, video = self.model.prompt(ids, pixels, prumerge=merged)

@@ -2,6 +2,7 @@
 
     python -m minivtp.flops --preset pllava-7b --alpha 0.2 --layer 5 --json
     python -m minivtp.flops --preset pllava-7b --method prumerge+ --keep 0.365
+    python -m minivtp.flops --preset llava-ov-7b --alpha 0.1 --layer 10      # LLaVA-OneVision-7B; llava-video-7b
 
 A multiply-add is 2 FLOPs. Per decoder layer, for n rows that attend to n rows:
 
@@ -19,12 +20,17 @@ norms, RoPE and softmax are left out: they are O(n C), noise beside the matrix p
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from minivtp.model import Config
 from minivtp.vtp import VideoSpan, n_keep
 
 VICUNA_7B = Config(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, hidden_dim=11008)
+# Qwen2-7B(-Instruct)'s config.json: 28 layers, 28 query heads, 4 key/value heads (GQA), 18944 MLP, theta 1e6.
+# llava-hf's conversion adds <image> and <video> and pads the vocabulary to a multiple of 64: 152064 -> 152128.
+QWEN2_7B = Config(vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, hidden_dim=18944,
+                  norm_eps=1e-6, rope_theta=1e6, max_seq_len=32768, qkv_bias=True)
+QWEN2_7B_OV = replace(QWEN2_7B, vocab_size=152128)
 
 # Host models built on Vicuna-7B, with the token counts of the paper's setting. prefix = system prompt rows
 # before the video, question = every row after it (question, options, "ASSISTANT:"). The text lengths are
@@ -34,7 +40,18 @@ PRESETS = {
     "pllava-7b": dict(cfg=VICUNA_7B, prefix=35, frames=16, tokens_per_frame=144, question=60),
     # Tarsier-7B: 8 frames of 24 x 24 CLIP patches, plus one newline token per row and one frame separator
     "tarsier-7b": dict(cfg=VICUNA_7B, prefix=5, frames=8, tokens_per_frame=24 * 24 + 24 + 1, question=60),
+    # LLaVA-OneVision-7B (llava-hf/llava-onevision-qwen2-7b-ov-hf): Qwen2-7B, 32 frames of 27 x 27 SigLIP patches
+    # bilinearly resized to 14 x 14; the one newline row after the video counts with the question. prefix: the
+    # qwen_1_5 template's "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n", about
+    # 14 tokens (its pieces counted by hand; Qwen2's tokenizer, once minivtp reads it, gives the exact number)
+    "llava-ov-7b": dict(cfg=QWEN2_7B_OV, prefix=14, frames=32, tokens_per_frame=14 * 14, question=60 + 1),
+    # LLaVA-Video-7B-Qwen2 (lmms-lab): the same decoder, 64 frames average-pooled to 13 x 13, a newline after every
+    # row inside each frame (mm_newline_position "grid"): 13 * 14 rows a frame
+    "llava-video-7b": dict(cfg=QWEN2_7B, prefix=14, frames=64, tokens_per_frame=13 * 14, question=60),
 }
+
+
+SIGLIP_PRESETS = ("llava-ov-7b", "llava-video-7b")  # no class token: PruMerge+ does not apply
 
 
 def layer_flops(cfg: Config, n: int) -> int:
@@ -122,6 +139,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     preset = dict(PRESETS[args.preset])
     cfg = preset.pop("cfg")
+    if args.method == "prumerge+" and args.preset in SIGLIP_PRESETS:
+        print(f"error: PruMerge+ ranks patches by their attention to CLIP's class token; {args.preset}'s SigLIP "
+              "tower has none", file=sys.stderr)
+        return 2
     if args.frames:
         preset["frames"] = args.frames
     if args.question:

@@ -100,3 +100,38 @@ def test_cli_method_and_bad_keep():
     bad = subprocess.run([sys.executable, "-m", "minivtp.flops", "--method", "prumerge+", "--keep", "1.5"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "keep=1.5 is outside (0, 1]" in bad.stderr
+
+
+def test_count_matches_torch_flop_counter_with_qwen2_biases():
+    cfg = Config(vocab_size=61, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=56, max_seq_len=128,
+                 qkv_bias=True)
+    model = Transformer(cfg).eval()
+    embeds = torch.randn(1, 3 + 4 * 9 + 5, cfg.dim)
+    with FlopCounterMode(display=False) as counter:
+        generate(model, embeds, 1, video=VideoSpan(3, 4, 9), alpha=0.25, layer=2, fused=False)
+    # the biases are additions, which the counter (like the count) leaves out beside the products
+    assert prefill_flops(cfg, 3, 4, 9, 5, alpha=0.25, layer=2)["flops_pruned"] == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("preset, pool, rows", [("llava-ov-7b", "bilinear", 14 * 14), ("llava-video-7b", "average",
+                                                                                        13 * 14)])
+def test_host_presets_have_the_hosts_own_shapes(preset, pool, rows):
+    from minivtp.hosts.llava_onevision import LlavaOnevision
+    from minivtp.hosts.siglip import SiglipConfig
+    p = PRESETS[preset]
+    with torch.device("meta"):  # the real sizes, no memory: what the host would lay out at 384 px
+        host = LlavaOnevision(p["cfg"], SiglipConfig(), pool=pool, newline="grid" if preset == "llava-video-7b"
+                              else "one_token")
+    assert host.tokens_per_frame() == p["tokens_per_frame"] == rows
+    # Qwen2-7B-Instruct's config.json, read through Config.from_hf, is the preset's decoder
+    qwen2_7b = dict(model_type="qwen2", vocab_size=p["cfg"].vocab_size, hidden_size=3584, intermediate_size=18944,
+                    num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6,
+                    max_position_embeddings=32768, rms_norm_eps=1e-6, use_sliding_window=False, sliding_window=None)
+    assert Config.from_hf(qwen2_7b) == p["cfg"]
+    out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", preset, "--json"], capture_output=True,
+                         text=True)
+    d = json.loads(out.stdout)
+    assert d["video_rows"] == p["frames"] * rows and d["prompt_rows"] == 14 + p["frames"] * rows + p["question"]
+    bad = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", preset, "--method", "prumerge+"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "has none" in bad.stderr
