@@ -295,6 +295,12 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
     if kind == "minivtp-toy":
         raise CheckpointError(f"{path}: this is minivtp's toy video LLM, which answers through python -m minivtp.demo "
                               "(from Python: minivtp.toy.load(path))")
+    if kind == "instructblipvideo":  # the Q-Former hosts: their loaders live with them, in minivtp/hosts/
+        from minivtp.hosts import instructblip
+        return instructblip.load(path, dtype, device, progress)
+    if kind == "st_llm_hf":
+        from minivtp.hosts import stllm
+        return stllm.load(path, dtype, device, progress)
     if kind not in ("llava", "pllava", "tarsier") and "vision_config" not in hf:
         raise CheckpointError(f"{path}: model_type {kind!r} is not a video LLM minivtp knows "
                               "(llava, pllava, tarsier)")
