@@ -201,6 +201,10 @@ def llava_to_ours(name: str):
     return None
 
 
+# The Q-Former video LLMs (minivtp/hosts/), by config.json's model_type: their names and loaders live there.
+QFORMER_HOSTS = ("instructblipvideo", "st_llm_hf")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Loading: fill a meta-device model, strictly
 
@@ -283,7 +287,8 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
 
 
 def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None):
-    """A video LLM directory -> minivtp.vision.VideoLLM (LLaVA, PLLaVA, Tarsier). The toy loads with minivtp.toy.load.
+    """A video LLM directory -> minivtp.vision.VideoLLM (LLaVA, PLLaVA, Tarsier), or a Q-Former host's model
+    (InstructBLIP-Video, ST-LLM: minivtp/hosts/, their loaders there). The toy loads with minivtp.toy.load.
 
     Unmerged LoRA adapters (X.lora_A / X.lora_B beside X's weight) are merged at load time:
     W = W + (lora_alpha / r) * B @ A. PLLaVA's released weights need this; its inference scripts pass
@@ -420,7 +425,7 @@ def main(argv=None):
     try:
         # A structural check on the meta device: every name, shape and file, without reading 13 GB of data.
         hf = read_config(Path(argv[0])) if Path(argv[0]).is_dir() else {}
-        if "vision_config" in hf or hf.get("model_type") in ("llava", "pllava", "tarsier", "minivtp-toy"):
+        if "vision_config" in hf or hf.get("model_type") in ("llava", "pllava", "tarsier", "minivtp-toy") + QFORMER_HOSTS:
             model = load_video_llm(argv[0], device="meta")
             print(describe_video(model))
         else:

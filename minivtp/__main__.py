@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from minivtp.cli import DTYPES, Parser, check_device, load_checkpoint, method_of
+from minivtp.cli import DTYPES, Parser, check_device, is_qformer_host, load_checkpoint, method_of, qformer_inputs
 
 
 def answer(args):
@@ -31,14 +31,22 @@ def answer(args):
     if note:
         print(f"note: {note}", file=sys.stderr)
     pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
-    ids = torch.tensor(tok.encode(build_prompt(model.arrangement, args.question, args.template)), device=args.device)
+    extra = {}
+    if is_qformer_host(model):  # ST-LLM, InstructBLIP-Video: their own template, the question for the Q-Former too
+        if args.heatmap:
+            raise ValueError("--heatmap draws over a frame's patches; a Q-Former host's video tokens are queries, "
+                             "which have no place in the frame")
+        ids, extra = qformer_inputs(model, tok, args.question, args.device)
+    else:
+        ids = torch.tensor(tok.encode(build_prompt(model.arrangement, args.question, args.template)),
+                           device=args.device)
     # the static cache and CUDA graph wherever there is a GPU; on a CPU there are no graphs to gain from
     fast = (args.fast_decode or torch.device(args.device).type == "cuda") and not args.eager
     if fast and torch.device(args.device).type == "cuda":
         prepare_fast(model.llm, compile=False)  # q+k+v as one matmul; a compile would cost more than one answer
     t = time.perf_counter()
     with torch.no_grad():
-        embeds, video = model.prompt(ids, pixels, prumerge=merged)  # vision tower, projector, pooling, splice
+        embeds, video = model.prompt(ids, pixels, prumerge=merged, **extra)  # vision tower, projector, ..., splice
     if embeds.is_cuda:
         torch.cuda.synchronize()
     encode_s = time.perf_counter() - t

@@ -117,6 +117,7 @@ class Answerer:
         self.decoder = fast_decoder(self.llm, args.device, args.eager, args.no_compile)
 
     def __call__(self, q: dict, videos: Path):
+        from minivtp.cli import is_qformer_host, qformer_inputs
         from minivtp.generate import generate
         path = videos / q["video"]
         if self.toy:
@@ -130,9 +131,12 @@ class Answerer:
         else:
             text = build_prompt("pllava", qa_text(q) + POST_QUERY, "eval_mvbench")
         ids = torch.tensor(self.tok.encode(text), device=self.args.device)
+        extra = {}
+        if is_qformer_host(self.model):  # the host's own MVBench template; the Q-Former reads the question
+            ids, extra = qformer_inputs(self.model, self.tok, qa_text(q), self.args.device, mvbench=True)
         merged = self.args.method == "prumerge+"
         with torch.no_grad():
-            embeds, video = self.model.prompt(ids, pixels, prumerge=merged)
+            embeds, video = self.model.prompt(ids, pixels, prumerge=merged, **extra)
         out = generate(self.llm, embeds, self.args.max_new_tokens, video=video if self.method else None,
                        method=self.method, eos_id=self.tok.eos, fast_decode=self.decoder)
         prediction = "(" + self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
@@ -185,6 +189,9 @@ def read_jsonl(path: Path) -> list:
 
 def run(args) -> int:
     import torch.distributed as dist
+
+    from minivtp.cli import check_prumerge_fits
+    check_prumerge_fits(args)  # before the questions are read: no question could be answered
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

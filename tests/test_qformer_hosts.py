@@ -132,3 +132,115 @@ def test_whole_prompt_logits_equal_transformers(blip):
         ours = model.llm.forward_embeds(embeds)
     assert (span.start, span.frames, span.tokens_per_frame) == (0, T, NQ)
     assert ours.shape == ref.shape and rel_err(ours, ref) <= 1e-4
+
+
+# ---- LLM-VTP and its rivals on query tokens ---------------------------------------------------------------------
+
+
+def host_prompt(d, frames=4, seed=0):
+    model = weights.load_video_llm(d)
+    g = torch.Generator().manual_seed(seed)
+    px = torch.randn(frames, 3, S, S, generator=g)
+    ids = torch.tensor([model.image_token, 1] + torch.randint(3, 90, (9,), generator=g).tolist())
+    with torch.no_grad():
+        embeds, span = model.prompt(ids, px, qformer_ids=qformer_input(d))
+    return model, embeds, span
+
+
+def test_alpha_one_equals_unpruned(blip):
+    model, embeds, span = host_prompt(blip[0])
+    plain = generate(model.llm, embeds, 6)
+    for method in ("llm-vtp", "fastv"):
+        out = generate(model.llm, embeds, 6, video=span, method=method, alpha=1.0, layer=2)
+        assert out.tokens.tolist() == plain.tokens.tolist() and out.kept.numel() == span.frames * NQ
+
+
+def test_llm_vtp_keeps_ceil_alpha_nq_of_every_frame(blip):
+    model, embeds, span = host_prompt(blip[0])
+    out = generate(model.llm, embeds, 4, video=span, alpha=0.4, layer=2)  # ceil(0.4 * 5) = 2 per frame
+    frame = (out.kept - span.start) // NQ
+    assert torch.bincount(frame, minlength=span.frames).tolist() == [2] * span.frames
+    assert out.cache_len == embeds.shape[1] - span.frames * (NQ - 2)
+    # the kept query tokens are the ones layer 2's question rows attended to most, frame by frame
+    from minivtp import vtp
+    assert torch.equal(out.kept, vtp.select_per_frame(out.pruning.scores, span, 0.4))
+
+
+@pytest.mark.parametrize("method", ["fastv", "look-m"])
+def test_rivals_run_on_query_tokens(blip, method):
+    model, embeds, span = host_prompt(blip[0])
+    kw = dict(alpha=0.4, layer=2) if method == "fastv" else dict(recent=0.2, important=0.2)
+    out = generate(model.llm, embeds, 4, video=span, method=method, **kw)
+    assert 1 <= len(out.tokens) <= 4
+    if method == "fastv":
+        assert out.kept.numel() == 8  # ceil(0.4 * 4 frames * 5), over the whole video
+    else:
+        assert max(out.cache_lens) < embeds.shape[1]
+
+
+def test_prumerge_is_refused_with_the_reason(blip):
+    d, _ = blip
+    model = weights.load_video_llm(d)
+    ids = torch.tensor([model.image_token, 1, 40])
+    with pytest.raises(ValueError, match=r"PruMerge\+ cannot run on a Q-Former host.*no.*\[CLS\]|\[CLS\]"):
+        model.prompt(ids, torch.randn(2, 3, S, S), qformer_ids=qformer_input(d), prumerge=True)
+
+
+# ---- the command line -------------------------------------------------------------------------------------------
+
+
+def run(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+    return subprocess.run([sys.executable, "-m", "minivtp", *map(str, args)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+
+
+def clip(path, n=4):
+    from safetensors.torch import save_file
+    save_file({"frames": torch.randint(0, 256, (n, 32, 40, 3), dtype=torch.uint8,
+                                       generator=torch.Generator().manual_seed(n))}, path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["llm-vtp", "fastv", "look-m"])
+def test_cli_answer_on_a_qformer_host(blip, tmp_path, method):
+    d, _ = blip
+    out = run("answer", "--weights", d, "--video", clip(tmp_path / "c.safetensors"), "--question", "What is he doing?",
+              "--method", method, "--alpha", 0.4, "--layer", 2, "--max-new-tokens", 4, "--device", "cpu", "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    from minivtp.tokenizer import Tokenizer
+    text_rows = len(Tokenizer.from_file(d).encode("What is he doing?"))  # <s> and the question, after the video
+    assert r["video_tokens"] == 4 * NQ and r["prompt_rows"] == 4 * NQ + text_rows
+    if method == "llm-vtp":
+        assert r["kept_video_tokens"] == 4 * 2 and r["cache_rows"] == r["prompt_rows"] - 4 * (NQ - 2)
+
+
+def test_cli_prumerge_on_a_qformer_host_is_one_line(blip, tmp_path):
+    d, _ = blip
+    for cmd in (["answer", "--question", "Why?", "--video", clip(tmp_path / "c.safetensors")],
+                ["eval", "--questions", tmp_path / "q.json", "--videos", tmp_path, "--out", tmp_path / "o.jsonl"]):
+        out = run(*cmd, "--weights", d, "--method", "prumerge+", "--device", "cpu")
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert out.returncode == 2 and len(errors) == 1, out.stderr
+        assert "PruMerge+ cannot run on a Q-Former host" in errors[0] and "[CLS]" in errors[0]
+
+
+def test_cli_eval_on_a_qformer_host(blip, tmp_path):
+    d, _ = blip
+    clip(tmp_path / "a.safetensors", 5)
+    clip(tmp_path / "b.safetensors", 3)
+    qs = [dict(video="a.safetensors", question="What is the man doing?", candidates=["cooking", "running"],
+               answer="running"),
+          dict(video="b.safetensors", question="Where is the dog?", candidates=["inside", "outside", "nowhere"],
+               answer="inside")]
+    (tmp_path / "q.json").write_text(json.dumps(qs))
+    for alpha in (1.0, 0.2):
+        out = run("eval", "--weights", d, "--questions", tmp_path / "q.json", "--videos", tmp_path, "--alpha", alpha,
+                  "--layer", 1, "--out", tmp_path / f"r{alpha}.jsonl", "--device", "cpu", "--json")
+        assert out.returncode == 0, out.stderr
+        rows = [json.loads(line) for line in (tmp_path / f"r{alpha}.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all("error" not in r for r in rows), rows
+        assert all(r["kept_ratio"] == (1.0 if alpha == 1 else 1 / NQ) for r in rows)  # ceil(0.2 * 5) = 1 per frame

@@ -104,9 +104,11 @@ class QFormerVideoLLM(nn.Module):
         span.check(embeds.shape[1], video_rows=video.shape[0])
         return embeds, span
 
-    def prompt_ids(self, tok, text: str) -> list:
-        """transformers' processor: the video first, then <s> and the text as it is."""
-        return [self.image_token] + tok.encode(text)
+    def prompt_ids(self, tok, question: str, mvbench: bool = False) -> list:
+        """transformers' processor: the video first, then <s> and the text as it is. InstructBLIP has no MVBench
+        template of its own: for `eval`, PLLaVA's post-query and answer prompt follow the question (our choice)."""
+        from minivtp.evaluate import ANSWER_PROMPT, POST_QUERY
+        return [self.image_token] + tok.encode(question + (POST_QUERY + "\n" + ANSWER_PROMPT if mvbench else ""))
 
     def qformer_text(self, question: str) -> str:
         return question
