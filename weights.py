@@ -257,6 +257,31 @@ def load_into(model: nn.Module, files: list, rename, dtype, device, index: dict 
     return {"stored_dtypes": stored, "n_tensors": len(filled)}
 
 
+def load_staged(model: nn.Module, files: list, rename, dtype, device, index=None, progress=None, stages=()) -> dict:
+    """`load_into`, for checkpoints that store some parameters in another shape or in pieces (the Q-Former hosts:
+    transformers' (1, Nq, Cq) queries, LAVIS's q_bias and v_bias beside a bias-free qkv).
+
+    Each stage is (our names, {stored name: stored shape}, make): while loading, the stored names are
+    parameters of `model` in place of ours, so `load_into` checks their shapes and that every one is filled; then
+    make({stored name: tensor}) returns the tensors for our names, in order."""
+    for ours, stored, _ in stages:
+        for name in ours:
+            module, _, leaf = name.rpartition(".")
+            delattr(model.get_submodule(module), leaf)
+        for name, shape in stored.items():
+            set_parameter(model, name, torch.empty(shape, device="meta"))
+    info = load_into(model, files, rename, dtype, device, index, progress)
+    for ours, stored, make in stages:
+        got = {}
+        for name in stored:
+            module, _, leaf = name.rpartition(".")
+            got[name] = model.get_parameter(name).data
+            delattr(model.get_submodule(module), leaf)
+        for name, t in zip(ours, make(got)):
+            set_parameter(model, name, t)
+    return info
+
+
 def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
     """A ready minivtp Transformer from a Hugging Face LLaMA checkpoint directory."""
     path, hf, files, index = open_checkpoint(path)
@@ -403,7 +428,13 @@ def describe_video(model) -> str:
     llm.load_info = model.load_info
     lines = describe(llm).splitlines()
     lines[1] = f"architecture video LLM ({model.load_info['config'].get('model_type')}), LLaMA decoder inside"
-    if hasattr(model, "vision"):
+    if hasattr(model, "qformer"):  # minivtp/hosts/: EVA tower, Q-Former, query tokens per frame
+        v, q = model.vision.cfg, model.qformer.cfg
+        lines.insert(2, f"vision       EVA ViT, {v.n_layers} layers, width {v.dim}, {v.image_size}px / {v.patch_size}px "
+                        f"patches; Q-Former {q.n_layers} layers, width {q.dim}, {q.n_query} queries")
+        lines.insert(3, f"video        {model.arrangement}: {model.frames} frames, {model.tokens_per_frame()} tokens "
+                        f"per frame")
+    elif hasattr(model, "vision"):
         v = model.vision.cfg
         lines.insert(2, f"vision       CLIP ViT, {v.n_layers} layers, width {v.dim}, {v.image_size}px / {v.patch_size}px "
                         f"patches; features of layer {model.feature_layer}")

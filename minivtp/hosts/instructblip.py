@@ -140,7 +140,7 @@ def hf_to_ours(name: str):
     for pattern, repl in rules:
         ours, n = re.subn("^" + pattern, repl, name)
         if n:
-            return ours
+            return ours + "_stored" if ours in SQUEEZE else ours  # loaded at their stored shape, then squeezed
     if name == "qformer.embeddings.position_ids":
         return ""
     return weights.llava_to_ours(name)  # language_model.* and lm_head.*, in every layout transformers wrote
@@ -186,7 +186,7 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> QFormerVideo
             model = QFormerVideoLLM.from_hf(hf)
     except (KeyError, TypeError) as e:
         raise weights.CheckpointError(f"{path}/config.json: cannot build an InstructBLIP-Video model ({e})") from None
-    info = load_squeezed(model, files, hf_to_ours, dtype, device, index, progress)
+    info = weights.load_staged(model, files, hf_to_ours, dtype, device, index, progress, squeezed(model, SQUEEZE))
     if model.llm.cfg.tie_embeddings:
         model.llm.output.weight = model.llm.embed.weight
     if (Path(path) / "qformer_tokenizer" / "vocab.txt").is_file():
@@ -195,18 +195,11 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> QFormerVideo
     return model.eval()
 
 
-def load_squeezed(model, files, rename, dtype, device, index, progress):
-    """weights.load_into, with the leading 1s of SQUEEZE's tensors dropped: their shapes are checked all the same
-    (a (1, Nq, Cq) tensor must fill an (Nq, Cq) parameter, nothing else)."""
-    import weights
-
-    stored = {}
-    for name in SQUEEZE:
-        p = model.get_parameter(name)
-        stored[name] = p.shape
-        weights.set_parameter(model, name, torch.empty((1,) * (3 - p.dim()) + tuple(p.shape), dtype=p.dtype,
-                                                          device="meta"))
-    info = weights.load_into(model, files, rename, dtype, device, index, progress)
-    for name, shape in stored.items():
-        weights.set_parameter(model, name, model.get_parameter(name).data.reshape(shape))
-    return info
+def squeezed(model, names) -> list:
+    """weights.load_staged's stages for tensors stored with leading 1s: (1, Nq, Cq) fills our (Nq, Cq), nothing else."""
+    stages = []
+    for name in names:
+        shape = tuple(model.get_parameter(name).shape)
+        stages.append(([name], {name + "_stored": (1,) * (3 - len(shape)) + shape},
+                       lambda got, shape=shape: [next(iter(got.values())).reshape(shape)]))
+    return stages
