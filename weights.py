@@ -202,7 +202,7 @@ def llava_to_ours(name: str):
 
 
 # The Q-Former video LLMs (minivtp/hosts/), by config.json's model_type: their names and loaders live there.
-QFORMER_HOSTS = ("instructblipvideo", "st_llm_hf")
+QFORMER_HOSTS = ("instructblipvideo", "st_llm_hf", "videochat2")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -331,6 +331,9 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
     if kind == "st_llm_hf":
         from minivtp.hosts import stllm
         return stllm.load(path, dtype, device, progress)
+    if kind == "videochat2":
+        from minivtp.hosts import videochat2
+        return videochat2.load(path, dtype, device, progress, lora_alpha)
     if kind not in ("llava", "pllava", "tarsier") and "vision_config" not in hf:
         raise CheckpointError(f"{path}: model_type {kind!r} is not a video LLM minivtp knows "
                               "(llava, pllava, tarsier)")

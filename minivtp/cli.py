@@ -80,7 +80,7 @@ def qformer_inputs(model, tok, question: str, device, mvbench: bool = False):
     """A Q-Former host's prompt (minivtp/hosts/): (ids with one placeholder, {"qformer_ids": the question's
     BERT ids}), as `model.prompt(ids, pixels, **extra)` takes them."""
     ids = torch.tensor(model.prompt_ids(tok, question, mvbench), device=device)
-    return ids, dict(qformer_ids=model.qformer_ids(model.qformer_text(question), device))
+    return ids, dict(qformer_ids=model.qformer_ids(model.qformer_text(question, mvbench), device))
 
 
 def method_of(args):

@@ -41,8 +41,9 @@ PRESETS = {
                    question=1 + 4 + 35 + 60),
     # VideoChat2 (Vicuna-7B v0): its Q-Former reads all 16 frames at once and gives 32 + 64 query tokens for the
     # whole clip, so the video is ONE "frame" of 96 (LLM-VTP keeps ceil(alpha * 96) of it); before it <s>, the
-    # system prompt and "###Human: <Video>", after it "</Video>\n###Human: " and the question
-    "videochat2": dict(cfg=VICUNA_7B, prefix=1 + 35 + 8, frames=1, tokens_per_frame=96, question=8 + 60),
+    # system prompt and "###Human: <Video>", after it "</Video>\n###Human: ", the system prompt again and the
+    # question
+    "videochat2": dict(cfg=VICUNA_7B, prefix=1 + 35 + 8, frames=1, tokens_per_frame=96, question=8 + 35 + 60),
 }
 # Tab. 8 (alpha 0.1, M 10): ST-LLM 5.4 -> 2.1 TFLOPs, VideoChat2 1.1 -> 0.5
 PAPER_TAB8 = {"st-llm": (5.4, 2.1), "videochat2": (1.1, 0.5)}

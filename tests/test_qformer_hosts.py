@@ -244,3 +244,14 @@ def test_cli_eval_on_a_qformer_host(blip, tmp_path):
         rows = [json.loads(line) for line in (tmp_path / f"r{alpha}.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and all("error" not in r for r in rows), rows
         assert all(r["kept_ratio"] == (1.0 if alpha == 1 else 1 / NQ) for r in rows)  # ceil(0.2 * 5) = 1 per frame
+
+
+def test_long_instructions_are_cut_on_the_left_as_their_bert_tokenizer_does(blip):
+    from tokenizers import BertWordPieceTokenizer
+    d, _ = blip
+    model = weights.load_video_llm(d)
+    model.max_txt_len = 12
+    ref = BertWordPieceTokenizer(str(d / "qformer_tokenizer" / "vocab.txt"), lowercase=True)
+    ref._tokenizer.enable_truncation(12, direction="left")  # ST-LLM and VideoChat2: truncation_side="left"
+    text = " ".join(TOKENIZER_CORPUS[:3])
+    assert model.qformer_ids(text)[0].tolist() == ref.encode(text).ids and len(ref.encode(text).ids) == 12

@@ -50,6 +50,7 @@ class QFormerVideoLLM(nn.Module):
         self.llm = Transformer(text)
         self.image_token, self.frames, self.arrangement = image_token, frames, arrangement
         self.wordpiece = None  # the Q-Former's tokenizer, set by the loader when the directory has one
+        self.max_txt_len = None  # the host's truncation of the instruction (None: the Q-Former's positions)
 
     @classmethod
     def from_hf(cls, hf: dict) -> "QFormerVideoLLM":
@@ -71,11 +72,17 @@ class QFormerVideoLLM(nn.Module):
         return self.qformer.cfg.n_query
 
     def qformer_ids(self, text: str, device=None) -> torch.Tensor:
-        """The instruction as the Q-Former reads it: (1, Lq) BERT WordPiece ids, [CLS] ... [SEP]."""
+        """The instruction as the Q-Former reads it: (1, Lq) BERT WordPiece ids, [CLS] ... [SEP]; longer than
+        `max_txt_len` (ST-LLM 256, VideoChat2 512, both truncating on the left: st_llm.py:233, 344-350) or the
+        Q-Former's positions, the first ids after [CLS] go, as their tokenizers drop them."""
         if self.wordpiece is None:
             raise ValueError("this model has no Q-Former tokenizer: put bert-base-uncased's vocab.txt in "
                              "qformer_tokenizer/ beside config.json")
-        return torch.tensor([self.wordpiece.encode(text)], device=device)
+        ids = self.wordpiece.encode(text)
+        n = min(self.max_txt_len or len(ids), self.qformer.cfg.max_positions)
+        if len(ids) > n:
+            ids = ids[:1] + ids[len(ids) - n + 1 :]  # [CLS], then the last n - 1 ids ([SEP] among them)
+        return torch.tensor([ids], device=device)
 
     def features(self, pixels):
         """pixels (T, 3, S, S) -> the vision rows the Q-Former reads, (T, 1+P, Cv)."""
@@ -110,8 +117,8 @@ class QFormerVideoLLM(nn.Module):
         from minivtp.evaluate import ANSWER_PROMPT, POST_QUERY
         return [self.image_token] + tok.encode(question + (POST_QUERY + "\n" + ANSWER_PROMPT if mvbench else ""))
 
-    def qformer_text(self, question: str) -> str:
-        return question
+    def qformer_text(self, question: str, mvbench: bool = False) -> str:
+        return question  # ST-LLM's MVBench run too: "Question: ... Options: ..." (mv_bench.py:250)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -214,8 +214,10 @@ def from_config(hf: dict) -> STLLM:
                               vision_dim=vision.dim)
     tower = STLLMTower(vision, depth=hf.get("btadapter_depth", 3))
     # the placeholder never reaches the embedding: -1 unless the config names one
-    return STLLM(Config.from_hf(text), tower, q, image_token=hf.get("video_token_index", -1),
-                 frames=hf.get("num_frames", 16), arrangement="st-llm")
+    model = STLLM(Config.from_hf(text), tower, q, image_token=hf.get("video_token_index", -1),
+                  frames=hf.get("num_frames", 16), arrangement="st-llm")
+    model.max_txt_len = 256  # config/instructblipbase_stllm_qa.yaml:5
+    return model
 
 
 def qkv_bias_stages(model: STLLM) -> list:
