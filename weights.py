@@ -433,8 +433,9 @@ def describe_video(model) -> str:
     lines[1] = f"architecture video LLM ({model.load_info['config'].get('model_type')}), LLaMA decoder inside"
     if hasattr(model, "qformer"):  # minivtp/hosts/: EVA tower, Q-Former, query tokens per frame
         v, q = model.vision.cfg, model.qformer.cfg
-        lines.insert(2, f"vision       EVA ViT, {v.n_layers} layers, width {v.dim}, {v.image_size}px / {v.patch_size}px "
-                        f"patches; Q-Former {q.n_layers} layers, width {q.dim}, {q.n_query} queries")
+        tower = "UMT ViT" if model.arrangement == "videochat2" else "EVA ViT"
+        lines.insert(2, f"vision       {tower}, {v.n_layers} layers, width {v.dim}, {v.image_size}px / "
+                        f"{v.patch_size}px patches; Q-Former {q.n_layers} layers, width {q.dim}, {q.n_query} queries")
         lines.insert(3, f"video        {model.arrangement}: {model.frames} frames, {model.tokens_per_frame()} tokens "
                         f"per frame")
     elif hasattr(model, "vision"):
@@ -459,7 +460,8 @@ def main(argv=None):
     try:
         # A structural check on the meta device: every name, shape and file, without reading 13 GB of data.
         hf = read_config(Path(argv[0])) if Path(argv[0]).is_dir() else {}
-        if "vision_config" in hf or hf.get("model_type") in ("llava", "pllava", "tarsier", "minivtp-toy") + QFORMER_HOSTS:
+        video_kinds = ("llava", "pllava", "tarsier", "minivtp-toy") + QFORMER_HOSTS
+        if "vision_config" in hf or hf.get("model_type") in video_kinds:
             model = load_video_llm(argv[0], device="meta")
             print(describe_video(model))
         else:

@@ -58,7 +58,10 @@ def answer(args):
                    eos_id=tok.eos, fast_decode=fast)
     n_video = video.unpruned_rows if merged else video.end - video.start
     kept = video.end - video.start if merged else int(out.kept.numel()) if method else n_video
-    result = dict(answer=tok.decode([t for t in out.tokens.tolist() if t != tok.eos], skip_special=True).strip(),
+    text = tok.decode([t for t in out.tokens.tolist() if t != tok.eos], skip_special=True)
+    if getattr(model, "stop_text", None):  # ST-LLM, VideoChat2: the answer ends where the next "###" turn begins
+        text = text.split(model.stop_text)[0]
+    result = dict(answer=text.strip(),
                   method=args.method if method or merged else None, alpha=args.alpha,
                   layer=method.layer if method and method.name != "look-m" else None, video_tokens=n_video,
                   kept_video_tokens=kept, kept_ratio=kept / n_video, decode="static cache + CUDA graph" if fast else

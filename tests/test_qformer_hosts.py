@@ -72,7 +72,8 @@ def test_wordpiece_equals_bert_tokenizer(blip):
     from tokenizers import BertWordPieceTokenizer
     ref = BertWordPieceTokenizer(str(d / "qformer_tokenizer" / "vocab.txt"), lowercase=True)  # BERT's pipeline
     ours = WordPiece.from_dir(d)
-    for text in TOKENIZER_CORPUS[:5] + ["Héllo, WORLD!! x-ray's 3.5", "zzqx unknownword?", "a\tb\nc  d", "猫が好き"]:
+    odd = ["Héllo, WORLD!! x-ray's 3.5", "zzqx unknownword?", "a\tb\nc  d", "猫が好き"]
+    for text in TOKENIZER_CORPUS[:5] + odd:
         assert ours.encode(text) == ref.encode(text).ids, text
 
 

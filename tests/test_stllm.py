@@ -101,7 +101,8 @@ def oracle_tower(w, pixels, heads, depth, eps=1e-6):
     def attn(x, p):  # eva_vit.Attention: qkv with bias (q_bias, 0, v_bias), softmax(q k^T * scale) v, proj
         B, N, C = x.shape
         bias = torch.cat([w[p + ".q_bias"], torch.zeros_like(w[p + ".v_bias"]), w[p + ".v_bias"]])
-        qkv = torch.nn.functional.linear(x, w[p + ".qkv.weight"], bias).reshape(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = torch.nn.functional.linear(x, w[p + ".qkv.weight"], bias)
+        qkv = qkv.reshape(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         a = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
         return torch.nn.functional.linear((a @ v).transpose(1, 2).reshape(B, N, C), w[p + ".proj.weight"],
@@ -261,3 +262,18 @@ def test_cli_answer_and_prumerge_on_st_llm(stllm, tmp_path):
               "--device", "cpu")
     assert out.returncode == 2 and out.stderr.count("error:") == 1
     assert "PruMerge+ cannot run on a Q-Former host" in out.stderr and "[CLS]" in out.stderr
+
+
+def test_weights_cli_and_the_explorer_on_st_llm(stllm, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    d, _, _ = stllm
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "weights.py"), str(d)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "video        st-llm: 4 frames, 5 tokens per frame" in out.stdout and "EVA ViT, 3 layers" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "minivtp.explore", "--weights", str(d), "--video", "v.mp4",
+                          "--question", "q", "--out", str(tmp_path / "e.html")], capture_output=True, text=True,
+                         cwd=root)
+    assert out.returncode == 2 and out.stderr.count("error:") == 1 and "Q-Former host" in out.stderr

@@ -45,7 +45,8 @@ def videochat2(blip, tmp_path_factory):
             t[lavis_name(k).replace("model.stllm_model.Qformer.", "qformer.")] = v.clone()
     t["query_tokens"] = state["query_tokens"][:, :MAIN].clone()
     t["extra_query_tokens"] = state["query_tokens"][:, MAIN:].clone()
-    t["llama_proj.weight"], t["llama_proj.bias"] = state["language_projection.weight"], state["language_projection.bias"]
+    t["llama_proj.weight"] = state["language_projection.weight"]
+    t["llama_proj.bias"] = state["language_projection.bias"]
     for k, v in state.items():  # Vicuna, PEFT-wrapped, LoRA on q and v: base = W - scale * B A, so merged is W
         if not k.startswith("language_model."):
             continue
@@ -93,8 +94,8 @@ def oracle_umt(w, pixels):
     F = torch.nn.functional
     x = pixels.double().permute(1, 0, 2, 3)[None]  # [B, C, T, H, W], as encode_img permutes
     T = x.shape[2]
-    x = F.conv3d(x, w["vision_encoder.encoder.patch_embed.proj.weight"], w["vision_encoder.encoder.patch_embed.proj.bias"],
-                 stride=(1, 7, 7)).flatten(2).transpose(1, 2)
+    p = "vision_encoder.encoder.patch_embed.proj."
+    x = F.conv3d(x, w[p + "weight"], w[p + "bias"], stride=(1, 7, 7)).flatten(2).transpose(1, 2)
     P = x.shape[1] // T
     if T == 1:  # use_image: img_pos_embed, the table of one frame
         x = x + their_sinusoid_table(P, C).double()
@@ -177,3 +178,14 @@ def test_cli_eval_and_prumerge_on_videochat2(videochat2, tmp_path):
     out = run("eval", "--weights", d, "--questions", tmp_path / "q.json", "--videos", tmp_path, "--method",
               "prumerge+", "--out", tmp_path / "p.jsonl", "--device", "cpu")
     assert out.returncode == 2 and "PruMerge+ cannot run on a Q-Former host" in out.stderr
+
+
+def test_weights_cli_describes_videochat2(videochat2):
+    import subprocess
+    import sys
+    from pathlib import Path
+    d, _, _ = videochat2
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "weights.py"), str(d)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "UMT ViT, 2 layers" in out.stdout and "videochat2: 4 frames, 5 tokens per frame" in out.stdout

@@ -132,6 +132,8 @@ class STLLMTower(nn.Module):
 
 
 class STLLM(QFormerVideoLLM):
+    stop_text = "###"  # its end symbol (config/instructblipbase_stllm_qa.yaml:6)
+
     def prompt_ids(self, tok, question: str, mvbench: bool = False) -> list:
         if tok.eos is None:
             raise ValueError("the tokenizer has no </s>, which ST-LLM puts after the video as its BOS")

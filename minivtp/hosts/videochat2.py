@@ -43,6 +43,8 @@ SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence
 
 
 class VideoChat2(QFormerVideoLLM):
+    stop_text = "###"  # its turns' separator, where its generation stops (mvbench.ipynb, `answer`)
+
     def video_tokens(self, pixels, qformer_ids=None):
         """pixels (T, 3, S, S) -> (96, C): the whole clip as one Q-Former image, and 1 (one "frame")."""
         rows = self.vision(pixels)[None]  # (1, T*P, Cv)
