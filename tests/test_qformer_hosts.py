@@ -191,11 +191,24 @@ def test_prumerge_is_refused_with_the_reason(blip):
 
 
 def run(*args):
-    import subprocess
-    import sys
-    from pathlib import Path
-    return subprocess.run([sys.executable, "-m", "minivtp", *map(str, args)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    """`python -m minivtp ARGS`, in this process (a fresh interpreter would spend seconds importing torch):
+    the exit code and what it printed."""
+    from minivtp.__main__ import main
+    return run_main(main, *args)
+
+
+def run_main(main, *args):
+    """A command's main(argv) in this process: (returncode, stdout, stderr) as subprocess.run gives them."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's errors
+            rc = e.code
+    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def clip(path, n=4):

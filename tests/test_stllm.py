@@ -265,15 +265,12 @@ def test_cli_answer_and_prumerge_on_st_llm(stllm, tmp_path):
 
 
 def test_weights_cli_and_the_explorer_on_st_llm(stllm, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
+    from test_qformer_hosts import run_main
+
+    from minivtp import explore
     d, _, _ = stllm
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "weights.py"), str(d)], capture_output=True, text=True)
+    out = run_main(weights.main, d)  # python weights.py DIR
     assert out.returncode == 0, out.stderr
     assert "video        st-llm: 4 frames, 5 tokens per frame" in out.stdout and "EVA ViT, 3 layers" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "minivtp.explore", "--weights", str(d), "--video", "v.mp4",
-                          "--question", "q", "--out", str(tmp_path / "e.html")], capture_output=True, text=True,
-                         cwd=root)
+    out = run_main(explore.main, "--weights", d, "--video", "v.mp4", "--question", "q", "--out", tmp_path / "e.html")
     assert out.returncode == 2 and out.stderr.count("error:") == 1 and "Q-Former host" in out.stderr

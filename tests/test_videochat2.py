@@ -181,11 +181,8 @@ def test_cli_eval_and_prumerge_on_videochat2(videochat2, tmp_path):
 
 
 def test_weights_cli_describes_videochat2(videochat2):
-    import subprocess
-    import sys
-    from pathlib import Path
+    from test_qformer_hosts import run_main
     d, _, _ = videochat2
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "weights.py"), str(d)],
-                         capture_output=True, text=True)
+    out = run_main(weights.main, d)  # python weights.py DIR
     assert out.returncode == 0, out.stderr
     assert "UMT ViT, 2 layers" in out.stdout and "videochat2: 4 frames, 5 tokens per frame" in out.stdout
