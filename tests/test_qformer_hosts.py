@@ -269,3 +269,11 @@ def test_long_instructions_are_cut_on_the_left_as_their_bert_tokenizer_does(blip
     ref._tokenizer.enable_truncation(12, direction="left")  # ST-LLM and VideoChat2: truncation_side="left"
     text = " ".join(TOKENIZER_CORPUS[:3])
     assert model.qformer_ids(text)[0].tolist() == ref.encode(text).ids and len(ref.encode(text).ids) == 12
+
+
+def test_the_wordpiece_docstring_example_runs():
+    import doctest
+
+    from minivtp.hosts import qformer
+    result = doctest.testmod(qformer)
+    assert result.attempted >= 2 and result.failed == 0
