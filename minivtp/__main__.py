@@ -19,15 +19,13 @@ from pathlib import Path
 
 import torch
 
-from minivtp.cli import DTYPES, Parser, check_device, load_checkpoint, method_of
+from minivtp.cli import DTYPES, Parser, check_device, is_qformer_host, load_checkpoint, method_of, qformer_inputs
 
 
 def answer(args):
     from minivtp import png
-    pixels = model.preprocess(frames).to(args.device)
-    text = build_prompt(model.arrangement, args.question, args.template, placeholder=model.placeholder)
-    ids = torch.tensor(encode_prompt(tok, text, model), device=args.device)
-    decoder = one_shot_decoder(model.llm, args)
+    from minivtp.cli import encode_prompt
+    from minivtp.generate import generate
     from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
     from minivtp.vision import read_frames
 
@@ -41,12 +39,19 @@ def answer(args):
     if note:
         print(f"note: {note}", file=sys.stderr)
     pixels = model.preprocess(frames).to(args.device)
-    text = build_prompt(model.arrangement, args.question, args.template, placeholder=model.placeholder)
-    ids = torch.tensor(encode_prompt(tok, text, model), device=args.device)
+    extra = {}
+    if is_qformer_host(model):  # ST-LLM, InstructBLIP-Video: their own template, the question for the Q-Former too
+        if args.heatmap:
+            raise ValueError("--heatmap draws over a frame's patches; a Q-Former host's video tokens are queries, "
+                             "which have no place in the frame")
+        ids, extra = qformer_inputs(model, tok, args.question, args.device)
+    else:
+        text = build_prompt(model.arrangement, args.question, args.template, placeholder=model.placeholder)
+        ids = torch.tensor(encode_prompt(tok, text, model), device=args.device)
     decoder = one_shot_decoder(model.llm, args)
     t = time.perf_counter()
     with torch.no_grad():
-        embeds, video = model.prompt(ids, pixels, prumerge=merged)  # vision tower, projector, pooling, splice
+        embeds, video = model.prompt(ids, pixels, prumerge=merged, **extra)  # vision tower, projector, ..., splice
     if embeds.is_cuda:
         torch.cuda.synchronize()
     encode_s = time.perf_counter() - t
@@ -58,7 +63,10 @@ def answer(args):
                    eos_id=tok.eos, decoder=decoder)
     n_video = video.unpruned_rows if merged else video.end - video.start
     kept = video.end - video.start if merged else int(out.kept.numel()) if method else n_video
-    result = dict(answer=tok.decode([t for t in out.tokens.tolist() if t != tok.eos], skip_special=True).strip(),
+    text = tok.decode([t for t in out.tokens.tolist() if t != tok.eos], skip_special=True)
+    if getattr(model, "stop_text", None):  # ST-LLM, VideoChat2: the answer ends where the next "###" turn begins
+        text = text.split(model.stop_text)[0]
+    result = dict(answer=text.strip(),
                   method=args.method if method or merged else None, alpha=args.alpha,
                   layer=method.layer if method and method.name != "look-m" else None, video_tokens=n_video,
                   kept_video_tokens=kept, kept_ratio=kept / n_video, decode="eager" if decoder is None or args.eager else

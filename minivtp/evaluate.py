@@ -125,7 +125,7 @@ class Answerer:
     def generate(self, frames, question: str, template: str, max_new_tokens: int):
         """The model's answer to `question` about `frames` in PLLaVA's conversation `template` (Tarsier and the
         LLaVA-OneVision hosts: their own prompt, then the template's answer prompt), and what it cost."""
-        from minivtp.cli import encode_prompt
+        from minivtp.cli import encode_prompt, is_qformer_host, qformer_inputs
         from minivtp.generate import generate
         from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
         pixels = self.model.preprocess(frames).to(self.args.device)
@@ -135,9 +135,13 @@ class Answerer:
         else:
             text = build_prompt("pllava", question, template)
         ids = torch.tensor(encode_prompt(self.tok, text, self.model), device=self.args.device)
+        extra = {}
+        if is_qformer_host(self.model):  # the host's own template (MVBench's for eval_mvbench); the Q-Former reads it too
+            ids, extra = qformer_inputs(self.model, self.tok, question.removesuffix(POST_QUERY), self.args.device,
+                                        mvbench=template == "eval_mvbench")
         merged = self.args.method == "prumerge+"
         with torch.no_grad():
-            embeds, video = self.model.prompt(ids, pixels, prumerge=merged)
+            embeds, video = self.model.prompt(ids, pixels, prumerge=merged, **extra)
         out = generate(self.llm, embeds, max_new_tokens, video=video if self.method else None,
                        method=self.method, eos_id=self.tok.eos, decoder=self.decoder)
         answer = self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
@@ -234,6 +238,9 @@ def read_jsonl(path: Path) -> list:
 
 def run(args) -> int:
     import torch.distributed as dist
+
+    from minivtp.cli import check_prumerge_fits
+    check_prumerge_fits(args)  # before the questions are read: no question could be answered
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -100,6 +100,10 @@ def checkpoint_page(args):
     from minivtp.vision import read_frames
 
     check_device(args.device)
+    hf = weights.read_config(Path(args.weights)) if Path(args.weights).is_dir() else {}
+    if hf.get("model_type") in weights.QFORMER_HOSTS:
+        raise ValueError(f"{args.weights}: the explorer draws each video token on its frame's grid; a Q-Former host's "
+                         "tokens are queries with no place in the frame (python -m minivtp answer runs it)")
     model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device)
     tok = Tokenizer.from_file(args.weights)
     refuse_byte_level(args.weights, tok)

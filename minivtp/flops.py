@@ -48,7 +48,20 @@ PRESETS = {
     # LLaVA-Video-7B-Qwen2 (lmms-lab): the same decoder, 64 frames average-pooled to 13 x 13, a newline after every
     # row inside each frame (mm_newline_position "grid"): 13 * 14 rows a frame
     "llava-video-7b": dict(cfg=QWEN2_7B, prefix=14, frames=64, tokens_per_frame=13 * 14, question=60),
+    # Tab. 8's Q-Former hosts (minivtp/hosts/). ST-LLM: 16 frames of 32 query tokens first, no rows before them;
+    # after them </s>, "###Human: ", the same 35-row system prompt as PLLaVA's, then the 60 question rows
+    # (Vicuna-7B v1.1 with ST-LLM's [PAD] added: 32001 tokens)
+    "st-llm": dict(cfg=replace(VICUNA_7B, vocab_size=32001), prefix=0, frames=16, tokens_per_frame=32,
+                   question=1 + 4 + 35 + 60),
+    # VideoChat2 (Vicuna-7B v0): its Q-Former reads all 16 frames at once and gives 32 + 64 query tokens for the
+    # whole clip, so the video is ONE "frame" of 96 (LLM-VTP keeps ceil(alpha * 96) of it); before it <s>, the
+    # system prompt and "###Human: <Video>", after it "</Video>\n###Human: ", the system prompt again and the
+    # question
+    "videochat2": dict(cfg=VICUNA_7B, prefix=1 + 35 + 8, frames=1, tokens_per_frame=96, question=8 + 35 + 60),
 }
+# Tab. 8 (alpha 0.1, M 10): ST-LLM 5.4 -> 2.1 TFLOPs, VideoChat2 1.1 -> 0.5
+PAPER_TAB8 = {"st-llm": (5.4, 2.1), "videochat2": (1.1, 0.5)}
+QFORMER_PRESETS = tuple(PAPER_TAB8)
 
 
 SIGLIP_PRESETS = ("llava-ov-7b", "llava-video-7b")  # no class token: PruMerge+ does not apply
@@ -135,6 +148,7 @@ def main(argv=None):
     p.add_argument("--keep", type=float, help=f"PruMerge+'s retained fraction (default {PRUMERGE_PLLAVA_KEEP})")
     p.add_argument("--frames", type=int, help="override the preset's frame count T")
     p.add_argument("--question", type=int, help="override the preset's question rows Nq")
+    p.add_argument("--prefix", type=int, help="override the preset's rows before the video")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     preset = dict(PRESETS[args.preset])
@@ -147,6 +161,12 @@ def main(argv=None):
         preset["frames"] = args.frames
     if args.question:
         preset["question"] = args.question
+    if args.prefix is not None:
+        preset["prefix"] = args.prefix
+    if args.method == "prumerge+" and args.preset in QFORMER_PRESETS:
+        print(f"error: PruMerge+ does not apply to {args.preset}: its LLM reads the Q-Former's query tokens, none of "
+              "which is a [CLS] to rank by (paper, Tab. 8)", file=sys.stderr)
+        return 2
     try:
         out = prefill_flops(cfg, **preset, alpha=args.alpha, layer=args.layer, ranking=args.ranking,
                             method=args.method, keep=args.keep)

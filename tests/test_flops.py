@@ -104,11 +104,11 @@ def test_cli_method_and_bad_keep():
 
 def test_count_matches_torch_flop_counter_with_qwen2_biases():
     cfg = Config(vocab_size=61, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=56, max_seq_len=128,
-                 qkv_bias=True)
+                 qkv_bias=True, fused_attention=False)
     model = Transformer(cfg).eval()
     embeds = torch.randn(1, 3 + 4 * 9 + 5, cfg.dim)
     with FlopCounterMode(display=False) as counter:
-        generate(model, embeds, 1, video=VideoSpan(3, 4, 9), alpha=0.25, layer=2, fused=False)
+        generate(model, embeds, 1, video=VideoSpan(3, 4, 9), alpha=0.25, layer=2)
     # the biases are additions, which the counter (like the count) leaves out beside the products
     assert prefill_flops(cfg, 3, 4, 9, 5, alpha=0.25, layer=2)["flops_pruned"] == counter.get_total_flops()
 
@@ -135,3 +135,40 @@ def test_host_presets_have_the_hosts_own_shapes(preset, pool, rows):
     bad = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", preset, "--method", "prumerge+"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "has none" in bad.stderr
+
+
+def test_readme_tab8_rows_are_what_the_command_prints():
+    import re
+    from pathlib import Path
+    rows = [line for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+            if re.match(r"\| `(st-llm|videochat2)", line)]
+    assert len(rows) == 4
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        args = cells[0].strip("`").split()
+        out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", *args, "--alpha", "0.1", "--layer",
+                              "10", "--json"], capture_output=True, text=True, check=True)
+        d = json.loads(out.stdout)
+        assert cells[1].startswith(str(d["prompt_rows"]))
+        printed = [f"{d['flops_full'] / 1e12:.2f} T", f"{d['flops_pruned'] / 1e12:.2f} T", f"{d['ratio']:.3f}"]
+        assert cells[2:5] == printed
+
+
+def test_qformer_presets_layout_and_the_bound_the_paper_sits_on():
+    from minivtp.flops import PAPER_TAB8
+    st = prefill_flops(**PRESETS["st-llm"], alpha=0.1, layer=10)
+    assert (st["video_rows"], st["kept_video_rows"]) == (16 * 32, 16 * 4)  # ceil(0.1 * 32) = 4 per frame
+    vc = prefill_flops(**PRESETS["videochat2"], alpha=0.1, layer=10)
+    assert (vc["video_rows"], vc["kept_video_rows"]) == (96, 10)  # one "frame" of 96 query tokens
+    for name, out in (("st-llm", st), ("videochat2", vc)):
+        full, pruned = PAPER_TAB8[name]
+        # the lowest ratio M = 10 of 32 allows, text rows left out: the paper's ratio is at it or above it, ours above
+        p = dict(PRESETS[name], prefix=0, question=1)
+        bound = prefill_flops(**p, alpha=0.1, layer=10)["ratio"]
+        assert bound <= pruned / full + 0.02 and out["ratio"] > pruned / full
+
+
+def test_prumerge_on_a_qformer_preset_is_an_error():
+    out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", "st-llm", "--method", "prumerge+"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "PruMerge+ does not apply to st-llm" in out.stderr and "[CLS]" in out.stderr
