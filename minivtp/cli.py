@@ -55,29 +55,12 @@ def load_checkpoint(args):
     tok = Tokenizer.from_file(args.weights)
     if is_qformer_host(model):  # they splice their placeholder id themselves: the tokenizer need not know it
         return model, tok, time.perf_counter() - t
-    refuse_byte_level(args.weights, tok)
     name = model.placeholder
     if model.image_token >= 0:  # a vocabulary id (LLaVA-NeXT's -200 is spliced in by encode_prompt instead)
         if tok.added.get(name) != model.image_token:
             raise ValueError(f"{args.weights}: the tokenizer's {name} is {tok.added.get(name)}, the model's video "
                              f"token is {model.image_token}")
     return model, tok, time.perf_counter() - t
-
-
-def refuse_byte_level(path, tok):
-    """Qwen2's tokenizer.json (LLaVA-OneVision, LLaVA-Video) is byte-level BPE, which minivtp.tokenizer does not read
-    yet: it would load and encode every space wrongly, so until it can (the byte-level tokenizer's issue; remove
-    this check with it), such a file is one clear error."""
-    from pathlib import Path
-
-    from weights import read_json
-    f = Path(path) / "tokenizer.json"
-    if getattr(tok, "byte_level", False) or not f.is_file():
-        return
-    pre = read_json(f).get("pre_tokenizer") or {}
-    if any(p and p.get("type") == "ByteLevel" for p in pre.get("pretokenizers", [pre])):
-        raise ValueError(f"{f}: a byte-level BPE tokenizer (Qwen2's); minivtp's tokenizer reads SentencePiece-style "
-                         "BPE only, for now")
 
 
 def encode_prompt(tok, text: str, model) -> list:

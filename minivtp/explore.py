@@ -94,7 +94,7 @@ def checkpoint_page(args):
     import torch.nn.functional as F
 
     import weights
-    from minivtp.cli import DTYPES, check_device, encode_prompt, refuse_byte_level
+    from minivtp.cli import DTYPES, check_device, encode_prompt
     from minivtp.prompts import build_prompt
     from minivtp.tokenizer import Tokenizer
     from minivtp.vision import read_frames
@@ -106,7 +106,6 @@ def checkpoint_page(args):
                          "tokens are queries with no place in the frame (python -m minivtp answer runs it)")
     model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device)
     tok = Tokenizer.from_file(args.weights)
-    refuse_byte_level(args.weights, tok)
     frames, _ = read_frames(args.video, model.frames, model.sample_indices)
     pixels = model.preprocess(frames).to(args.device)
     text = build_prompt(model.arrangement, args.question, None, placeholder=model.placeholder)
