@@ -129,16 +129,17 @@ class Answerer:
         from minivtp.generate import generate
         from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
         pixels = self.model.preprocess(frames).to(self.args.device)
-        kind = self.model.arrangement
-        if kind in ("tarsier", "llava-onevision", "llava-video"):
-            text = build_prompt(kind, question, placeholder=self.model.placeholder) + (PLLAVA_TEMPLATES[template][6] or "")
-        else:
-            text = build_prompt("pllava", question, template)
-        ids = torch.tensor(encode_prompt(self.tok, text, self.model), device=self.args.device)
-        extra = {}
+        kind, extra = self.model.arrangement, {}
         if is_qformer_host(self.model):  # the host's own template (MVBench's for eval_mvbench); the Q-Former reads it too
             ids, extra = qformer_inputs(self.model, self.tok, question.removesuffix(POST_QUERY), self.args.device,
                                         mvbench=template == "eval_mvbench")
+        else:
+            if kind in ("tarsier", "llava-onevision", "llava-video"):
+                text = build_prompt(kind, question, placeholder=self.model.placeholder) + \
+                    (PLLAVA_TEMPLATES[template][6] or "")
+            else:
+                text = build_prompt("pllava", question, template)
+            ids = torch.tensor(encode_prompt(self.tok, text, self.model), device=self.args.device)
         merged = self.args.method == "prumerge+"
         with torch.no_grad():
             embeds, video = self.model.prompt(ids, pixels, prumerge=merged, **extra)

@@ -31,6 +31,7 @@ from torch import nn
 from minivtp.hosts.eva_vit import EvaConfig, EvaViT
 from minivtp.hosts.qformer import QFormer, QFormerConfig, WordPiece
 from minivtp.model import Config, Transformer
+from minivtp.vision import preprocess, sample_indices
 from minivtp.vtp import VideoSpan
 
 PRUMERGE_ERROR = ("PruMerge+ cannot run on a Q-Former host: it ranks patches by the vision tower's [CLS] attention, "
@@ -70,6 +71,12 @@ class QFormerVideoLLM(nn.Module):
 
     def tokens_per_frame(self) -> int:  # Nq
         return self.qformer.cfg.n_query
+
+    def sample_indices(self, n_available: int, n: int):  # which frames of a video it reads (PLLaVA's way)
+        return sample_indices(n_available, n)
+
+    def preprocess(self, frames):  # frames (H, W, 3) uint8 each -> (T, 3, S, S), CLIP-normalised as the hosts do
+        return preprocess(frames, self.vision.cfg.image_size)
 
     def qformer_ids(self, text: str, device=None) -> torch.Tensor:
         """The instruction as the Q-Former reads it: (1, Lq) BERT WordPiece ids, [CLS] ... [SEP]; longer than
