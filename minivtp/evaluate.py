@@ -112,8 +112,9 @@ class Answerer:
         else:
             self.model, self.tok, _ = load_checkpoint(args)
         self.llm = self.model.llm
-        if self.method is not None:  # a bad --layer or ratio is one error now, not one per question
+        if self.method is not None:  # a bad --layer, ratio or variant is one error now, not one per question
             self.method.resolved(self.llm.cfg.n_layers)
+        self.noted = False  # the released count's zero-token note, said once a run
         self.decoder = fast_decoder(self.llm, args.device, args.eager, args.no_compile)
 
     def __call__(self, q: dict, videos: Path):
@@ -133,6 +134,7 @@ class Answerer:
         merged = self.args.method == "prumerge+"
         with torch.no_grad():
             embeds, video = self.model.prompt(ids, pixels, prumerge=merged)
+        self.note(video)
         out = generate(self.llm, embeds, self.args.max_new_tokens, video=video if self.method else None,
                        method=self.method, eos_id=self.tok.eos, fast_decode=self.decoder)
         prediction = "(" + self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
@@ -141,14 +143,22 @@ class Answerer:
         return prediction, letter_of(prediction), dict(kept_ratio=kept / n_video, prefill_s=out.prefill_s,
                                                        decode_s=out.decode_s)
 
+    def note(self, video):
+        from minivtp.cli import zero_count_note
+        note = zero_count_note(self.method, video)
+        if note and not self.noted:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+            self.noted = True
+
     def ask_toy(self, q, path):
         from safetensors.torch import load_file
-        from minivtp import toy
+        from minivtp import toy, vtp
         try:
             features = load_file(str(path))["features"]
         except Exception as e:  # a missing or broken file: one error line for this question
             raise ValueError(f"{path}: not a toy video ({e})") from None
         sample = toy.Sample(features, [], q["question"].split(), [])
+        self.note(vtp.VideoSpan(len(toy.PREFIX), toy.T, toy.NV))
         words, out = toy.ask(self.model, sample, method=self.method)
         prediction = " ".join(words)
         options = q["candidates"]

@@ -2,6 +2,11 @@
 an independent float64 recomputation written from that code (tests/released64.py), on checkpoints transformers
 wrote; and the paper's variant, the default, unchanged."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import prompt, write_llama
@@ -175,3 +180,60 @@ def test_the_released_rule_on_cuda_keeps_what_the_cpu_keeps(mha):
     finally:
         model.to("cpu")
 
+
+
+# ---- the command line: --variant on answer and eval -----------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minivtp_cli(*args):
+    return subprocess.run([sys.executable, "-m", "minivtp", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def test_answer_with_the_released_variant_says_when_a_frame_keeps_nothing(llava, tmp_path):
+    from safetensors.torch import save_file
+    _, pllava, _ = llava
+    frames = tmp_path / "clip.safetensors"
+    save_file({"frames": torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8,
+                                       generator=torch.Generator().manual_seed(0))}, frames)
+    common = ["answer", "--weights", pllava, "--video", frames, "--question", "What is the man doing?", "--layer", 2,
+              "--max-new-tokens", 3, "--device", "cpu", "--dtype", "float32", "--json"]
+    # 2 pooled frames of 2 x 2 tokens: int(4 * 0.5) = 2 a frame, as ceil
+    half = minivtp_cli(*common, "--alpha", 0.5, "--variant", "released")
+    assert half.returncode == 0, half.stderr
+    d = json.loads(half.stdout)
+    assert d["variant"] == "released" and d["kept_video_tokens"] == 4 and "note" not in d
+    # int(4 * 0.1) = 0: nothing of the video is kept, and the run says so on stderr and in its JSON
+    zero = minivtp_cli(*common, "--alpha", 0.1, "--variant", "released")
+    assert zero.returncode == 0, zero.stderr
+    d = json.loads(zero.stdout)
+    assert d["kept_video_tokens"] == 0 and d["kept_ratio"] == 0 and d["cache_rows"] == d["prompt_rows"] - 8
+    assert "int(4 * 0.1) = 0 tokens of each frame" in d["note"] and d["note"] in zero.stderr
+    paper = minivtp_cli(*common, "--alpha", 0.1)
+    assert json.loads(paper.stdout)["kept_video_tokens"] == 2 and "note:" not in paper.stderr  # ceil(0.4) = 1
+    bad = minivtp_cli(*common, "--alpha", 0.5, "--variant", "released", "--method", "fastv")
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1 and "method='fastv' has its own rule" in errors[0]
+
+
+def test_eval_with_the_released_variant_answers_as_generate_does(tmp_path):
+    from minivtp import toy
+    bench = tmp_path / "bench"
+    toy.export_mvbench(bench, n=12, seed=99)
+    model = toy.load()
+    g = torch.Generator().manual_seed(99)
+    samples = [toy.make_sample(g) for _ in range(12)]  # export_mvbench draws the same videos first
+    for alpha in (0.5, 0.1):
+        out = tmp_path / f"r{alpha}.jsonl"
+        run = minivtp_cli("eval", "--weights", toy.ASSETS, "--questions", bench / "questions.json", "--videos",
+                          bench / "videos", "--out", out, "--alpha", alpha, "--layer", toy.DEFAULT_LAYER,
+                          "--variant", "released", "--json")
+        assert run.returncode == 0, run.stderr
+        method = Method(alpha=alpha, layer=toy.DEFAULT_LAYER, variant="released")
+        want = [toy.is_right(s, toy.ask(model, s, method=method)[0]) for s in samples]
+        assert [json.loads(line)["correct"] for line in out.read_text().splitlines()] == want
+        summary = json.loads(run.stdout)
+        assert summary["mean_kept_ratio"] == pytest.approx(toy.T * int(toy.NV * alpha) / (toy.T * toy.NV))
+        assert (run.stderr.count("note: the released count keeps int(9 * 0.1) = 0") == 1) == (alpha == 0.1)
