@@ -139,12 +139,14 @@ class Generation:
 
 def choose(method: Method, a_v, video, generator=None):
     """S, the kept video tokens as sorted prompt positions, from the scores a_v (T*Nv,)."""
+    # subtle: count= goes only to the released floor, so exercise 5's select_per_frame(a_v, video, alpha) plugs in
+    count = {} if method.count == "ceil" else dict(count=method.count)
     if method.name == "random":
-        return vtp.select_random(video, method.alpha, generator, method.count).to(a_v.device)
+        return vtp.select_random(video, method.alpha, generator, **count).to(a_v.device)
     if method.ranking == "frame":
-        S = vtp.select_per_frame(a_v, video, method.alpha, method.count)  # Eq. 5-6
+        S = vtp.select_per_frame(a_v, video, method.alpha, **count)  # Eq. 5-6
     else:
-        S = vtp.select_whole_sequence(a_v, video, method.alpha, method.count)  # Tab. 5's alternative
+        S = vtp.select_whole_sequence(a_v, video, method.alpha, **count)  # Tab. 5's alternative
     return vtp.complement(S, video) if method.name == "complement" else S
 
 

@@ -23,8 +23,8 @@ differently in four places. Each is a switch here, beside the paper's line (VARI
     switch          paper (Sec. 3.2.1)                       released code
     rope            q, k with RoPE, as Eq. 3 attends         q, k before RoPE              (llama.py:447)
     causal          Eq. 3's causal mask m                    no mask: every row sees all N (llama.py:448)
-    question_pool   mean over the question rows              max over them                 (elastic_cache.py:124)
-    count           ceil(alpha*Nv), at least 1               int(Nv*alpha), may be 0       (elastic_cache.py:135)
+    question_pool   mean over the question rows              max over them                 (elastic_cache.py:125)
+    count           ceil(alpha*Nv), at least 1               int(Nv*alpha), may be 0       (elastic_cache.py:136)
 
 The same made-up frame under the released count: int(4 * 0.5) = 2, as ceil; at alpha = 0.2, int(0.8) = 0, and
 the frame keeps nothing, which the released code does without a word (torch.topk with k=0):
@@ -90,7 +90,7 @@ def n_keep(alpha: float, n: int, count: str = "ceil") -> int:
     """
     check_alpha(alpha)
     if count == "floor":
-        # released: elastic_cache.py:135 (and :140), `int(static_size * alpha)`: the double product truncated, no
+        # released: elastic_cache.py:136 (and :142), `int(static_size * alpha)`: the double product truncated, no
         # rounding and no minimum, so 0.29 * 100 keeps 28 and 0.1 * 9 keeps 0 (a frame with no token left)
         return int(n * alpha)
     if count != "ceil":
@@ -133,7 +133,7 @@ def question_to_video(A, video: VideoSpan):
 def video_scores(A_qv, question_pool: str = "mean"):
     """a_v: each video token's attention averaged over all question rows. (Nq, T*Nv) -> (T*Nv,)"""
     if question_pool == "max":
-        # released: elastic_cache.py:124, `.max(dim=0)[0].max(dim=0)[0]`: heads by a max, then the rows by a max
+        # released: elastic_cache.py:125, `.max(dim=0)[0].max(dim=0)[0]`: heads by a max, then the rows by a max
         return A_qv.amax(dim=0)
     if question_pool != "mean":
         raise ValueError(f"question_pool={question_pool!r} must be 'mean' (the paper) or 'max' (the released code)")
@@ -221,7 +221,7 @@ def select_whole_sequence(a_v, video: VideoSpan, alpha: float, count: str = "cei
 def select_random(video: VideoSpan, alpha: float, generator=None, count: str = "ceil"):
     """Baseline: ceil(alpha*Nv) tokens of every frame, chosen uniformly at random."""
     scores = torch.rand(video.frames * video.tokens_per_frame, generator=generator)
-    return select_per_frame(scores, video, alpha, count)
+    return select_per_frame(scores, video, alpha, **({} if count == "ceil" else dict(count=count)))
 
 
 def complement(S, video: VideoSpan):
