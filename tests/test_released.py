@@ -237,3 +237,17 @@ def test_eval_with_the_released_variant_answers_as_generate_does(tmp_path):
         summary = json.loads(run.stdout)
         assert summary["mean_kept_ratio"] == pytest.approx(toy.T * int(toy.NV * alpha) / (toy.T * toy.NV))
         assert (run.stderr.count("note: the released count keeps int(9 * 0.1) = 0") == 1) == (alpha == 0.1)
+
+
+def test_the_prefill_bench_runs_at_a_tiny_shape(tmp_path):
+    # bench/released_prefill.py is the GPU measurement; here only that it runs and keeps what each rule keeps
+    run = subprocess.run([sys.executable, "bench/released_prefill.py", "--tiny", "--device", "cpu", "--reps", "1",
+                          "--alphas", "0.1", "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    res = json.loads((tmp_path / "released_prefill.json").read_text())
+    T, Nv = res["T"], res["Nv"]
+    for scores in ("fast", "literal"):
+        r = res["runs"][f"alpha 0.1 {scores}"]
+        assert r["paper"]["kept"] == T * vtp.n_keep(0.1, Nv) == r["released, ceil count"]["kept"]
+        assert r["released"]["kept"] == T * int(Nv * 0.1)
