@@ -211,8 +211,14 @@ def test_answer_with_the_released_variant_says_when_a_frame_keeps_nothing(llava,
     d = json.loads(zero.stdout)
     assert d["kept_video_tokens"] == 0 and d["kept_ratio"] == 0 and d["cache_rows"] == d["prompt_rows"] - 8
     assert "int(4 * 0.1) = 0 tokens of each frame" in d["note"] and d["note"] in zero.stderr
-    paper = minivtp_cli(*common, "--alpha", 0.1)
-    assert json.loads(paper.stdout)["kept_video_tokens"] == 2 and "note:" not in paper.stderr  # ceil(0.4) = 1
+    from minivtp.cli import zero_count_note
+    span = VideoSpan(5, 2, 4)
+    assert zero_count_note(Method(alpha=0.1, layer=2), span) is None  # the paper's ceil(0.4) = 1: nothing to say
+    assert zero_count_note(Method(alpha=0.1, layer=2, count="floor"), span) == d["note"]
+    # ranked over the whole video: int(8 * 0.1) = 0 of its 8 tokens, int(8 * 0.2) = 1
+    assert "int(8 * 0.1) = 0 tokens of the video" in zero_count_note(Method(alpha=0.1, layer=2, variant="released",
+                                                                            ranking="sequence"), span)
+    assert zero_count_note(Method(alpha=0.2, layer=2, variant="released", ranking="sequence"), span) is None
     bad = minivtp_cli(*common, "--alpha", 0.5, "--variant", "released", "--method", "fastv")
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert bad.returncode == 2 and len(errors) == 1 and "method='fastv' has its own rule" in errors[0]
