@@ -257,3 +257,10 @@ def test_the_prefill_bench_runs_at_a_tiny_shape(tmp_path):
         r = res["runs"][f"alpha 0.1 {scores}"]
         assert r["paper"]["kept"] == T * vtp.n_keep(0.1, Nv) == r["released, ceil count"]["kept"]
         assert r["released"]["kept"] == T * int(Nv * 0.1)
+
+
+def test_the_module_docstring_examples_run():
+    # vtp.py's worked examples, the released count's empty frame among them, printed as they are
+    import doctest
+    result = doctest.testmod(vtp, extraglobs={"torch": torch})
+    assert result.attempted >= 3 and result.failed == 0
