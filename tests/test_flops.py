@@ -13,7 +13,9 @@ from minivtp.generate import generate
 from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
 
-CFG = Config(vocab_size=61, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=56, max_seq_len=128)
+# the written-out attention: the FLOP counter does not see inside the CPU's fused kernel
+CFG = Config(vocab_size=61, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=56, max_seq_len=128,
+             fused_attention=False)
 
 
 @pytest.mark.parametrize("method,alpha,layer", [("llm-vtp", 1.0, 4), ("llm-vtp", 0.25, 2), ("llm-vtp", 0.1, 1),
@@ -25,9 +27,8 @@ def test_count_matches_torch_flop_counter(method, alpha, layer):
     prefix, T, Nv, Nq = 3, 4, 9, 5
     embeds = torch.randn(1, prefix + T * Nv + Nq, CFG.dim)
     with FlopCounterMode(display=False) as counter:
-        # prefill only; the manual attention path, since the counter does not see inside CPU's fused kernel
-        generate(model, embeds, 1, video=VideoSpan(prefix, T, Nv), method=method, alpha=alpha, layer=layer,
-                 fused=False)
+        # prefill only (one new token)
+        generate(model, embeds, 1, video=VideoSpan(prefix, T, Nv), method=method, alpha=alpha, layer=layer)
     counted = prefill_flops(CFG, prefix, T, Nv, Nq, alpha=alpha, layer=layer, method=method)
     assert counted["flops_pruned"] == counter.get_total_flops()
 
@@ -36,7 +37,7 @@ def test_unpruned_count_matches_plain_forward():
     model = Transformer(CFG).eval()
     N = 3 + 4 * 9 + 5
     with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, N, dtype=torch.long), fused=False)
+        model(torch.zeros(1, N, dtype=torch.long))
     counted = prefill_flops(CFG, 3, 4, 9, 5)["flops_full"]
     head_all_rows = 2 * (N - 1) * CFG.dim * CFG.vocab_size  # the plain forward makes logits for every row
     assert counted + head_all_rows == counter.get_total_flops()
@@ -70,15 +71,14 @@ def test_look_m_and_prumerge_counts_match_torch_flop_counter():
     N = prefix + T * Nv + Nq
     embeds = torch.randn(1, N, CFG.dim)
     with FlopCounterMode(display=False) as counter:
-        generate(model, embeds, 1, video=VideoSpan(prefix, T, Nv), method="look-m", recent=0.1, important=0.2,
-                 fused=False)
+        generate(model, embeds, 1, video=VideoSpan(prefix, T, Nv), method="look-m", recent=0.1, important=0.2)
     look_m = prefill_flops(CFG, prefix, T, Nv, Nq, method="look-m", recent=0.1, important=0.2)
     assert look_m["flops_pruned"] > look_m["flops_full"]  # the method prunes nothing in prefill, and merges after
     assert look_m["flops_pruned"] + look_m["look_m_scoring"] == counter.get_total_flops()  # ours recomputes Q K^T
     keep = 0.25
     kept = round(keep * T * Nv)
     with FlopCounterMode(display=False) as counter:  # PruMerge+: the LLM simply sees a shorter prompt
-        generate(model, embeds[:, : prefix + kept + Nq], 1, fused=False)
+        generate(model, embeds[:, : prefix + kept + Nq], 1)
     assert prefill_flops(CFG, prefix, T, Nv, Nq, method="prumerge+", keep=keep)["flops_pruned"] == \
         counter.get_total_flops()
 
