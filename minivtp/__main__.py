@@ -19,28 +19,40 @@ from pathlib import Path
 
 import torch
 
-from minivtp.cli import DTYPES, VARIANT_HELP, Parser, check_device, load_checkpoint, method_of, zero_count_note
+from minivtp.cli import (DTYPES, VARIANT_HELP, Parser, check_device, is_qformer_host, load_checkpoint, method_of,
+                         qformer_inputs, zero_count_note)
 
 
 def answer(args):
     from minivtp import png
+    from minivtp.cli import encode_prompt
     from minivtp.generate import generate
     from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
-    from minivtp.vision import preprocess, read_frames
+    from minivtp.vision import read_frames
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
     merged, method = args.method == "prumerge+", method_of(args)  # PruMerge+ prunes in the vision tower
     model, tok, load_s = load_checkpoint(args)
-    frames, note = read_frames(args.video, model.frames)
+    if args.template and model.arrangement in ("llava-onevision", "llava-video"):
+        raise ValueError(f"--template is PLLaVA's; a {model.arrangement} checkpoint has its own prompt")
+    frames, note = read_frames(args.video, model.frames, model.sample_indices)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
-    ids = torch.tensor(tok.encode(build_prompt(model.arrangement, args.question, args.template)), device=args.device)
+    pixels = model.preprocess(frames).to(args.device)
+    extra = {}
+    if is_qformer_host(model):  # ST-LLM, InstructBLIP-Video: their own template, the question for the Q-Former too
+        if args.heatmap:
+            raise ValueError("--heatmap draws over a frame's patches; a Q-Former host's video tokens are queries, "
+                             "which have no place in the frame")
+        ids, extra = qformer_inputs(model, tok, args.question, args.device)
+    else:
+        text = build_prompt(model.arrangement, args.question, args.template, placeholder=model.placeholder)
+        ids = torch.tensor(encode_prompt(tok, text, model), device=args.device)
     decoder = one_shot_decoder(model.llm, args)
     t = time.perf_counter()
     with torch.no_grad():
-        embeds, video = model.prompt(ids, pixels, prumerge=merged)  # vision tower, projector, pooling, splice
+        embeds, video = model.prompt(ids, pixels, prumerge=merged, **extra)  # vision tower, projector, ..., splice
     if embeds.is_cuda:
         torch.cuda.synchronize()
     encode_s = time.perf_counter() - t
@@ -55,7 +67,10 @@ def answer(args):
                    eos_id=tok.eos, decoder=decoder)
     n_video = video.unpruned_rows if merged else video.end - video.start
     kept = video.end - video.start if merged else int(out.kept.numel()) if method else n_video
-    result = dict(answer=tok.decode([t for t in out.tokens.tolist() if t != tok.eos], skip_special=True).strip(),
+    text = tok.decode([t for t in out.tokens.tolist() if t != tok.eos], skip_special=True)
+    if getattr(model, "stop_text", None):  # ST-LLM, VideoChat2: the answer ends where the next "###" turn begins
+        text = text.split(model.stop_text)[0]
+    result = dict(answer=text.strip(),
                   method=args.method if method or merged else None, alpha=args.alpha,
                   layer=method.layer if method and method.name != "look-m" else None, video_tokens=n_video,
                   kept_video_tokens=kept, kept_ratio=kept / n_video, decode="eager" if decoder is None or args.eager else
@@ -104,9 +119,9 @@ def heatmap(frames, scores, kept, video, model, size=168):
     from minivtp import png
 
     T, Nv = video.frames, video.tokens_per_frame
-    if model.arrangement == "tarsier":  # drop the newline and separator tokens: the grid is h x w
-        g = model.vision.cfg.grid
-        keep_cols = torch.tensor([j for j in range(Nv - 1) if j % (g + 1) != g])
+    if model.arrangement in ("tarsier", "llava-video"):  # drop the newline (and separator) tokens: the grid is h x w
+        g = model.vision.cfg.grid if model.arrangement == "tarsier" else model.pooled()
+        keep_cols = torch.tensor([j for j in range(g * (g + 1)) if j % (g + 1) != g])
         grid_scores = scores.view(T, Nv)[:, keep_cols].view(T, g, g)
         kept_mask = torch.zeros(T * Nv, dtype=torch.bool)
         kept_mask[kept - video.start] = True

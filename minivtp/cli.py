@@ -44,6 +44,7 @@ def load_checkpoint(args):
     from minivtp.tokenizer import Tokenizer
 
     check_device(args.device)
+    check_prumerge_fits(args)
     t = time.perf_counter()
 
     def progress(i, n, file):
@@ -52,10 +53,48 @@ def load_checkpoint(args):
     model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device, progress=progress,
                                    lora_alpha=args.lora_alpha)
     tok = Tokenizer.from_file(args.weights)
-    if tok.added.get("<image>") != model.image_token:
-        raise ValueError(f"{args.weights}: the tokenizer's <image> is {tok.added.get('<image>')}, the model's video "
-                         f"token is {model.image_token}")
+    if is_qformer_host(model):  # they splice their placeholder id themselves: the tokenizer need not know it
+        return model, tok, time.perf_counter() - t
+    name = model.placeholder
+    if model.image_token >= 0:  # a vocabulary id (LLaVA-NeXT's -200 is spliced in by encode_prompt instead)
+        if tok.added.get(name) != model.image_token:
+            raise ValueError(f"{args.weights}: the tokenizer's {name} is {tok.added.get(name)}, the model's video "
+                             f"token is {model.image_token}")
     return model, tok, time.perf_counter() - t
+
+
+def encode_prompt(tok, text: str, model) -> list:
+    """Token ids of a prompt with ONE video placeholder. A tokenizer that knows the placeholder encodes it; one that
+    does not need to: LLaVA-NeXT's id is -200, outside any vocabulary, and its tokenizer_image_token encodes the
+    text on each side and puts the id between. So do I."""
+    if model.image_token >= 0:
+        return tok.encode(text)
+    before, sep, after = text.partition(model.placeholder)
+    if not sep:
+        raise ValueError(f"the prompt holds no {model.placeholder}")
+    return tok.encode(before) + [model.image_token] + tok.encode(after, bos=False)
+
+
+def is_qformer_host(model) -> bool:
+    return hasattr(model, "qformer")
+
+
+def check_prumerge_fits(args):
+    """--method prumerge+ on a Q-Former host is one error line before a 7B checkpoint is read."""
+    import weights
+    from pathlib import Path
+    if getattr(args, "method", None) != "prumerge+" or not Path(args.weights).is_dir():
+        return
+    if weights.read_config(Path(args.weights)).get("model_type") in weights.QFORMER_HOSTS:
+        from minivtp.hosts.instructblip import PRUMERGE_ERROR
+        raise ValueError(PRUMERGE_ERROR)
+
+
+def qformer_inputs(model, tok, question: str, device, mvbench: bool = False):
+    """A Q-Former host's prompt (minivtp/hosts/): (ids with one placeholder, {"qformer_ids": the question's
+    BERT ids}), as `model.prompt(ids, pixels, **extra)` takes them."""
+    ids = torch.tensor(model.prompt_ids(tok, question, mvbench), device=device)
+    return ids, dict(qformer_ids=model.qformer_ids(model.qformer_text(question, mvbench), device))
 
 
 def method_of(args):

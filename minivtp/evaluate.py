@@ -119,26 +119,31 @@ class Answerer:
         if self.toy:
             return self.ask_toy(q, path)
         from minivtp.vision import read_frames
-        frames, _ = read_frames(path, self.model.frames)
+        frames, _ = read_frames(path, self.model.frames, self.model.sample_indices)
         text, facts = self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench", self.args.max_new_tokens or 5)
         prediction = "(" + text
         return prediction, letter_of(prediction), facts
 
     def generate(self, frames, question: str, template: str, max_new_tokens: int):
-        """The model's answer to `question` about `frames` in PLLaVA's conversation `template` (Tarsier: its own
-        prompt, then the template's answer prompt), and what it cost."""
+        """The model's answer to `question` about `frames` in PLLaVA's conversation `template` (Tarsier and the
+        LLaVA-OneVision hosts: their own prompt, then the template's answer prompt), and what it cost."""
+        from minivtp.cli import encode_prompt, is_qformer_host, qformer_inputs
         from minivtp.generate import generate
         from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
-        from minivtp.vision import preprocess
-        pixels = preprocess(frames, self.model.vision.cfg.image_size).to(self.args.device)
-        if self.model.arrangement == "tarsier":
-            text = build_prompt("tarsier", question) + (PLLAVA_TEMPLATES[template][6] or "")
+        pixels = self.model.preprocess(frames).to(self.args.device)
+        kind = self.model.arrangement
+        if kind in ("tarsier", "llava-onevision", "llava-video"):
+            text = build_prompt(kind, question, placeholder=self.model.placeholder) + (PLLAVA_TEMPLATES[template][6] or "")
         else:
             text = build_prompt("pllava", question, template)
-        ids = torch.tensor(self.tok.encode(text), device=self.args.device)
+        ids = torch.tensor(encode_prompt(self.tok, text, self.model), device=self.args.device)
+        extra = {}
+        if is_qformer_host(self.model):  # the host's own template (MVBench's for eval_mvbench); the Q-Former reads it too
+            ids, extra = qformer_inputs(self.model, self.tok, question.removesuffix(POST_QUERY), self.args.device,
+                                        mvbench=template == "eval_mvbench")
         merged = self.args.method == "prumerge+"
         with torch.no_grad():
-            embeds, video = self.model.prompt(ids, pixels, prumerge=merged)
+            embeds, video = self.model.prompt(ids, pixels, prumerge=merged, **extra)
         self.note(video)
         out = generate(self.llm, embeds, max_new_tokens, video=video if self.method else None,
                        method=self.method, eos_id=self.tok.eos, decoder=self.decoder)
@@ -246,6 +251,9 @@ def read_jsonl(path: Path) -> list:
 
 def run(args) -> int:
     import torch.distributed as dist
+
+    from minivtp.cli import check_prumerge_fits
+    check_prumerge_fits(args)  # before the questions are read: no question could be answered
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

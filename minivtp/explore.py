@@ -105,17 +105,22 @@ def checkpoint_page(args):
     import torch.nn.functional as F
 
     import weights
-    from minivtp.cli import DTYPES, check_device
+    from minivtp.cli import DTYPES, check_device, encode_prompt
     from minivtp.prompts import build_prompt
     from minivtp.tokenizer import Tokenizer
-    from minivtp.vision import preprocess, read_frames
+    from minivtp.vision import read_frames
 
     check_device(args.device)
+    hf = weights.read_config(Path(args.weights)) if Path(args.weights).is_dir() else {}
+    if hf.get("model_type") in weights.QFORMER_HOSTS:
+        raise ValueError(f"{args.weights}: the explorer draws each video token on its frame's grid; a Q-Former host's "
+                         "tokens are queries with no place in the frame (python -m minivtp answer runs it)")
     model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device)
     tok = Tokenizer.from_file(args.weights)
-    frames, _ = read_frames(args.video, model.frames)
-    pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
-    ids = torch.tensor(tok.encode(build_prompt(model.arrangement, args.question, None)), device=args.device)
+    frames, _ = read_frames(args.video, model.frames, model.sample_indices)
+    pixels = model.preprocess(frames).to(args.device)
+    text = build_prompt(model.arrangement, args.question, None, placeholder=model.placeholder)
+    ids = torch.tensor(encode_prompt(tok, text, model), device=args.device)
     with torch.no_grad():
         embeds, video = model.prompt(ids, pixels)
     scores = layer_scores(model.llm, embeds, video)
@@ -124,9 +129,13 @@ def checkpoint_page(args):
     if model.arrangement == "pllava":
         grid = list(model.pooling_shape[1:])
         cells = [[j // grid[1], j % grid[1]] for j in range(Nv)]
-    elif model.arrangement == "tarsier":  # row newlines and the frame separator have no place in the picture
+    elif model.arrangement in ("tarsier", "llava-video"):  # row newlines (and Tarsier's separator) have no place
+        g = g if model.arrangement == "tarsier" else model.pooled()
         grid = [g, g]
-        cells = [[j // (g + 1), j % (g + 1)] if j < Nv - 1 and j % (g + 1) != g else None for j in range(Nv)]
+        cells = [[j // (g + 1), j % (g + 1)] if j < g * (g + 1) and j % (g + 1) != g else None for j in range(Nv)]
+    elif model.arrangement == "llava-onevision":  # the pooled grid; its one newline row is after the video
+        h = model.pooled()
+        grid, cells = [h, h], [[j // h, j % h] for j in range(Nv)]
     else:
         grid, first = [g, g], Nv - g * g  # a [CLS] token first when the features keep it
         cells = [None] * first + [[j // g, j % g] for j in range(g * g)]

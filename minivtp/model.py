@@ -45,6 +45,7 @@ class Config:
     attention_bias: bool = False
     mlp_bias: bool = False
     fused_attention: bool = True  # F.scaled_dot_product_attention; False: the math written out (same numbers)
+    qkv_bias: bool = False  # bias on q, k and v but not o: Qwen2's one change to LLaMA's layer
 
     def __post_init__(self):
         if self.head_dim == 0:
@@ -58,9 +59,10 @@ class Config:
 
     @classmethod
     def from_hf(cls, hf: dict) -> "Config":
-        """Build from a Hugging Face LLaMA `config.json` (already parsed)."""
-        if hf.get("model_type", "llama") != "llama":
-            raise ValueError(f"model_type {hf.get('model_type')!r} is not a LLaMA decoder")
+        """Build from a Hugging Face LLaMA or Qwen2 `config.json` (already parsed)."""
+        if hf.get("model_type", "llama") not in ("llama", "qwen2"):
+            raise ValueError(f"model_type {hf.get('model_type')!r} is not a LLaMA or Qwen2 decoder")
+        check_sliding_window(hf)
         act = hf.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"hidden_act {act!r} is not supported (LLaMA uses 'silu')")
@@ -85,7 +87,21 @@ class Config:
                    norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=rope,
                    max_seq_len=hf.get("max_position_embeddings", 4096),
                    tie_embeddings=hf.get("tie_word_embeddings", False),
-                   attention_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False))
+                   attention_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False),
+                   qkv_bias=hf.get("model_type") == "qwen2")
+
+
+def check_sliding_window(hf: dict):
+    """Qwen2's sliding window, honoured where it hides nothing, refused by name where it would hide keys."""
+    n, window = hf.get("num_hidden_layers", 0), hf.get("sliding_window")
+    if not hf.get("use_sliding_window") or window is None or window >= hf.get("max_position_embeddings", 4096):
+        return  # no window, or one longer than any prompt we accept: every layer is full causal attention
+    types = hf.get("layer_types") or ["sliding_attention" if i >= hf.get("max_window_layers", n) else "full_attention"
+                                      for i in range(n)]
+    if "sliding_attention" in types:
+        raise ValueError(f"use_sliding_window is true with sliding_window={window} (< max_position_embeddings) on "
+                         f"layers {types.index('sliding_attention')}.. (max_window_layers="
+                         f"{hf.get('max_window_layers')}): minivtp's attention is full causal only")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,9 +264,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.attention_bias)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
+        qkv_bias = cfg.attention_bias or cfg.qkv_bias
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attention_bias)
         self.fused = cfg.fused_attention  # chosen once, as nanoGPT chooses flash: the kernel, or the math below
 

@@ -56,9 +56,24 @@ def tarsier_prompt(question: str) -> str:
     return f"USER: {VIDEO} {question.strip()} ASSISTANT: "
 
 
-def build_prompt(kind: str, question: str, template: str = None) -> str:
+# LLaVA-NeXT's conv_templates["qwen_1_5"] (llava/conversation.py, conv_qwen, SeparatorStyle.CHATML): the prompt
+# LLaVA-OneVision and LLaVA-Video are evaluated with; the video placeholder starts the user's message.
+QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant."
+
+
+def qwen_prompt(question: str, placeholder: str = "<video>") -> str:
+    """
+    >>> qwen_prompt("Why?")
+    '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<video>\\nWhy?<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    return f"{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\n{placeholder}\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def build_prompt(kind: str, question: str, template: str = None, placeholder: str = "<image>") -> str:
     if kind == "tarsier":
         return tarsier_prompt(question)
+    if kind in ("llava-onevision", "llava-video"):
+        return qwen_prompt(question, placeholder)
     return pllava_prompt(question, template or "plain")
 
 
