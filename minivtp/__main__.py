@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from minivtp.cli import DTYPES, Parser, check_device, is_qformer_host, load_checkpoint, method_of, qformer_inputs
+from minivtp.cli import (DTYPES, VARIANT_HELP, Parser, check_device, is_qformer_host, load_checkpoint, method_of,
+                         qformer_inputs, zero_count_note)
 
 
 def answer(args):
@@ -59,6 +60,9 @@ def answer(args):
     if embeds.shape[1] + args.max_new_tokens > n_max:
         raise ValueError(f"the prompt is {embeds.shape[1]} rows ({video.end - video.start} of them video) and "
                          f"--max-new-tokens {args.max_new_tokens} more would exceed the model's {n_max} positions")
+    note = zero_count_note(method, video)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     out = generate(model.llm, embeds, args.max_new_tokens, video=video if method else None, method=method,
                    eos_id=tok.eos, decoder=decoder)
     n_video = video.unpruned_rows if merged else video.end - video.start
@@ -72,7 +76,10 @@ def answer(args):
                   kept_video_tokens=kept, kept_ratio=kept / n_video, decode="eager" if decoder is None or args.eager else
                   "static cache + CUDA graph", prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
                   new_tokens=len(out.tokens), load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s,
-                  decode_s=out.decode_s, decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1))
+                  decode_s=out.decode_s, decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1),
+                  variant=method.variant if method else None)
+    if note:
+        result["note"] = note
     if args.heatmap:
         if method is None or args.method in ("look-m", "random"):
             raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
@@ -195,6 +202,7 @@ def main(argv=None):
     a.add_argument("--alpha", type=float, default=0.1, help="fraction of each frame's tokens kept, (0, 1]; 1 = no pruning")
     a.add_argument("--layer", type=int, default=10, help="M, the layer that prunes, 1..L")
     a.add_argument("--head-pool", default="max", choices=("max", "mean", "min"))
+    a.add_argument("--variant", default="paper", choices=("paper", "released"), help=VARIANT_HELP)
     a.add_argument("--method", default="llm-vtp", choices=("llm-vtp", "fastv", "prumerge+", "look-m", "random",
                                                            "complement"),
                    help="how tokens are chosen: LLM-VTP (default); FastV (--alpha of the whole video, --layer K); "
@@ -229,6 +237,7 @@ def main(argv=None):
     e.add_argument("--alpha", type=float, default=1.0, help="fraction kept, (0, 1]; 1 = no pruning")
     e.add_argument("--layer", type=int, default=10)
     e.add_argument("--head-pool", default="max", choices=("max", "mean", "min"))
+    e.add_argument("--variant", default="paper", choices=("paper", "released"), help=VARIANT_HELP)
     e.add_argument("--recent", type=float, default=0.05)
     e.add_argument("--important", type=float, default=0.05)
     e.add_argument("--max-new-tokens", type=int, default=None, help="default 5 (the letter and a few words); 100 "

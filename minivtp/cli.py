@@ -106,4 +106,27 @@ def method_of(args):
         return None
     return Method(args.method, alpha=args.alpha, layer=None if args.method == "look-m" else args.layer,
                   head_pool=args.head_pool, recent=args.recent, important=args.important,
-                  merge=getattr(args, "merge", "average"))
+                  merge=getattr(args, "merge", "average"), variant=getattr(args, "variant", "paper"))
+
+
+VARIANT_HELP = ("LLM-VTP as the paper writes it (default) or as the authors' released code runs it: scores from q, k "
+                "before RoPE, no causal mask, the max over question rows, int(alpha*Nv) kept a frame, which may be 0 "
+                "(tutorial/12_released_code.md)")
+
+
+def zero_count_note(method, video):
+    """The line a user gets when the released count keeps no token of a frame (int(Nv*alpha) = 0), else None.
+
+    Not an error: the released code does it without a word (its torch.topk with k=0), and --variant released
+    means running that rule, so the run goes on and says so."""
+    from minivtp.vtp import VARIANTS, n_keep
+    if method is None or video is None or method.name in ("fastv", "look-m"):
+        return None
+    count = method.count or VARIANTS[method.variant]["count"]
+    Nv = video.tokens_per_frame if method.ranking == "frame" else video.frames * video.tokens_per_frame
+    if count != "floor" or n_keep(method.alpha, Nv, "floor") > 0:
+        return None
+    where = "of each frame" if method.ranking == "frame" else "of the video"
+    return (f"the released count keeps int({Nv} * {method.alpha}) = 0 tokens {where}: no video token goes on past "
+            f"layer {method.layer} and the KV cache holds none of them, as in the authors' code (the paper's "
+            f"ceil keeps {n_keep(method.alpha, Nv)})")

@@ -35,6 +35,7 @@ import torch
 from minivtp import benchmarks
 # MVBench's prompt and letter rule live with the benchmarks' readers; --questions uses them too
 from minivtp.benchmarks import ANSWER_PROMPT, LETTERS, POST_QUERY, letter_of, qa_text  # noqa: F401
+from minivtp.vtp import VideoSpan
 
 
 def read_questions(path) -> list:
@@ -106,8 +107,9 @@ class Answerer:
         else:
             self.model, self.tok, _ = load_checkpoint(args)
         self.llm = self.model.llm
-        if self.method is not None:  # a bad --layer or ratio is one error now, not one per question
+        if self.method is not None:  # a bad --layer, ratio or variant is one error now, not one per question
             self.method.resolved(self.llm.cfg.n_layers)
+        self.noted = False  # the released count's zero-token note, said once a run
         # by where the model is, not by --device: the toy always runs on the CPU, and compiling it there (what a
         # GPU machine's default --device cuda asked for) cost every eval of the toy a CPU compile
         self.decoder = fast_decoder(self.llm, self.llm.embed.weight.device, args.eager, args.no_compile)
@@ -143,6 +145,7 @@ class Answerer:
         merged = self.args.method == "prumerge+"
         with torch.no_grad():
             embeds, video = self.model.prompt(ids, pixels, prumerge=merged, **extra)
+        self.note(video)
         out = generate(self.llm, embeds, max_new_tokens, video=video if self.method else None,
                        method=self.method, eos_id=self.tok.eos, decoder=self.decoder)
         answer = self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
@@ -180,6 +183,14 @@ class Answerer:
             letter = benchmarks.letter(benchmark, prediction, q)
         return dict(row, prediction=prediction, letter=letter)
 
+    def note(self, video):
+        """Say once a run, on stderr, when the released count keeps no token of a frame (cli.zero_count_note)."""
+        from minivtp.cli import zero_count_note
+        note = zero_count_note(self.method, video)
+        if note and not self.noted:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+            self.noted = True
+
     def toy_generate(self, frames, question: str):
         """The toy's two-word answer to its question about frames that benchmarks.read_clip read from pictures."""
         from minivtp import toy
@@ -187,6 +198,7 @@ class Answerer:
         if any(w not in toy.ID for w in words):
             raise ValueError(f"the toy knows only its own words ({' '.join(toy.VOCAB)}); the question is {question!r}")
         features = torch.stack([toy.frame_features(f) for f in frames])  # (T, Nv, P)
+        self.note(VideoSpan(len(toy.PREFIX), toy.T, toy.NV))  # the span toy.ask prompts with
         answer, out = toy.ask(self.model, toy.Sample(features, [], words, []), method=self.method)
         kept = out.kept.numel() / (toy.T * toy.NV) if self.method else 1.0
         return " ".join(answer), dict(kept_ratio=kept, prefill_s=out.prefill_s, decode_s=out.decode_s)
@@ -199,6 +211,7 @@ class Answerer:
         except Exception as e:  # a missing or broken file: one error line for this question
             raise ValueError(f"{path}: not a toy video ({e})") from None
         sample = toy.Sample(features, [], q["question"].split(), [])
+        self.note(VideoSpan(len(toy.PREFIX), toy.T, toy.NV))  # the span toy.ask prompts with
         words, out = toy.ask(self.model, sample, method=self.method)
         prediction = " ".join(words)
         options = q["candidates"]

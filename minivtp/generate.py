@@ -34,6 +34,8 @@ class Method:
         Method(alpha=0.1, layer=2, ranking="sequence", head_pool="mean")   # the ablations of Tab. 5 and 6
         Method("fastv", alpha=0.1, layer=2)         # FastV: the last row's attention at layer K=2 (baselines.py)
         Method("look-m", recent=0.05, important=0.05)   # Look-M: every layer's cache, after a full prefill
+        Method(alpha=0.1, variant="released")       # LLM-VTP as the authors' code runs it (vtp.VARIANTS)
+        Method(alpha=0.1, rope="before")            # the paper's rule with one of the released code's switches
 
     alpha=1 keeps every video token. `layer=None` means the paper's M=10 (Look-M uses no layer).
     PruMerge+ prunes in the vision tower, before the LLM: VideoLLM.prompt(..., prumerge=True).
@@ -48,6 +50,11 @@ class Method:
     recent: float = 0.05  # Look-M: fraction of the prompt's rows kept as the most recent ones, [0, 1]
     important: float = 0.05  # Look-M: fraction kept by received attention, text rows first, [0, 1]
     merge: str = "average"  # Look-M: how evicted rows join kept ones: "average", "pivotal", "none"
+    variant: str = "paper"  # LLM-VTP as the paper writes it or as its "released" code runs it (vtp.VARIANTS)
+    rope: str = None  # scores from q, k with RoPE ("after") or without ("before"); None: the variant's
+    causal: bool = None  # Eq. 3's causal mask on the scores (True) or none (False); None: the variant's
+    question_pool: str = None  # a_v as the "mean" over question rows (Eq. 4) or their "max"; None: the variant's
+    count: str = None  # per frame "ceil" keeps ceil(alpha*Nv) (Eq. 5), "floor" int(Nv*alpha), maybe 0; None: variant's
 
     @classmethod
     def from_keywords(cls, method=None, **kw) -> "Method":
@@ -79,7 +86,17 @@ class Method:
                                      ("ranking", self.ranking, RANKINGS), ("scores", self.scores, SCORES)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} must be one of {', '.join(map(repr, allowed))}")
-        return replace(self, layer=layer)
+        if self.variant not in vtp.VARIANTS:
+            raise ValueError(f"variant={self.variant!r} must be one of {', '.join(map(repr, vtp.VARIANTS))}")
+        switches = {k: getattr(self, k) if getattr(self, k) is not None else v
+                    for k, v in vtp.VARIANTS[self.variant].items()}  # a field given overrides its variant
+        for name, value in switches.items():
+            if value not in vtp.SWITCHES[name]:
+                raise ValueError(f"{name}={value!r} must be one of {', '.join(map(repr, vtp.SWITCHES[name]))}")
+        if self.name in ("fastv", "look-m") and switches != vtp.VARIANTS["paper"]:
+            raise ValueError(f"variant and its switches (rope, causal, question_pool, count) are LLM-VTP's; "
+                             f"method={self.name!r} has its own rule")
+        return replace(self, layer=layer, **switches)
 
 
 @dataclass
@@ -107,12 +124,14 @@ class Generation:
 
 def choose(method: Method, a_v, video, generator=None):
     """S, the kept video tokens as sorted prompt positions, from the scores a_v (T*Nv,)."""
+    # subtle: count= goes only to the released floor, so exercise 5's select_per_frame(a_v, video, alpha) plugs in
+    count = {} if method.count == "ceil" else dict(count=method.count)
     if method.name == "random":
-        return vtp.select_random(video, method.alpha, generator).to(a_v.device)
+        return vtp.select_random(video, method.alpha, generator, **count).to(a_v.device)
     if method.ranking == "frame":
-        S = vtp.select_per_frame(a_v, video, method.alpha)  # Eq. 5-6
+        S = vtp.select_per_frame(a_v, video, method.alpha, **count)  # Eq. 5-6
     else:
-        S = vtp.select_whole_sequence(a_v, video, method.alpha)  # Tab. 5's alternative
+        S = vtp.select_whole_sequence(a_v, video, method.alpha, **count)  # Tab. 5's alternative
     return vtp.complement(S, video) if method.name == "complement" else S
 
 
@@ -146,7 +165,8 @@ def prefill(model, embeds, caches, video=None, method=None, generator=None, deco
         x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, [], rows)
     else:  # --- LLM-VTP at layer M (and its random and complement baselines) --------------------------------
         score = vtp.scores_fast if method.scores == "fast" else vtp.scores_literal
-        a_v = score(block, x_in, cos, sin, pos, cache, video, method.head_pool)  # Eq. 4, mean over questions
+        a_v = score(block, x_in, cos, sin, pos, cache, video, method.head_pool, method.rope, method.causal,
+                    method.question_pool)  # Eq. 4, mean over questions (the paper's variant)
         S = choose(method, a_v, video, generator)  # Eq. 5-6
         rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
         x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, caches[:M], rows)  # layers M+1..L; Eq. 7-8 on 1..M
