@@ -18,6 +18,12 @@ Parts (--parts):
              graph        a FastDecoder's CUDA graph (bucket 256: eval's; `eval --no-compile` on fused q+k+v)
              answer       `answer`'s FastDecoder(bucket=1, prefill_bucket=0): exact sizes, fused, nothing compiled
              graph_tuned  eval's default: FastDecoder(compile=True), the step through the autotuned block
+  released the prefill of LLM-VTP's two rules on the model as loaded, in the paper's PLLaVA settings (alpha/M
+           0.1/10, 0.2/10, 0.2/5): the paper's, the authors' released code's (Method(variant="released"): q and k
+           before RoPE, no causal mask, so the keys are projected again from layer M's input and every question
+           row's softmax runs over all N keys; int(alpha * Nv) a frame) and "released, ceil count" (the paper's
+           rows, only the scoring differs); the whole prefill (the loop) and layer M's scoring alone (fast and
+           literal), each as a ratio to the paper's rule in the same run
   prefill  the 2,399-row prefill unpruned and in the paper's four settings (alpha 0.2 / 0.1, M 5 / 10), median of
            --reps (7) after 2 warm-ups, CUDA events: the loop (model.forward_layers: every layer from Python) and the
            graph tail (a FastDecoder's PrefillTail, rows after M padded to 16); speed-up against the unpruned
@@ -38,11 +44,11 @@ import torch
 
 from bench import common
 from bench.common import LLM_VTP, PAPER_SETTINGS
-from minivtp import fast
+from minivtp import fast, vtp
 from minivtp.flops import prefill_flops
-from minivtp.generate import generate, prefill
+from minivtp.generate import Method, generate, prefill
 
-PARTS = ("check", "decode", "prefill")
+PARTS = ("check", "decode", "prefill", "released")
 VARIANTS = {"plain": "plain", "fused": "fused q+k+v", "compiled": "fused+compiled"}
 DECODERS = {"plain": ("eager",), "fused": ("graph", "answer"), "compiled": ("graph", "graph_tuned")}
 
@@ -186,6 +192,48 @@ def summary(res):
               f"{res['check_float32']['all_same_tokens']}")
 
 
+RELEASED_RULES = {"paper": dict(variant="paper"), "released": dict(variant="released"),
+                  "released, ceil count": dict(variant="released", count="ceil")}
+RELEASED_SETTINGS = ((0.1, 10), (0.2, 10), (0.2, 5))  # (alpha, M): the paper's PLLaVA settings (Sec. 4.3)
+
+
+@torch.no_grad()
+def scoring_ms(model, embeds, video, method, scores, reps):
+    """Median ms of layer M's scoring alone (the step the rules differ in), on the layer's input and cache."""
+    m = method.resolved(model.cfg.n_layers)
+    N = embeds.shape[1]
+    pos = torch.arange(N, device=embeds.device)
+    cos, sin = model.rope(pos)
+    caches = model.new_caches(1, N)
+    x_in = model.forward_layers(embeds, cos, sin, pos, caches, stop=m.layer - 1)  # layers 1..M-1
+    model.forward_layers(x_in, cos, sin, pos, caches, start=m.layer - 1, stop=m.layer)  # layer M fills its cache
+    block, cache = model.layers[m.layer - 1], caches[m.layer - 1]
+    score = vtp.scores_fast if scores == "fast" else vtp.scores_literal
+    return common.median_ms(lambda: score(block, x_in, cos, sin, pos, cache, video, m.head_pool, m.rope, m.causal,
+                                          m.question_pool), embeds.device, reps=reps)
+
+
+def released_table(s, reps: int) -> dict:
+    """The "released" part: {"a{alpha} M{M} {rule}": prefill ms, kept tokens, scoring ms (fast, literal)}."""
+    model, embeds, video = common.random_llm(s), common.random_embeds(s, s.rows), s.video
+    runs = {}
+    for alpha, M in RELEASED_SETTINGS:
+        for rule, switches in RELEASED_RULES.items():
+            method = Method(alpha=alpha, layer=M, **switches)
+            ms, _ = common.prefill_ms(model, embeds, video, method, reps=reps)
+            with torch.no_grad():  # what the rule kept, from one prefill of its own
+                kept = prefill(model, embeds, model.new_caches(1, s.rows), video, method)[1].kept.numel()
+            row = dict(prefill_ms=ms, kept=kept, scoring_ms={sc: scoring_ms(model, embeds, video, method, sc, reps)
+                                                             for sc in ("fast", "literal")})
+            runs[f"a{alpha} M{M} {rule}"] = row
+            base = runs[f"a{alpha} M{M} paper"]
+            print(f"alpha {alpha} M {M:2d}  {rule:20s}  prefill {ms:9.2f} ms ({ms / base['prefill_ms']:5.3f}x the "
+                  f"paper's)  scoring at M: fast {row['scoring_ms']['fast']:8.3f} ms "
+                  f"({row['scoring_ms']['fast'] / base['scoring_ms']['fast']:5.2f}x), literal "
+                  f"{row['scoring_ms']['literal']:8.3f} ms  kept {kept} video tokens", flush=True)
+    return dict(runs=runs)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, help="folder for floors.json (required unless --compare)")
@@ -214,6 +262,9 @@ def main(argv=None):
     t0 = time.perf_counter()
     if "check" in chosen:
         res["check_float32"] = check_float32(s)
+        save()
+    if "released" in chosen:
+        res["released"] = released_table(s, args.reps)
         save()
     if {"decode", "prefill"} & set(chosen):
         res["copy_bytes_per_s"] = rate = copy_rate(s)

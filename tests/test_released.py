@@ -248,13 +248,14 @@ def test_eval_with_the_released_variant_answers_as_generate_does(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks --tiny on the CPU; a GPU runs it in bfloat16")
 def test_the_prefill_bench_runs_at_a_tiny_shape(tmp_path):
-    # bench/released_prefill.py is the GPU measurement; here only that it runs and keeps what each rule keeps
-    from bench import common, released_prefill
-    assert released_prefill.main(["--tiny", "--reps", "1", "--out", str(tmp_path)]) == 0
-    res = json.loads((tmp_path / "released_prefill.json").read_text())
+    # `python -m bench.floors --parts released` is the GPU measurement; here only that it runs and keeps what each
+    # rule keeps
+    from bench import common, floors
+    assert floors.main(["--tiny", "--parts", "released", "--reps", "1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "floors.json").read_text())["released"]
     T, Nv = common.shape(tiny=True).frames, common.shape(tiny=True).nv
-    for alpha, M in released_prefill.SETTINGS:
-        runs = {rule: res["runs"][f"a{alpha} M{M} {rule}"] for rule in released_prefill.RULES}
+    for alpha, M in floors.RELEASED_SETTINGS:
+        runs = {rule: res["runs"][f"a{alpha} M{M} {rule}"] for rule in floors.RELEASED_RULES}
         assert runs["paper"]["kept"] == T * vtp.n_keep(alpha, Nv) == runs["released, ceil count"]["kept"]
         assert runs["released"]["kept"] == T * int(Nv * alpha)
         assert all(r["prefill_ms"] > 0 and min(r["scoring_ms"].values()) > 0 for r in runs.values())
