@@ -20,6 +20,7 @@ compared: same weights, same answer (in bf16 a near tie may flip a late token; t
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
