@@ -1,10 +1,20 @@
 """Tiny checkpoints written by Hugging Face transformers itself: the oracle every loader test compares against."""
 
 import json
+import os
 import shutil
 
-import pytest
-import torch
+# Under pytest-xdist (`-n auto`) every worker gets its share of the cores, for torch here and, through the
+# environment, for the subprocesses the CLI tests start: 16 workers of 16 threads each on 16 cores would fight.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if WORKERS > 1:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 transformers = pytest.importorskip("transformers", reason="transformers is the test oracle: pip install -e .[test]")
 

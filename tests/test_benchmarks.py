@@ -22,8 +22,10 @@ TIMES = ("seconds", "prefill_s", "decode_s")
 
 
 def eval_cmd(*args, torchrun=False):
-    head = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "minivtp"] if torchrun \
-        else [sys.executable, "-m", "minivtp"]
+    # --standalone: a free port of its own, so two such runs at once (pytest -n) do not meet on torchrun's default
+    head = [sys.executable, "-m", "minivtp"]
+    if torchrun:
+        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] + head[1:]
     return subprocess.run(head + ["eval", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
