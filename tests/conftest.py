@@ -3,6 +3,9 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 # Under pytest-xdist (`-n auto`) every worker gets its share of the cores, for torch here and, through the
 # environment, for the subprocesses the CLI tests start: 16 workers of 16 threads each on 16 cores would fight.
@@ -15,6 +18,8 @@ import torch  # noqa: E402
 
 if WORKERS > 1:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+ROOT = Path(__file__).resolve().parents[1]
 
 transformers = pytest.importorskip("transformers", reason="transformers is the test oracle: pip install -e .[test]")
 
@@ -148,3 +153,12 @@ def smollm2():
         return real.checkpoint()
     except real.Unavailable as e:
         pytest.skip(f"SmolLM2-135M is not available: {e}")
+
+
+def eval_cmd(*args, torchrun=False):
+    """`python -m minivtp eval ARGS` in a subprocess from the repository root; torchrun=True: two processes."""
+    # --standalone: a free port of its own, so two such runs at once (pytest -n) do not meet on torchrun's default
+    head = [sys.executable, "-m", "minivtp"]
+    if torchrun:
+        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] + head[1:]
+    return subprocess.run(head + ["eval", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)

@@ -6,7 +6,6 @@ own scorer reads, torchrun and resume, and the README's commands."""
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,12 @@ import torch
 
 from minivtp import benchmarks, toy
 import benchtrees
+from conftest import eval_cmd
 from benchtrees import reference_indices
 
 pytest.importorskip("av", reason="the fake trees hold real video files: pip install av")
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = ("seconds", "prefill_s", "decode_s")
-
-
-def eval_cmd(*args, torchrun=False):
-    # --standalone: a free port of its own, so two such runs at once (pytest -n) do not meet on torchrun's default
-    head = [sys.executable, "-m", "minivtp"]
-    if torchrun:
-        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] + head[1:]
-    return subprocess.run(head + ["eval", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 def eval_main(*args):

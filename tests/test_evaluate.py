@@ -2,14 +2,13 @@
 questions recorded instead of crashing, and the exported toy benchmark agreeing with python -m minivtp.experiments."""
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+
+from conftest import eval_cmd
 
 from minivtp import evaluate, toy
 from minivtp.experiments import measure
@@ -17,14 +16,6 @@ from minivtp.generate import Method
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = ("seconds", "prefill_s", "decode_s")
-
-
-def eval_cmd(*args, torchrun=False):
-    # --standalone: a free port of its own, so two such runs at once (pytest -n) do not meet on torchrun's default
-    head = [sys.executable, "-m", "minivtp"]
-    if torchrun:
-        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] + head[1:]
-    return subprocess.run(head + ["eval", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 def rows(path):

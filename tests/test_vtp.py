@@ -10,7 +10,7 @@ from oracle import forward64, pruned_masks, select64
 import weights
 from minivtp import vtp
 from minivtp.generate import generate
-from minivtp.model import EMPTY, KVCache
+from minivtp.model import KVCache
 from minivtp.vtp import VideoSpan
 
 # ---- one test per equation -----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from einops import rearrange
 from torch import nn
 
 from minivtp.vision import ACTIVATIONS, VisionBlock
+from weights import VISION_TO_OURS
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)  # LLaVA-NeXT's SigLipImageProcessor, and transformers' SiglipImageProcessor
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -104,19 +105,7 @@ class SiglipTower(nn.Module):
 
 # Hugging Face's names (under vision_model.) -> ours, in both layouts: transformers' model.vision_tower.* and
 # LLaVA-NeXT's model.vision_tower.vision_tower.* strip to the same rest.
-SIGLIP_TO_OURS = [
-    (r"embeddings\.patch_embedding\.", "patch."),
-    (r"embeddings\.position_embedding\.", "pos."),
-    (r"post_layernorm\.", "post_norm."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.q_proj\.", r"layers.\1.wq."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.k_proj\.", r"layers.\1.wk."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.v_proj\.", r"layers.\1.wv."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"layers.\1.wo."),
-    (r"encoder\.layers\.(\d+)\.layer_norm1\.", r"layers.\1.norm1."),
-    (r"encoder\.layers\.(\d+)\.layer_norm2\.", r"layers.\1.norm2."),
-    (r"encoder\.layers\.(\d+)\.mlp\.fc1\.", r"layers.\1.fc1."),
-    (r"encoder\.layers\.(\d+)\.mlp\.fc2\.", r"layers.\1.fc2."),
-]
+SIGLIP_TO_OURS = [(p, r) for p, r in VISION_TO_OURS if r not in ("cls", "pre_norm.")]  # CLIP's, less these two
 
 
 def siglip_to_ours(rest: str):
