@@ -256,8 +256,10 @@ def check_8_capstone(solution: dict, path, hf, case):
     masks = pruned_masks(N, len(seq), start, start + T * Nv, S, M, cfg.num_hidden_layers)
     ref = forward64(sd, cfg, seq, masks)[N - 1 :]
     err = ((out.logits.double() - ref).abs().max() / ref.abs().max()).item()
-    # float32 against float64 over 4 layers: ~1e-6 when right; a wrong cache or position is off by > 1e-2
-    assert err <= 1e-4, (f"logits differ from the oracle by {err:.2g} (relative): the kept tokens are right, so "
+    # float32 against float64 over 4 layers: python tools/oracle_errors.py measures at most 3.7e-6 for minivtp's
+    # functions in these cases (4 checkpoints x 5 prompts); 2e-5, 5x that, leaves room for a right solution that
+    # orders its float32 operations differently. A wrong cache or position is off by > 1e-2.
+    assert err <= 2e-5, (f"logits differ from the oracle by {err:.2g} (relative): the kept tokens are right, so "
                          "look at what decoding reads: exercises 3 and 7 (positions, every layer's cache)")
 
 
