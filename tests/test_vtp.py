@@ -94,6 +94,16 @@ def test_random_baseline_same_count_per_frame_and_complement():
     assert sorted(S.tolist() + C.tolist()) == list(range(1, 41))
 
 
+def test_selection_stays_on_the_device_of_the_scores():
+    # on a GPU the scores are CUDA tensors; a CPU tensor made along the way (an arange without device=) would fail
+    # there. The CPU suite cannot see that; "meta" tensors (shapes, no data) can: mixing one with a CPU tensor fails.
+    video = VideoSpan(start=2, frames=3, tokens_per_frame=4)
+    a_v = torch.rand(12, device="meta")
+    for S in (vtp.select_per_frame(a_v, video, 0.5), vtp.select_whole_sequence(a_v, video, 0.5)):
+        assert S.device.type == "meta" and S.shape == (6,)
+        assert vtp.rows_to_keep(20, video, S).device.type == "meta"
+
+
 def test_rows_to_keep_prefix_kept_video_questions():
     S = torch.tensor([3, 8, 12])
     assert vtp.rows_to_keep(N, SPAN, S).tolist() == [0, 1, 3, 8, 12, 14, 15, 16]
@@ -242,6 +252,26 @@ def test_no_keyword_at_all_keeps_every_video_token(deep):
     torch.testing.assert_close(out.logits, plain.logits, rtol=1e-5, atol=1e-5)
 
 
+def test_scores_called_alone_pool_heads_by_max(ckpt):
+    """vtp.scores_fast and scores_literal called as the tutorial calls them, head_pool left out: Eq. 4 by hand on
+    layer 1's attention, max over heads (the paper's default, Tab. 6)."""
+    model, _ = ckpt
+    N, video = 30, VideoSpan(2, 3, 6)  # question rows 20..29
+    embeds = model.embed(prompt(15, N))[None]
+    pos = torch.arange(N)
+    cos, sin = model.rope(pos)
+    cache = model.new_caches(1, N)[0]
+    block = model.layers[0]
+    with torch.no_grad():
+        block(embeds, cos, sin, pos, cache)  # fills layer 1's cache, as prefill does
+        A = vtp.layer_attention(block, embeds, cos, sin, pos, cache)  # (H, N, N), every row
+        by_hand = A.amax(0)[20:, 2:20].mean(0)  # (18,)
+        for scores in (vtp.scores_fast, vtp.scores_literal):
+            torch.testing.assert_close(scores(block, embeds, cos, sin, pos, cache, video), by_hand)
+    assert A.shape == (model.cfg.n_heads, N, N)
+    assert not torch.allclose(A.mean(0)[20:, 2:20].mean(0), by_hand)  # mean pooling would be told apart
+
+
 def test_literal_and_fast_scores_agree(ckpt):
     model, _ = ckpt
     tokens = prompt(4, 50)
@@ -317,6 +347,20 @@ def test_generate_samples_the_first_token_from_the_softmax(ckpt):
     assert p.max() < 0.5  # far from greedy: an argmax sampler fails by a wide margin
     freq = sampled_frequencies(lambda s: generate(model, embeds, 1, temperature=t, seed=s).tokens[0], n, len(p))
     assert_frequencies(freq, p, n)
+
+
+def test_the_random_baseline_is_random_and_seeded(ckpt):
+    """method="random": the same count per frame as LLM-VTP, chosen by the seed, not by the scores."""
+    model, _ = ckpt
+    embeds = model.embed(prompt(6, 40))[None]
+    video = VideoSpan(start=2, frames=4, tokens_per_frame=8)
+    ours = generate(model, embeds, 1, video=video, alpha=0.25, layer=2).kept.tolist()
+    kept = [generate(model, embeds, 1, video=video, method="random", alpha=0.25, layer=2, seed=s).kept.tolist()
+            for s in range(8)]
+    assert len({tuple(k) for k in kept}) >= 6 and ours not in kept  # 28^4 ways to choose: repeats would be a bug
+    assert all([sum(2 + 8 * t <= i < 10 + 8 * t for i in k) for t in range(4)] == [2] * 4 for k in kept)
+    again = generate(model, embeds, 1, video=video, method="random", alpha=0.25, layer=2, seed=3).kept.tolist()
+    assert again == kept[3]
 
 
 def test_sampling_is_seeded(ckpt):
