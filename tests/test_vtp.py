@@ -382,7 +382,8 @@ def test_sampling_is_seeded(ckpt):
     (dict(video=VideoSpan(10, 3, 8)), r"run past the prompt \(prompt rows 0..29\)"),
     (dict(video=VideoSpan(6, 3, 8)), r"no question rows after the video"),
     (dict(head_pool="median"), r"head_pool='median' must be one of"),
-    (dict(max_new_tokens=300), r"exceeds the model's 256 positions"),
+    (dict(max_new_tokens=300), r"prompt 30 \+ max_new_tokens 300 = 330 exceeds the model's 256 positions"),
+    (dict(max_new_tokens=0), r"max_new_tokens=0 must be >= 1"),
 ])
 def test_bad_arguments(ckpt, kwargs, match):
     model, _ = ckpt
@@ -398,6 +399,43 @@ def test_videospan_mismatch_and_bad_fields():
         VideoSpan(2, 3, 8).check(40, video_rows=20)
     with pytest.raises(ValueError, match="VideoSpan.frames=0 must be an integer >= 1"):
         VideoSpan(0, 0, 8)
+    for args, message in (((-1, 2, 2), r"VideoSpan.start=-1 must be an integer >= 0$"),
+                          ((0, 2, 0), r"VideoSpan.tokens_per_frame=0 must be an integer >= 1$"),
+                          ((0, 2.0, 3), r"VideoSpan.frames=2.0 must be an integer >= 1$")):
+        with pytest.raises(ValueError, match=message):
+            VideoSpan(*args)
+    assert VideoSpan(0, 1, 1).end == 1  # one frame of one token, at the very start: the smallest video there is
+
+
+@pytest.mark.parametrize("shape", [(30, 48), (2, 30, 48)])
+def test_embeds_must_be_one_prompt(ckpt, shape):
+    model, _ = ckpt
+    with pytest.raises(ValueError, match=rf"embeds must be \(1, N, C\), got \({shape[0]}, {shape[1]}"):
+        generate(model, torch.zeros(shape), 2)
+
+
+def test_generate_is_greedy_by_default_and_fills_every_position(ckpt):
+    """No temperature: each token is the argmax of the logits it came from. A prompt of N rows may ask for exactly
+    max_seq_len - N new tokens (the last one is never fed back, so one position is even to spare)."""
+    model, _ = ckpt
+    n_max = model.cfg.max_seq_len  # 256
+    embeds = model.embed(prompt(16, n_max - 6))[None]
+    out = generate(model, embeds, 6, video=VideoSpan(2, 4, 8), alpha=0.5, layer=2)
+    assert out.tokens.tolist() == out.logits.argmax(-1).tolist() and len(out.tokens) == 6
+    sampled = generate(model, embeds[:, :20], 4, temperature=1.0)
+    assert sampled.tokens.tolist() == generate(model, embeds[:, :20], 4, temperature=1.0, seed=0).tokens.tolist()
+
+
+def test_no_video_runs_on_a_one_layer_model():
+    """Without a video nothing is pruned, whatever M would have been; a one-layer model has only M = 1."""
+    from minivtp.model import Config, Transformer
+    torch.manual_seed(0)
+    model = Transformer(Config(vocab_size=31, dim=16, n_layers=1, n_heads=2, n_kv_heads=2, hidden_dim=32,
+                               max_seq_len=32)).eval()
+    tokens = torch.randint(0, 31, (1, 9))
+    with torch.no_grad():
+        out = generate(model, model.embed(tokens), 1)
+        assert out.tokens.tolist() == [model(tokens)[0, -1].argmax().item()]
 
 
 # ---- the fast decode path's CPU-side logic: static slots, positions after pruning -----------------------------
