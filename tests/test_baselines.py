@@ -81,8 +81,8 @@ def test_fastv_equals_float64_recomputation(ckpt, K, alpha):
     out, S, err = fastv_error(model, hf, K, alpha, seed=K)
     N, video_rows = 3 + 4 * 8 + 5, 4 * 8
     assert out.kept.tolist() == S
-    # layers 1..K keep every prompt row in their caches; K+1..L only the kept ones
-    assert out.cache_lens == [N] * K + [N - (video_rows - len(S))] * (4 - K)
+    # layers 1..K keep every prompt row in their caches; K+1..L only the kept ones; cache_len is layer 1's
+    assert out.cache_lens == [N] * K + [N - (video_rows - len(S))] * (4 - K) and out.cache_len == N
     assert err <= ORACLE_TOL, err
 
 
@@ -100,9 +100,10 @@ def test_fastv_ranks_across_frames_llm_vtp_within(ckpt):
 # ---- Look-M -----------------------------------------------------------------------------------------------------
 
 
-def look_m64(sd, cfg, tokens, start, end, recent, important, how):
+def look_m64(sd, cfg, tokens, start, end, recent, important, how, kept_rows=None):
     """Look-M from its description, in plain loops: per layer, keep the recent rows and the important ones (text
-    first, then by received attention), merge each evicted row into its most similar kept row per head."""
+    first, then by received attention), merge each evicted row into its most similar kept row per head.
+    `kept_rows`, a list, receives each layer's kept prompt rows."""
     N = len(tokens)
     caches = []
     for k, v, received in layers64(sd, cfg, tokens):
@@ -111,6 +112,8 @@ def look_m64(sd, cfg, tokens, start, end, recent, important, how):
         is_text = {i: not (start <= i < end) for i in older}
         ranked = sorted(older, key=lambda i: (not is_text[i], -received[i].item()))
         kept = sorted(ranked[:n_imp] + list(range(N - n_recent, N)))
+        if kept_rows is not None:
+            kept_rows.append(kept)
         gone = [i for i in range(N) if i not in kept]
         K, V = k[:, kept].clone(), v[:, kept].clone()
         for h in range(k.shape[0]):
@@ -142,7 +145,11 @@ def look_m_error(model, hf, recent, important, how, seed):
     method = Method("look-m", recent=recent, important=important, merge=how)
     out = generate(model, model.embed(tokens)[None], n_new, video=VideoSpan(start, T, Nv), method=method)
     sd, cfg = hf.state_dict(), hf.config
-    caches = look_m64(sd, cfg, tokens, start, start + T * Nv, recent, important, how)
+    rows = []
+    caches = look_m64(sd, cfg, tokens, start, start + T * Nv, recent, important, how, rows)
+    # what generate reports for Look-M: the rows of layer 1's cache, and the video tokens among them
+    assert out.pruning.rows.tolist() == rows[0] and out.pruning.layer is None
+    assert out.kept.tolist() == [i for i in rows[0] if start <= i < start + T * Nv]
     first = forward64(sd, cfg, tokens, [causal(N)] * cfg.num_hidden_layers)[N - 1 :]  # prefill itself is not pruned
     ref = torch.cat([first, decode64(sd, cfg, caches, out.tokens[:-1], N)])
     return out, rel(out.logits, ref)

@@ -436,6 +436,41 @@ def test_no_video_runs_on_a_one_layer_model():
     with torch.no_grad():
         out = generate(model, model.embed(tokens), 1)
         assert out.tokens.tolist() == [model(tokens)[0, -1].argmax().item()]
+    assert out.pruning is None and out.kept.dtype == torch.long and out.kept.numel() == 0  # nothing was pruned
+
+
+def test_generate_stops_at_eos_and_only_there(ckpt):
+    model, _ = ckpt
+    embeds = model.embed(prompt(17, 30))[None]
+    video = VideoSpan(2, 4, 6)
+    full = generate(model, embeds, 8, video=video, alpha=0.5, layer=2).tokens.tolist()
+    eos = full[3]
+    stopped = generate(model, embeds, 8, video=video, alpha=0.5, layer=2, eos_id=eos).tokens.tolist()
+    assert stopped == full[: full.index(eos) + 1]  # up to and with the first eos
+    never = next(t for t in range(97) if t not in full)
+    assert generate(model, embeds, 8, video=video, alpha=0.5, layer=2, eos_id=never).tokens.tolist() == full
+
+
+def test_generate_casts_embeds_and_times_its_two_phases(ckpt):
+    """float64 embeddings run in the weights' dtype (the same tokens as float32 ones); prefill_s and decode_s are
+    the two parts of the call's own wall-clock time."""
+    import time
+    model, _ = ckpt
+    embeds = model.embed(prompt(18, 30))[None]
+    t = time.perf_counter()
+    out = generate(model, embeds.double(), 5, video=VideoSpan(2, 4, 6), alpha=0.5, layer=2)
+    wall = time.perf_counter() - t
+    assert out.tokens.tolist() == generate(model, embeds, 5, video=VideoSpan(2, 4, 6), alpha=0.5, layer=2).tokens.tolist()
+    assert 0 < out.prefill_s and 0 < out.decode_s and out.prefill_s + out.decode_s <= wall
+
+
+def test_prefill_refuses_a_video_that_is_not_a_span(ckpt):
+    from minivtp.generate import prefill
+    model, _ = ckpt
+    embeds = model.embed(prompt(8, 30))[None]
+    with pytest.raises(ValueError, match=r"^video must be a VideoSpan, got tuple \(a video PruMerge\+ already pruned "
+                                         r"goes to generate with video=None\)$"):
+        prefill(model, embeds, model.new_caches(1, 30), video=(2, 3, 8), alpha=0.5, layer=2)
 
 
 # ---- the fast decode path's CPU-side logic: static slots, positions after pruning -----------------------------
