@@ -57,6 +57,9 @@ def fastv_masks(N, n_total, start, end, S, K, L):
 # kernel order, far below a small numeric bug (RMSNorm's eps ten times too large: 6e-4 in test_vtp's cases). It was
 # 1e-4.
 ORACLE_TOL = 2e-5
+# Look-M's reported scores, the attention layer 1's rows receive: at most 3.7e-7 of the largest (60 runs, mean
+# 1.8e-7; one layer of float32, so less error than the logits'); 2e-6 is 5x the worst.
+SCORES_TOL = 2e-6
 FASTV_CASES = [(1, 0.25), (2, 0.1), (4, 0.3)]  # (K, alpha)
 
 
@@ -138,7 +141,8 @@ LOOK_M_CASES = [(0.1, 0.2, "average"), (0.2, 0.1, "pivotal"), (0.15, 0.15, "none
 
 
 def look_m_error(model, hf, recent, important, how, seed):
-    """Look-M through generate() against look_m64's caches and float64 decoding: (Generation, relative error)."""
+    """Look-M through generate() against look_m64's caches and float64 decoding: (Generation, relative logit error,
+    relative error of the reported scores, layer 1's received attention)."""
     start, T, Nv, Nq, n_new = 3, 4, 8, 5, 5
     N = start + T * Nv + Nq
     tokens = prompt(seed, N)
@@ -152,16 +156,18 @@ def look_m_error(model, hf, recent, important, how, seed):
     assert out.kept.tolist() == [i for i in rows[0] if start <= i < start + T * Nv]
     first = forward64(sd, cfg, tokens, [causal(N)] * cfg.num_hidden_layers)[N - 1 :]  # prefill itself is not pruned
     ref = torch.cat([first, decode64(sd, cfg, caches, out.tokens[:-1], N)])
-    return out, rel(out.logits, ref)
+    received = layers64(sd, cfg, tokens)[0][2][start : start + T * Nv]  # layer 1, the video rows
+    return out, rel(out.logits, ref), rel(out.pruning.scores, received)
 
 
 @pytest.mark.parametrize("recent,important,how", LOOK_M_CASES)
 def test_look_m_equals_float64_recomputation(ckpt, recent, important, how):
     model, hf = ckpt
-    out, err = look_m_error(model, hf, recent, important, how, seed=int(recent * 100))
+    out, err, scores_err = look_m_error(model, hf, recent, important, how, seed=int(recent * 100))
     N = 3 + 4 * 8 + 5
     assert out.cache_lens == [int(N * recent) + int(N * important)] * 4
     assert err <= ORACLE_TOL, err
+    assert scores_err <= SCORES_TOL, scores_err
 
 
 def test_look_m_keeps_text_before_video_and_the_recent_rows():

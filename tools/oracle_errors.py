@@ -45,7 +45,7 @@ def report(name, bound, errors):
 
 def main():
     torch.set_num_threads(1)
-    llm_vtp, fastv, look_m, capstone = [], [], [], []
+    llm_vtp, scores, fastv, look_m, look_m_scores, capstone = [], [], [], [], [], []
     four = dict(num_hidden_layers=4, num_key_value_heads=2)
     vtp_cases = [dict(start=0, T=4, Nv=8, Nq=6, alpha=0.25, layer=m, n_new=6) for m in (1, 2, 4)] + [
         dict(start=5, T=3, Nv=9, Nq=4, alpha=0.3, layer=2, n_new=5),
@@ -55,7 +55,9 @@ def main():
     for _, model, hf in checkpoints((5, 21, 11, 0), **four):
         for seed in PROMPTS:
             for case in vtp_cases:
-                llm_vtp.append(tv.oracle_error(model, hf, seed=seed, **case)[2])
+                _, _, err, scores_err = tv.oracle_error(model, hf, seed=seed, **case)
+                llm_vtp.append(err)
+                scores.append(scores_err)
             for start, T, Nv, Nq, alpha, M, n_new in CAPSTONE_CASES:  # the capstone scores with the literal Eq. 4
                 kw = dict(alpha=alpha, layer=M, scores="literal")
                 capstone.append(tv.oracle_error(model, hf, start, T, Nv, Nq, alpha, M, n_new, seed=seed,
@@ -63,16 +65,20 @@ def main():
             for K, alpha in tb.FASTV_CASES:
                 fastv.append(tb.fastv_error(model, hf, K, alpha, seed)[2])
             for recent, important, how in tb.LOOK_M_CASES:
-                look_m.append(tb.look_m_error(model, hf, recent, important, how, seed)[1])
+                _, err, scores_err = tb.look_m_error(model, hf, recent, important, how, seed)
+                look_m.append(err)
+                look_m_scores.append(scores_err)
     for _, model, hf in checkpoints((6, 0, 1, 2), num_hidden_layers=10, num_key_value_heads=2):
         for seed in PROMPTS:
             llm_vtp.append(tv.oracle_error(model, hf, 2, 3, 8, 5, 0.25, 10, 4, seed=seed,
                                            keywords=dict(alpha=0.25))[2])
     print("float32 minivtp against the float64 oracle (relative to the largest logit):")
     report("LLM-VTP, test_vtp.py oracle cases (ORACLE_TOL)", tv.ORACLE_TOL, llm_vtp)
+    report("LLM-VTP scores a_v at layer M, test_vtp.py (SCORES_TOL)", tv.SCORES_TOL, scores)
     report("LLM-VTP literal scores, the capstone (test_exercises.py)", 2e-5, capstone)
     report("FastV, test_baselines.py (ORACLE_TOL)", tb.ORACLE_TOL, fastv)
     report("Look-M, test_baselines.py (ORACLE_TOL)", tb.ORACLE_TOL, look_m)
+    report("Look-M received attention at layer 1 (SCORES_TOL)", tb.SCORES_TOL, look_m_scores)
 
     print("float32 minivtp against transformers' float32 forward (weights.load):")
     loader = []
