@@ -555,6 +555,33 @@ def test_bad_method_arguments(ckpt, kwargs, match):
         generate(model, embeds, 2, video=VideoSpan(2, 3, 8), alpha=0.5, layer=2, **kwargs)
 
 
+@pytest.mark.parametrize("method,n_layers,message", [
+    (Method("prumerge+"), 4, r"^method='prumerge\+' prunes in the vision tower, before the LLM: build the prompt with "
+                             r"VideoLLM.prompt\(ids, pixels, prumerge=True\) and generate with video=None$"),
+    (Method("look-m", recent=1.5), 4, r"^recent=1.5 is outside \[0, 1\]: a fraction of the prompt's rows$"),
+    (Method("look-m", recent=0, important=0), 4, r"^recent=0 and important=0 would keep no row at all$"),
+    (Method(), 4, r"^layer must be given: the default M=10 is outside 1..4$"),
+    (Method(layer=2, scores="exact"), 4, r"^scores='exact' must be one of 'fast', 'literal'$"),
+    (Method(layer=2, merge="sum"), 4, r"^merge='sum' must be one of 'average', 'pivotal', 'none'$"),
+])
+def test_method_refusals_name_the_value_and_its_range(method, n_layers, message):
+    with pytest.raises(ValueError, match=message):
+        method.resolved(n_layers)
+
+
+def test_method_edges_and_the_older_spelling(ckpt):
+    assert Method("look-m", recent=1.0, important=0.0).resolved(4).recent == 1.0  # [0, 1] includes 1
+    assert Method("look-m").resolved(1).layer == 1  # Look-M needs no layer: any model depth will do
+    model, _ = ckpt
+    embeds = model.embed(prompt(19, 30))[None]
+    video = VideoSpan(2, 4, 6)
+    ours = generate(model, embeds, 3, video=video, alpha=0.5, layer=2)
+    old = generate(model, embeds, 3, video=video, alpha=0.5, layer=2, selection="attention")  # "attention" is LLM-VTP
+    assert old.kept.tolist() == ours.kept.tolist() and old.tokens.tolist() == ours.tokens.tolist()
+    with pytest.raises(ValueError, match=r"either method=Method\(...\) or keywords \(alpha, layer\), not both"):
+        generate(model, embeds, 2, video=video, method=Method(layer=2), alpha=0.5, layer=2)
+
+
 def test_a_method_value_and_keywords_together_are_refused(ckpt):
     from minivtp.generate import Method
     model, _ = ckpt
