@@ -32,6 +32,9 @@ def test_head_pooling_max_mean_min():
         pooled = vtp.pool_heads(A, how)
         assert pooled.shape == (N, N)
         torch.testing.assert_close(pooled, ref)
+    torch.testing.assert_close(vtp.pool_heads(A), A.max(0).values)  # the paper's default (Tab. 6)
+    with pytest.raises(ValueError, match=r"^head_pool='median' must be one of 'max', 'mean', 'min'$"):
+        vtp.pool_heads(A, "median")
 
 
 def test_eq4_is_the_question_by_video_block():
@@ -396,8 +399,9 @@ def test_sampling_is_seeded(ckpt):
     (dict(alpha=1.5), r"alpha=1.5 is outside \(0, 1\]"),
     (dict(layer=0), r"layer=0 is outside 1..4"),
     (dict(layer=5), r"layer=5 is outside 1..4"),
-    (dict(video=VideoSpan(10, 3, 8)), r"run past the prompt \(prompt rows 0..29\)"),
-    (dict(video=VideoSpan(6, 3, 8)), r"no question rows after the video"),
+    (dict(video=VideoSpan(10, 3, 8)), r"^video span rows 10..33 run past the prompt \(prompt rows 0..29\)$"),
+    (dict(video=VideoSpan(6, 3, 8)), r"^no question rows after the video \(it ends at row 29, the last prompt row\): "
+                                     r"LLM-VTP needs question rows to score the video$"),
     (dict(head_pool="median"), r"head_pool='median' must be one of"),
     (dict(max_new_tokens=300), r"prompt 30 \+ max_new_tokens 300 = 330 exceeds the model's 256 positions"),
     (dict(max_new_tokens=0), r"max_new_tokens=0 must be >= 1"),
