@@ -9,7 +9,8 @@ import pytest
 import torch
 from einops import rearrange
 from test_exercises import (CAPSTONE_CASES, EQ5_CASES, OURS, PLUGS, capstone_checkpoint, check_1_rms_norm,  # noqa: F401
-                            check_2_rope, check_3_kv_cache, check_4_eq4, check_5_eq5_eq6, check_6_eq7_eq8, check_7_drop_rows, check_8_capstone)
+                            check_2_rope, check_3_kv_cache, check_4_eq4, check_5_eq5_eq6, check_6_eq7_eq8,
+                            check_7_drop_rows, check_8_capstone)
 
 from minivtp.model import EMPTY, KVCache
 

@@ -174,7 +174,8 @@ def test_cli_answers_with_llm_vtp(llava, tmp_path):
     ref = generate(model.llm, embeds, 5, video=span, alpha=0.1, layer=2, eos_id=tok.eos)
     words = tok.decode([t for t in ref.tokens.tolist() if t != tok.eos], skip_special=True).strip()
     assert words and d["answer"] == words, (d["answer"], words)
-    assert d["new_tokens"] == len(ref.tokens) and d["cache_rows"] == ref.cache_len and d["prompt_rows"] == ref.prompt_len
+    assert d["new_tokens"] == len(ref.tokens)
+    assert d["cache_rows"] == ref.cache_len and d["prompt_rows"] == ref.prompt_len
 
 
 def test_cli_plain_text_output_and_repeated_frames(llava, tmp_path):

@@ -190,7 +190,8 @@ def oracle_case(model, hf, start, T, Nv, Nq, alpha, layer, n_new, pool="max", se
                                            keywords)
     assert out.kept.tolist() == S
     end = start + T * Nv
-    assert out.pruning.layer == layer and out.pruning.rows.tolist() == list(range(start)) + S + list(range(end, end + Nq))
+    assert out.pruning.layer == layer
+    assert out.pruning.rows.tolist() == list(range(start)) + S + list(range(end, end + Nq))  # prefix, S, questions
     assert out.cache_len == start + len(S) + Nq
     assert err <= ORACLE_TOL, err
     assert scores_err <= SCORES_TOL, scores_err
@@ -258,7 +259,8 @@ def test_oracle_with_every_default_of_method(deep):
     oracle_case(model, hf, **case, keywords=dict(alpha=0.25))
     oracle_case(model, hf, **case, keywords=dict(method=Method(alpha=0.25)))
     tokens = prompt(14, 2 + 24 + 5)
-    S = {pool: select64(hf.state_dict(), hf.config, tokens, 2, 3, 8, 0.25, 10, pool)[0] for pool in ("max", "mean", "min")}
+    S = {pool: select64(hf.state_dict(), hf.config, tokens, 2, 3, 8, 0.25, 10, pool)[0]
+         for pool in ("max", "mean", "min")}
     assert S["max"] != S["mean"] and S["max"] != S["min"], S  # the default pooling is visible in this case
 
 
@@ -481,7 +483,8 @@ def test_generate_casts_embeds_and_times_its_two_phases(ckpt):
     t = time.perf_counter()
     out = generate(model, embeds.double(), 5, video=VideoSpan(2, 4, 6), alpha=0.5, layer=2)
     wall = time.perf_counter() - t
-    assert out.tokens.tolist() == generate(model, embeds, 5, video=VideoSpan(2, 4, 6), alpha=0.5, layer=2).tokens.tolist()
+    same = generate(model, embeds, 5, video=VideoSpan(2, 4, 6), alpha=0.5, layer=2)
+    assert out.tokens.tolist() == same.tokens.tolist()
     assert 0 < out.prefill_s and 0 < out.decode_s and out.prefill_s + out.decode_s <= wall
 
 

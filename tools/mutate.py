@@ -25,6 +25,7 @@ Prints every survivor with its diff, and a count of killed, survived, timed out 
 """
 
 import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -82,20 +83,20 @@ def main():
     print(f"scratch copy: {dest}", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     t = time.perf_counter()
-    mutmut = [sys.executable, "-m", "mutmut"]
-    run = subprocess.run(mutmut + ["run", "--max-children", str(args.jobs), *args.patterns], cwd=dest, env=env)
+    cmd = [sys.executable, "-m", "mutmut"]
+    run = subprocess.run(cmd + ["run", "--max-children", str(args.jobs), *args.patterns], cwd=dest, env=env)
     seconds = time.perf_counter() - t
-    results = subprocess.run(mutmut + ["results", "--all", "true"], cwd=dest, env=env, capture_output=True,
+    results = subprocess.run(cmd + ["results", "--all", "true"], cwd=dest, env=env, capture_output=True,
                              text=True).stdout
     rows = [line.strip().rsplit(": ", 1) for line in results.splitlines() if ": " in line]
     chosen = [(name, status) for name, status in rows
-              if any(__import__("fnmatch").fnmatch(name, p) for p in args.patterns)]
+              if any(fnmatch.fnmatch(name, p) for p in args.patterns)]
     counts = {}
     for _, status in chosen:
         counts[status] = counts.get(status, 0) + 1
     survivors = [name for name, status in chosen if status == "survived"]
     for name in survivors:
-        diff = subprocess.run(mutmut + ["show", name], cwd=dest, env=env, capture_output=True, text=True).stdout
+        diff = subprocess.run(cmd + ["show", name], cwd=dest, env=env, capture_output=True, text=True).stdout
         print(f"\n---- survived: {name}\n{diff.strip()}")
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"\n{len(chosen)} mutants: {summary}; {seconds:.0f} s with {args.jobs} at once")
