@@ -54,8 +54,8 @@ def fastv_masks(N, n_total, start, end, S, K, L):
 # float32 against float64 over 4 layers, FastV's and Look-M's cases below. Measured with python
 # tools/oracle_errors.py, each case on 4 checkpoints x 5 prompts (60 runs each): at most 4.8e-6 (FastV) and 2.7e-6
 # (Look-M) relative to the largest logit. 2e-5 is 4-7x that, about 170 float32 epsilons: room for another seed or
-# kernel order, far below a small numeric bug (RMSNorm's eps ten times too large: 6e-4 in test_vtp's cases). It was
-# 1e-4.
+# kernel order, below a small numeric bug (RMSNorm's eps twice too large: 7e-5 in test_vtp's cases, which the 1e-4
+# before let through).
 ORACLE_TOL = 2e-5
 # Look-M's reported scores, the attention layer 1's rows receive: at most 3.7e-7 of the largest (60 runs, mean
 # 1.8e-7; one layer of float32, so less error than the logits'); 2e-6 is 5x the worst.
