@@ -135,12 +135,13 @@ def hf_to_ours(name: str):
 
 
 def hf_names(cfg: Config) -> list:
-    """Every tensor name a Hugging Face LlamaForCausalLM with this config saves."""
+    """Every tensor name a Hugging Face LlamaForCausalLM (or Qwen2ForCausalLM) with this config saves."""
     names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if cfg.tie_embeddings else ["lm_head.weight"])
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
         for proj in ("q", "k", "v", "o"):
-            names += [p + f"self_attn.{proj}_proj.weight"] + ([p + f"self_attn.{proj}_proj.bias"] if cfg.attention_bias else [])
+            bias = cfg.attention_bias or (cfg.qkv_bias and proj != "o")
+            names += [p + f"self_attn.{proj}_proj.weight"] + ([p + f"self_attn.{proj}_proj.bias"] if bias else [])
         for proj in ("gate", "up", "down"):
             names += [p + f"mlp.{proj}_proj.weight"] + ([p + f"mlp.{proj}_proj.bias"] if cfg.mlp_bias else [])
         names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
@@ -201,6 +202,10 @@ def llava_to_ours(name: str):
     return None
 
 
+# The Q-Former video LLMs (minivtp/hosts/), by config.json's model_type: their names and loaders live there.
+QFORMER_HOSTS = ("instructblipvideo", "st_llm_hf", "videochat2")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Loading: fill a meta-device model, strictly
 
@@ -253,6 +258,31 @@ def load_into(model: nn.Module, files: list, rename, dtype, device, index: dict 
     return {"stored_dtypes": stored, "n_tensors": len(filled)}
 
 
+def load_staged(model: nn.Module, files: list, rename, dtype, device, index=None, progress=None, stages=()) -> dict:
+    """`load_into`, for checkpoints that store some parameters in another shape or in pieces (the Q-Former hosts:
+    transformers' (1, Nq, Cq) queries, LAVIS's q_bias and v_bias beside a bias-free qkv).
+
+    Each stage is (our names, {stored name: stored shape}, make): while loading, the stored names are
+    parameters of `model` in place of ours, so `load_into` checks their shapes and that every one is filled; then
+    make({stored name: tensor}) returns the tensors for our names, in order."""
+    for ours, stored, _ in stages:
+        for name in ours:
+            module, _, leaf = name.rpartition(".")
+            delattr(model.get_submodule(module), leaf)
+        for name, shape in stored.items():
+            set_parameter(model, name, torch.empty(shape, device="meta"))
+    info = load_into(model, files, rename, dtype, device, index, progress)
+    for ours, stored, make in stages:
+        got = {}
+        for name in stored:
+            module, _, leaf = name.rpartition(".")
+            got[name] = model.get_parameter(name).data
+            delattr(model.get_submodule(module), leaf)
+        for name, t in zip(ours, make(got)):
+            set_parameter(model, name, t)
+    return info
+
+
 def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
     """A ready minivtp Transformer from a Hugging Face LLaMA checkpoint directory."""
     path, hf, files, index = open_checkpoint(path)
@@ -282,8 +312,13 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
     return model.eval()
 
 
+HOST_TYPES = ("llava_onevision", "llava_qwen")  # minivtp/hosts/llava_onevision.py: transformers' / LLaVA-NeXT's
+
+
 def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None):
-    """A video LLM directory -> minivtp.vision.VideoLLM (LLaVA, PLLaVA, Tarsier). The toy loads with minivtp.toy.load.
+    """A video LLM directory -> minivtp.vision.VideoLLM (LLaVA, PLLaVA, Tarsier), or a host of minivtp/hosts/
+    (LLaVA-OneVision, LLaVA-Video: minivtp.hosts.llava_onevision.LlavaOnevision; InstructBLIP-Video, ST-LLM,
+    VideoChat2: the Q-Former hosts, their loaders there). The toy loads with minivtp.toy.load.
 
     Unmerged LoRA adapters (X.lora_A / X.lora_B beside X's weight) are merged at load time:
     W = W + (lora_alpha / r) * B @ A. PLLaVA's released weights need this; its inference scripts pass
@@ -292,9 +327,23 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
     """
     path, hf, files, index = open_checkpoint(path)
     kind = hf.get("model_type")
+    if kind in HOST_TYPES:  # LLaVA-OneVision / LLaVA-Video: their names and layouts live in their own file
+        from minivtp.hosts import llava_onevision
+        if lora_alpha is not None:
+            raise CheckpointError(f"{path}: --lora-alpha is for PLLaVA's adapters; a {kind} checkpoint has none")
+        return llava_onevision.load(path, hf, files, index, dtype, device, progress)
     if kind == "minivtp-toy":
         raise CheckpointError(f"{path}: this is minivtp's toy video LLM, which answers through python -m minivtp.demo "
                               "(from Python: minivtp.toy.load(path))")
+    if kind == "instructblipvideo":  # the Q-Former hosts: their loaders live with them, in minivtp/hosts/
+        from minivtp.hosts import instructblip
+        return instructblip.load(path, dtype, device, progress)
+    if kind == "st_llm_hf":
+        from minivtp.hosts import stllm
+        return stllm.load(path, dtype, device, progress)
+    if kind == "videochat2":
+        from minivtp.hosts import videochat2
+        return videochat2.load(path, dtype, device, progress, lora_alpha)
     if kind not in ("llava", "pllava", "tarsier") and "vision_config" not in hf:
         raise CheckpointError(f"{path}: model_type {kind!r} is not a video LLM minivtp knows "
                               "(llava, pllava, tarsier)")
@@ -391,10 +440,19 @@ def describe_video(model) -> str:
     llm = model.llm
     llm.load_info = model.load_info
     lines = describe(llm).splitlines()
-    lines[1] = f"architecture video LLM ({model.load_info['config'].get('model_type')}), LLaMA decoder inside"
-    if hasattr(model, "vision"):
+    decoder = "Qwen2" if llm.cfg.qkv_bias else "LLaMA"
+    lines[1] = f"architecture video LLM ({model.load_info['config'].get('model_type')}), {decoder} decoder inside"
+    if hasattr(model, "qformer"):  # minivtp/hosts/: EVA tower, Q-Former, query tokens per frame
+        v, q = model.vision.cfg, model.qformer.cfg
+        tower = "UMT ViT" if model.arrangement == "videochat2" else "EVA ViT"
+        lines.insert(2, f"vision       {tower}, {v.n_layers} layers, width {v.dim}, {v.image_size}px / "
+                        f"{v.patch_size}px patches; Q-Former {q.n_layers} layers, width {q.dim}, {q.n_query} queries")
+        lines.insert(3, f"video        {model.arrangement}: {model.frames} frames, {model.tokens_per_frame()} tokens "
+                        f"per frame")
+    elif hasattr(model, "vision"):
         v = model.vision.cfg
-        lines.insert(2, f"vision       CLIP ViT, {v.n_layers} layers, width {v.dim}, {v.image_size}px / {v.patch_size}px "
+        tower = "SigLIP" if type(model).__module__.startswith("minivtp.hosts") else "CLIP ViT"
+        lines.insert(2, f"vision       {tower}, {v.n_layers} layers, width {v.dim}, {v.image_size}px / {v.patch_size}px "
                         f"patches; features of layer {model.feature_layer}")
         lines.insert(3, f"video        {model.arrangement}: {model.frames} frames, {model.tokens_per_frame()} tokens "
                         f"per frame")
@@ -414,7 +472,8 @@ def main(argv=None):
     try:
         # A structural check on the meta device: every name, shape and file, without reading 13 GB of data.
         hf = read_config(Path(argv[0])) if Path(argv[0]).is_dir() else {}
-        if "vision_config" in hf or hf.get("model_type") in ("llava", "pllava", "tarsier", "minivtp-toy"):
+        video_kinds = ("llava", "pllava", "tarsier", "minivtp-toy", *HOST_TYPES) + QFORMER_HOSTS
+        if "vision_config" in hf or hf.get("model_type") in video_kinds:
             model = load_video_llm(argv[0], device="meta")
             print(describe_video(model))
         else:

@@ -1,275 +1,282 @@
-"""Per-question wall time as a user sees it, at PLLaVA-7B shape on one GPU, minivtp against transformers.
+"""Per question, as a user pays it, at PLLaVA-7B shape on one GPU: minivtp against transformers; then growth in frames.
 
-    python bench/e2e.py --out OUT            # one run, about 6 minutes on an H100; OUT/e2e.json
+    python -m bench.e2e --out OUT                         # everything, OUT/e2e.json (--parts splits it)
+    python -m bench.e2e --out OUT --parts eager,graphs,compiled,hf,hf-static    # per question only
+    python -m bench.e2e --out OUT --parts growth          # 8 .. 128 frames only
+    python -m bench.e2e --out OUT --tiny                  # the same code at a tiny shape, on the CPU, in seconds
 
 A question is: 16 frames through CLIP ViT-L/336 (layer -2), the projector, PLLaVA's pooling to 16 x 12 x 12, the
-prompt (35 rows before the video, 60 after), prefill, and a greedy answer of 5 tokens (multiple choice) or 72
-(open-ended). Random bf16 weights: speed does not depend on their values. Questions are asked one after another in
-one process, as an evaluation loop does; the first of each setting is a warm-up (graph capture, compile), timed
-and reported apart; the median of the next ones is the per-question time.
+prompt (35 rows before the video, 60 after: 2,399 rows), prefill, and a greedy answer of exactly 5 tokens (multiple
+choice) or 72 (open-ended). Questions are asked one after another in one process, as an evaluation loop asks them;
+the first of each setting is timed apart ("first": graph capture, compile, CUDA's lazy loading) and the median of
+the next three is the per-question time.
 
-minivtp: `VideoLLM.prompt` + `generate` with one `FastDecoder` for the whole loop: the eager path (`--eager`, the
-model as loaded), then CUDA graphs with q+k+v fused (what `answer` runs on CUDA, and `eval --no-compile`), then as
-`python -m minivtp eval` runs on CUDA by default (the decoder blocks compiled, once for the loop, and the decode
-step through the autotuned block of FastDecoder(compile=True)). Settings:
-unpruned, LLM-VTP (alpha 0.1 M 10; alpha 0.2 M 5), FastV (alpha 0.1, K 10), Look-M (recent = important = 0.05),
-PruMerge+ (in the vision tower).
-transformers: CLIPVisionModel + LlamaForCausalLM.generate on the same kind of embeddings, its default dynamic
-cache, and its static cache (`cache_implementation="static"`, which compiles the decode step).
-Then growth: 8, 16, 32, 64 frames of 144 tokens, unpruned against LLM-VTP alpha 0.1 M 10: prefill and decode time,
-peak memory, KV bytes, and the end-to-end speed-up of pruning for a 72-token answer.
+Parts (--parts, in this order; the model changes from one to the next as eval and answer change it):
+  eager      the readable path on the model as loaded (`--eager`: fast.EagerOnGPU on CUDA)
+  graphs     q+k+v fused (fast.fuse_qkv) and one fast.FastDecoder for the loop: CUDA graphs, nothing compiled
+             (`eval --no-compile`; `answer` runs the same kernels with exact sizes and no prefill graphs)
+  growth     8, 16, 32, 64 and 128 frames of 144 rows (128: 18,527 rows), unpruned against LLM-VTP alpha 0.1
+             M 10, on the graphs' path: LLM prefill, decode, peak memory, KV bytes, and pruning's end-to-end gain
+             for 5 and 72 tokens (vision + prefill + decode steps)
+  compiled   `python -m minivtp eval`'s default on CUDA: fast.prepare (blocks compiled) and
+             FastDecoder(compile=True) (the decode step through the autotuned block)
+  hf         transformers: CLIPVisionModel + LlamaForCausalLM.generate on the same embeddings, its default cache
+  hf-static  the same with cache_implementation="static" (which compiles the decode step)
+Settings: unpruned, LLM-VTP (alpha 0.1 M 10; alpha 0.2 M 5), FastV (alpha 0.1, K 10), Look-M (recent = important =
+0.05), PruMerge+ (in the vision tower). Names and JSON keys are those bench/e2e.py has always printed, so runs of
+earlier commits compare line by line: "SETTING[ eager| compiled] | TOKENS" -> first_s, median_s.
 """
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import common
+from bench.common import LLM_VTP, QUESTION_SETTINGS, clock
+from minivtp import fast
+from minivtp.generate import generate
 
-from minivtp.generate import FastDecoder, Method, generate, prepare_fast  # noqa: E402
-from minivtp.model import Config  # noqa: E402
-from minivtp.vision import VideoLLM, VisionConfig, pllava_pool  # noqa: E402
-
-PREFIX, NQ, IMAGE = 35, 60, 32000
-VICUNA = dict(vocab_size=32064, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, hidden_dim=11008)
-VISION = VisionConfig()  # CLIP ViT-L/14 at 336 px
-SETTINGS = {  # name -> (Method or None, PruMerge+)
-    "unpruned": (None, False),
-    "llm-vtp a0.1 M10": (Method(alpha=0.1, layer=10), False),
-    "llm-vtp a0.2 M5": (Method(alpha=0.2, layer=5), False),
-    "fastv a0.1 K10": (Method("fastv", alpha=0.1, layer=10), False),
-    "look-m 0.05+0.05": (Method("look-m", recent=0.05, important=0.05), False),
-    "prumerge+": (None, True),
-}
+PARTS = ("eager", "graphs", "growth", "compiled", "hf", "hf-static")
+KINDS = {"eager": " eager", "graphs": "", "compiled": " compiled"}  # the old e2e.py's key suffixes
 
 
-DEV = "cuda"
-
-
-def sync():
-    if DEV == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-@torch.no_grad()
-def random_(module):
-    """Random weights in place, std 0.02 (norms at 1): the values do not change the speed."""
-    for name, p in module.named_parameters():
-        if "norm" in name:
-            p.fill_(1.0)
-        else:
-            p.normal_(0, 0.02)
-    return module
-
-
-def minivtp_model(max_seq_len, vision=None):
-    with torch.device("meta"):
-        m = VideoLLM(Config(**VICUNA, max_seq_len=max_seq_len), vision or VisionConfig(), arrangement="pllava",
-                     pooling_shape=(16, 12, 12), image_token=IMAGE, frames=16)
-    m = m.to_empty(device=DEV).to(torch.bfloat16)
-    random_(m)
-    m.llm.output.weight = m.llm.output.weight  # untied, as Vicuna
-    return m.eval()
-
-
-def ids_for(n_frames=16):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 32000, (PREFIX + 1 + NQ,), generator=g)
-    ids[PREFIX] = IMAGE
-    return ids.to(DEV)
-
-
-def ask_minivtp(model, pixels, ids, n_new, setting, decoder):
-    method, merged = SETTINGS[setting]
-    t0 = sync()
+def ask(model, s, pixels, ids, n_new, setting, decoder):
+    """One question through minivtp: (seconds, Generation)."""
+    method, merged = QUESTION_SETTINGS[setting]
+    t0 = clock(s.device)
     with torch.no_grad():
         embeds, video = model.prompt(ids, pixels, prumerge=merged)
         out = generate(model.llm, embeds, n_new, video=None if method is None else video, method=method,
-                       fast_decode=decoder if decoder is not None else False)
-    t1 = sync()
-    assert out.tokens.numel() == n_new
+                       decoder=decoder)
+    t1 = clock(s.device)
+    if out.tokens.numel() != n_new:
+        raise RuntimeError(f"{setting}: {out.tokens.numel()} tokens, not {n_new}")
     return t1 - t0, out
 
 
-def time_loop(fn, n=4):
+def loop(fn, n: int = 4):
     """(first call's seconds, median of the next n-1)."""
     times = [fn() for _ in range(n)]
     return times[0], statistics.median(times[1:])
 
 
-def hf_models():
-    import transformers
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(DEV):
-            clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
-                hidden_size=VISION.dim, intermediate_size=VISION.hidden_dim, num_hidden_layers=VISION.n_layers,
-                num_attention_heads=VISION.n_heads, image_size=VISION.image_size, patch_size=VISION.patch_size)).eval()
-            llm = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-                vocab_size=VICUNA["vocab_size"], hidden_size=VICUNA["dim"], intermediate_size=VICUNA["hidden_dim"],
-                num_hidden_layers=VICUNA["n_layers"], num_attention_heads=VICUNA["n_heads"],
-                num_key_value_heads=VICUNA["n_kv_heads"], max_position_embeddings=4096)).eval()
-    finally:
-        torch.set_default_dtype(torch.float32)
-    return random_(clip), random_(llm)
+def questions(model, s, pixels, ids, kind, settings, res, reps):
+    """Every setting at 5 and 72 tokens through one decoder for the loop, as eval keeps one."""
+    t = time.perf_counter()
+    if kind == "eager":
+        decoder = fast.EagerOnGPU(model.llm) if common.cuda(s) else None
+    elif kind == "graphs":
+        fast.fuse_qkv(model.llm)  # what answer and eval --no-compile do on CUDA
+        decoder = fast.FastDecoder(model.llm)
+    else:
+        fast.prepare(model.llm, compile=True)
+        decoder = fast.FastDecoder(model.llm, compile=True)
+    for n_new in s.new_tokens:
+        for setting in settings:
+            first, median = loop(lambda: ask(model, s, pixels, ids, n_new, setting, decoder)[0], reps)
+            _, out = ask(model, s, pixels, ids, n_new, setting, decoder)
+            res[f"{setting}{KINDS[kind]} | {n_new}"] = dict(first_s=first, median_s=median,
+                                                            cache_rows=out.cache_lens[-1], prompt_rows=out.prompt_len)
+            extra = f" ({time.perf_counter() - t:.0f} s since the compile began)" if kind == "compiled" else ""
+            print(f"minivtp {setting:18s} {kind:8s} {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s{extra}",
+                  flush=True)
 
 
 @torch.no_grad()
-def ask_hf(clip, llm, projector, pixels, ids, n_new, **gen):
-    t0 = sync()
-    h = clip(pixels.to(torch.bfloat16), output_hidden_states=True).hidden_states[-2][:, 1:]  # (16, 576, 1024)
-    video = pllava_pool(projector(h), VISION.grid, (16, 12, 12))
-    e = llm.get_input_embeddings()
-    embeds = torch.cat([e(ids[:PREFIX]), video.to(torch.bfloat16), e(ids[PREFIX + 1:])])[None]
-    out = llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], device=DEV,
-                       dtype=torch.long), max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                       pad_token_id=0, **gen)
-    t1 = sync()
-    assert out.shape[1] == n_new, out.shape
-    return t1 - t0
-
-
-@torch.no_grad()
-def growth(model, frames_list=(8, 16, 32, 64), n_new=72):
-    """LLM alone on random embeddings of T x 144 video rows, plus the vision tower's time for T frames."""
-    rows = []
-    for T in frames_list:
-        N = PREFIX + T * 144 + NQ
-        embeds = torch.randn(1, N, VICUNA["dim"], device=DEV, dtype=torch.bfloat16) * 0.02
-        from minivtp.vtp import VideoSpan
-        video = VideoSpan(PREFIX, T, 144)
-        pixels = torch.randn(T, 3, VISION.image_size, VISION.image_size, device=DEV)
-        for _ in range(2):
-            t0 = sync()
-            model.vision(pixels.to(torch.bfloat16), -2)
-            vision_s = sync() - t0
-        for name, method in (("unpruned", None), ("llm-vtp a0.1 M10", Method(alpha=0.1, layer=10))):
-            decoder = FastDecoder(model.llm)
-            res = []
-            for _ in range(3):
-                if DEV == "cuda":
+def growth(model, s, reps: int = 3):
+    """The LLM alone on random embeddings of T x Nv video rows (the graphs' path: fused q+k+v, a FastDecoder per
+    setting), plus the vision tower's time for T frames. Unpruned against LLM-VTP alpha 0.1 M 10."""
+    rows, n_new = [], max(s.new_tokens)
+    t_cfg = s.text
+    for T in s.growth:
+        N = s.prefix + T * s.nv + s.question
+        if N + n_new > t_cfg.max_seq_len:
+            common.skip(f"growth at {T} frames",
+                        f"{N} + {n_new} rows exceed the config's {t_cfg.max_seq_len} positions")
+            continue
+        embeds = common.random_embeds(s, N)
+        video = common.VideoSpan(s.prefix, T, s.nv)
+        pixels = common.random_pixels(s, frames=T)
+        for _ in range(2):  # the second is timed
+            t0 = clock(s.device)
+            model.vision(pixels.to(s.dtype), -2)
+            vision_s = clock(s.device) - t0
+        for name, method in (("unpruned", None), ("llm-vtp a0.1 M10", LLM_VTP)):
+            decoder = fast.FastDecoder(model.llm)
+            runs = []
+            for _ in range(reps):
+                if common.cuda(s):
                     torch.cuda.reset_peak_memory_stats()
                 out = generate(model.llm, embeds, n_new, video=None if method is None else video, method=method,
-                               fast_decode=decoder)
-                peak = torch.cuda.max_memory_allocated() if DEV == "cuda" else 0
-                res.append((out.prefill_s, out.decode_s / (n_new - 1), peak))
-            prefill_s = statistics.median(r[0] for r in res[1:])
-            decode_s = statistics.median(r[1] for r in res[1:])
-            kv = sum(out.cache_lens) * 2 * VICUNA["dim"] * 2  # K and V, bf16, rows in every layer
-            rows.append(dict(frames=T, prompt_rows=N, setting=name, vision_ms=vision_s * 1e3,
-                             prefill_ms=prefill_s * 1e3, decode_ms_per_token=decode_s * 1e3,
-                             peak_gb=res[-1][2] / 1e9, kv_gb=kv / 1e9,
-                             total_ms=(vision_s + prefill_s + decode_s * (n_new - 1)) * 1e3))
-            print(rows[-1], flush=True)
+                               decoder=decoder)
+                peak = torch.cuda.max_memory_allocated() if common.cuda(s) else 0
+                runs.append((out.prefill_s, out.decode_s / (n_new - 1), peak))
+            prefill_s = statistics.median(r[0] for r in runs[1:])
+            step_s = statistics.median(r[1] for r in runs[1:])
+            kv = sum(out.cache_lens) * 2 * t_cfg.n_kv_heads * t_cfg.head_dim * embeds.element_size()  # K and V
+            row = dict(frames=T, prompt_rows=N, setting=name, vision_ms=vision_s * 1e3, prefill_ms=prefill_s * 1e3,
+                       decode_ms_per_token=step_s * 1e3, peak_gb=max(r[2] for r in runs) / 1e9, kv_gb=kv / 1e9,
+                       cache_rows=out.cache_lens[-1])
+            for k in s.new_tokens:
+                row[f"total_ms_{k}"] = (vision_s + prefill_s + step_s * (k - 1)) * 1e3
+            row["total_ms"] = row[f"total_ms_{n_new}"]  # the old key: 72 tokens
+            rows.append(row)
+            print(f"growth {T:3d} frames ({N} rows) {name:16s}: prefill {row['prefill_ms']:.1f} ms, decode "
+                  f"{row['decode_ms_per_token']:.2f} ms/token, peak {row['peak_gb']:.1f} GB, KV {row['kv_gb']:.2f} GB, "
+                  + ", ".join(f"{k} tokens {row[f'total_ms_{k}']:.0f} ms" for k in s.new_tokens), flush=True)
+            del decoder
         del embeds
+        if common.cuda(s):
+            torch.cuda.empty_cache()
     return rows
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--skip-hf-static", action="store_true")
-    p.add_argument("--tiny", action="store_true", help="small shapes on the CPU: a smoke test of this script")
-    p.add_argument("--no-compile", action="store_true", help="skip the compiled loop (eval's default on CUDA)")
-    p.add_argument("--skip-hf", action="store_true", help="time minivtp only")
-    p.add_argument("--skip-growth", action="store_true")
-    args = p.parse_args()
-    global DEV, VISION
-    if args.tiny:
-        DEV = "cpu"
-        VICUNA.update(dim=64, n_layers=12, n_heads=4, n_kv_heads=4, hidden_dim=128)
-        VISION = VisionConfig(dim=32, n_layers=3, n_heads=4, hidden_dim=64, image_size=28, patch_size=14)
-    args.out.mkdir(parents=True, exist_ok=True)
-    res = dict(device=torch.cuda.get_device_name() if DEV == "cuda" else "cpu", torch=torch.__version__)
-    model = minivtp_model(max_seq_len=16384, vision=VISION)
-    pixels = torch.randn(16, 3, VISION.image_size, VISION.image_size, device=DEV)
-    ids = ids_for()
-    res["minivtp"] = {}
-    for n_new in (5, 72):  # --eager: the readable path on the model as loaded
-        for setting in ("unpruned", "llm-vtp a0.1 M10"):
-            first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, None)[0], n=3)
-            res["minivtp"][f"{setting} eager | {n_new}"] = dict(first_s=first, median_s=median)
-            print(f"minivtp {setting:18s} eager {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
-    prepare_fast(model.llm, compile=False)  # what answer does on CUDA (and eval --no-compile)
-    for n_new in (5, 72):
-        decoder = FastDecoder(model.llm)
-        for setting in SETTINGS:
-            first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, decoder)[0])
-            _, out = ask_minivtp(model, pixels, ids, n_new, setting, decoder)
-            res["minivtp"][f"{setting} | {n_new}"] = dict(first_s=first, median_s=median, cache_rows=out.cache_lens[-1],
-                                                          prompt_rows=out.prompt_len)
-            print(f"minivtp {setting:18s} {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
-    res["growth"] = [] if args.skip_growth else growth(model)
-    if not args.no_compile:  # what `python -m minivtp eval` does on CUDA: compile once, then the whole loop
-        t = sync()
-        prepare_fast(model.llm, compile=True)
-        decoder = FastDecoder(model.llm, compile=True)  # the decode step through tuned_block, as eval's
-        for n_new in (5, 72):
-            for setting in SETTINGS:
-                first, median = time_loop(lambda: ask_minivtp(model, pixels, ids, n_new, setting, decoder)[0])
-                res["minivtp"][f"{setting} compiled | {n_new}"] = dict(first_s=first, median_s=median)
-                print(f"minivtp {setting:18s} compiled {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s "
-                      f"({sync() - t:.0f} s since the compile began)", flush=True)
-    (args.out / "e2e.json").write_text(json.dumps(res, indent=1))
-    if args.skip_hf:
-        summary(res)
+def transformers_part(model, s, pixels, ids, chosen, res, reps, out_json):
+    """transformers' pipeline on the same kind of embeddings, weights made by common.randomize."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        common.skip("transformers", "it is not installed (pip install transformers)")
         return
-    projector = model.projector
-    model.llm = None
-    torch.cuda.empty_cache()
-    clip, llm = hf_models()
-    res["transformers"] = {}
-    for n_new in (5, 72):
-        first, median = time_loop(lambda: ask_hf(clip, llm, projector, pixels, ids, n_new))
-        res["transformers"][f"default | {n_new}"] = dict(first_s=first, median_s=median)
-        print(f"transformers default {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
-        (args.out / "e2e.json").write_text(json.dumps(res, indent=1))
-    if not args.skip_hf_static:
-        for n_new in (5, 72):
+    projector_src = model.projector
+    clip, llm, projector = common.hf_models(*common.config_dicts(s), s.device, s.dtype, init=False)
+    for m in (clip, llm):
+        common.randomize(m)
+    with torch.no_grad():  # the same projector weights as minivtp's
+        projector[0].weight.copy_(projector_src.linear_1.weight)
+        projector[0].bias.copy_(projector_src.linear_1.bias)
+        projector[2].weight.copy_(projector_src.linear_2.weight)
+        projector[2].bias.copy_(projector_src.linear_2.bias)
+    kinds = [k for k in ("hf", "hf-static") if k in chosen]
+    if "hf-static" in kinds and not common.cuda(s):
+        common.skip("hf-static", "transformers' static cache compiles its decode step: minutes on a CPU")
+        kinds.remove("hf-static")
+    for kind in kinds:
+        gen = dict(cache_implementation="static") if kind == "hf-static" else {}
+        name = "static" if kind == "hf-static" else "default"
+        for n_new in s.new_tokens:
+
+            def one():
+                t0 = clock(s.device)
+                common.hf_answer(clip, projector, llm, pixels, ids, n_new, s.pooling, s.image_token, **gen)
+                return clock(s.device) - t0
+
             try:
-                first, median = time_loop(lambda: ask_hf(clip, llm, projector, pixels, ids, n_new,
-                                                         cache_implementation="static"))
+                first, median = loop(one, reps)
             except Exception as e:  # a compile that fails on this machine is a result too
-                res["transformers"][f"static | {n_new}"] = dict(error=repr(e)[:300])
-                print(f"transformers static failed: {e!r}"[:300], flush=True)
+                res[f"{name} | {n_new}"] = dict(error=repr(e)[:300])
+                print(f"transformers {name} failed: {e!r}"[:300], flush=True)
                 continue
-            res["transformers"][f"static | {n_new}"] = dict(first_s=first, median_s=median)
-            print(f"transformers static {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
-            (args.out / "e2e.json").write_text(json.dumps(res, indent=1))
-    (args.out / "e2e.json").write_text(json.dumps(res, indent=1))
-    summary(res)
-    print("wrote", args.out / "e2e.json")
+            res[f"{name} | {n_new}"] = dict(first_s=first, median_s=median)
+            print(f"transformers {name:7s} {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s", flush=True)
+            out_json()
 
 
 def summary(res):
-    """Per question, seconds; then LLM-VTP a0.1 M10 against transformers' pipelines, as ratios of this run."""
-    mv, hf = res["minivtp"], res.get("transformers", {})
-    kinds = ("", " compiled", " eager")
-    print("\n| setting | tokens | graphs, fused q+k+v s | eval default (+ compile_blocks) s | eager s |\n"
-          "| --- | --- | --- | --- | --- |")
-    for n_new in (5, 72):
-        for setting in SETTINGS:
-            cells = [mv.get(f"{setting}{kind} | {n_new}", {}).get("median_s") for kind in kinds]
-            print(f"| {setting} | {n_new} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
+    """The per-question table (medians, ms), then LLM-VTP a0.1 M10 against transformers as ratios of this run."""
+    mv, hf, tokens = res.get("minivtp", {}), res.get("transformers", {}), res["new_tokens"]
+
+    def ms(d, key):
+        v = d.get(key, {}).get("median_s")
+        return "" if v is None else f"{v * 1e3:.0f}"
+
+    print("\n| setting | tokens | eager ms | graphs, fused q+k+v ms | eval default (compiled) ms | first, eval s |\n"
+          "| --- | --- | --- | --- | --- | --- |")
+    for n_new in tokens:
+        for setting in QUESTION_SETTINGS:
+            first = mv.get(f"{setting} compiled | {n_new}", {}).get("first_s")
+            print(f"| {setting} | {n_new} | {ms(mv, f'{setting} eager | {n_new}')} | "
+                  f"{ms(mv, f'{setting} | {n_new}')} | "
+                  f"{ms(mv, f'{setting} compiled | {n_new}')} | {'' if first is None else f'{first:.2f}'} |")
         for kind in ("default", "static"):
-            t = hf.get(f"{kind} | {n_new}", {}).get("median_s")
-            print(f"| transformers {kind} | {n_new} | {'' if t is None else f'{t:.3f}'} | | |")
-    for n_new in (5, 72):
-        for kind in kinds[:2]:
+            print(f"| transformers {kind} | {n_new} | | {ms(hf, f'{kind} | {n_new}')} | | |")
+    for n_new in tokens:
+        for kind, label in (("", "graphs"), (" compiled", "eval default")):
             ours = mv.get(f"llm-vtp a0.1 M10{kind} | {n_new}", {}).get("median_s")
             for peer in ("default", "static"):
                 theirs = hf.get(f"{peer} | {n_new}", {}).get("median_s")
                 if ours and theirs:
-                    print(f"{n_new:2d} tokens: LLM-VTP a0.1 M10{kind or ' graphs'} vs transformers {peer}: "
-                          f"{theirs / ours:.2f}x")
+                    print(f"{n_new:2d} tokens: LLM-VTP a0.1 M10 {label} vs transformers {peer}: {theirs / ours:.2f}x")
+    lo, hi = min(tokens), max(tokens)
+    for kind, label in ((" eager", "eager"), ("", "graphs"), (" compiled", "eval default")):
+        a, b = (mv.get(f"llm-vtp a0.1 M10{kind} | {n}", {}).get("median_s") for n in (lo, hi))
+        if a and b:  # what the longer answer's extra tokens cost each: the decode step inside the loop
+            print(f"LLM-VTP a0.1 M10 {label}: ({hi}-token - {lo}-token answer) / {hi - lo} = "
+                  f"{(b - a) / (hi - lo) * 1e3:.2f} ms per decoded token")
+    rows = res.get("growth", [])
+    if rows:
+        print("\n| frames | prompt rows | prefill ms | decode ms/token | peak GB | KV GB | "
+              + " | ".join(f"{k} tokens ms (gain)" for k in tokens) + " |\n" + "| --- " * (6 + len(tokens)) + "|")
+        by = {(r["frames"], r["setting"]): r for r in rows}
+        for T in sorted({r["frames"] for r in rows}):
+            a, b = by.get((T, "unpruned")), by.get((T, "llm-vtp a0.1 M10"))
+            if not (a and b):
+                continue
+            cells = [f"{a[k]:.{p}f} / {b[k]:.{p}f}" for k, p in (("prefill_ms", 1), ("decode_ms_per_token", 2),
+                                                                   ("peak_gb", 1), ("kv_gb", 2))]
+            gains = [f"{a[f'total_ms_{k}']:.0f} / {b[f'total_ms_{k}']:.0f} "
+                     f"({a[f'total_ms_{k}'] / b[f'total_ms_{k}']:.2f}x)" for k in tokens]
+            print(f"| {T} | {a['prompt_rows']} | " + " | ".join(cells + gains) + " |")
+        for k in tokens:
+            past = [T for T in sorted({r["frames"] for r in rows})
+                    if (T, "unpruned") in by and (T, "llm-vtp a0.1 M10") in by
+                    and by[T, "unpruned"][f"total_ms_{k}"] / by[T, "llm-vtp a0.1 M10"][f"total_ms_{k}"] >= 2]
+            print(f"{k} tokens: pruning's end-to-end gain passes 2x " + (f"from {past[0]} frames" if past else
+                                                                          "at none of these lengths"))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, help="folder for e2e.json (required unless --compare)")
+    p.add_argument("--parts", default="", help=f"comma-separated, of {', '.join(PARTS)} (default: all)")
+    p.add_argument("--tiny", action="store_true", help="a tiny config, on the CPU when there is no GPU: a smoke test")
+    p.add_argument("--reps", type=int, default=None, help="questions per setting: the first, then the median of the "
+                   "rest (default 4; 2 with --tiny)")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
+                   help="print the timings two JSON files share, side by side (an earlier commit's e2e.json "
+                        "against this one's); runs nothing")
+    args = p.parse_args(argv)
+    if args.compare:
+        return common.compare(*args.compare)
+    if args.out is None:
+        p.error("--out is required")
+    chosen = common.parts(args.parts, PARTS)
+    s = common.shape(args.tiny)
+    reps = args.reps or (2 if args.tiny else 4)
+    res = dict(common.machine(), script="e2e", tiny=args.tiny, parts=chosen, prompt_rows=s.rows,
+               new_tokens=list(s.new_tokens), minivtp={}, transformers={}, growth=[])
+
+    def save():
+        return common.write_json(args.out, "e2e.json", res)
+
+    torch.manual_seed(0)
+    model = common.random_video_llm(s)
+    pixels, ids = common.random_pixels(s), common.prompt_ids(s)
+    for kind in ("eager", "graphs", "growth", "compiled"):
+        if kind not in chosen:
+            continue
+        if kind == "growth":
+            fast.fuse_qkv(model.llm)  # the graphs' path, whether or not that part ran
+            res["growth"] = growth(model, s, reps=max(2, reps - 1))
+        elif kind == "compiled" and not common.cuda(s):
+            common.skip("compiled", "eval compiles only on CUDA (torch.compile on a CPU takes minutes)")
+        else:
+            settings = ("unpruned", "llm-vtp a0.1 M10") if kind == "eager" else QUESTION_SETTINGS
+            questions(model, s, pixels, ids, kind, settings, res["minivtp"], reps)
+        save()
+    if {"hf", "hf-static"} & set(chosen):
+        model.llm = None  # room for transformers' copy
+        if common.cuda(s):
+            torch.cuda.empty_cache()
+        transformers_part(model, s, pixels, ids, chosen, res["transformers"], reps, save)
+    path = save()
+    summary(res)
+    print("wrote", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -178,6 +178,23 @@ class MergedVideo:
 # Look-M: prefill everything, then per layer keep text and recent rows first, and merge the evicted rows in
 
 
+MERGES = ("average", "pivotal", "none")
+
+
+def check_method(method):
+    """What generate.Method's fields mean only for a rival, checked here beside the rival (ValueError if wrong)."""
+    if method.name == "prumerge+":
+        raise ValueError("method='prumerge+' prunes in the vision tower, before the LLM: build the prompt with "
+                         "VideoLLM.prompt(ids, pixels, prumerge=True) and generate with video=None")
+    for name in ("recent", "important"):
+        if not 0.0 <= getattr(method, name) <= 1.0:
+            raise ValueError(f"{name}={getattr(method, name)} is outside [0, 1]: a fraction of the prompt's rows")
+    if method.recent + method.important == 0:
+        raise ValueError("recent=0 and important=0 would keep no row at all")
+    if method.merge not in MERGES:
+        raise ValueError(f"merge={method.merge!r} must be one of {', '.join(map(repr, MERGES))}")
+
+
 def received_attention(block, x_in, cos, sin, pos, cache, chunk: int = 512):
     """(Nk,): the attention each cached row received at this layer, summed over every query row and head.
 
@@ -224,3 +241,17 @@ def merge_evicted(cache, kept, evicted, how: str = "average"):
     cache.keep(kept)
     if merged is not None:
         cache.k[:, :, :n], cache.v[:, :, :n] = merged[0].to(cache.k.dtype), merged[1].to(cache.v.dtype)
+
+
+def look_m_prefill(model, x, cos, sin, pos, caches, video: VideoSpan, method):
+    """Look-M's prefill: every layer on every row, each layer's cache compressed right after that layer ran.
+    Returns the last layer's output (1, N, C) and what layer 1's cache kept: (video rows S, rows, its scores)."""
+    kept = None
+    for l in range(len(model.layers)):
+        x_in, x = x, model.forward_layers(x, cos, sin, pos, caches, start=l, stop=l + 1)  # layer l+1
+        scores = received_attention(model.layers[l], x_in, cos, sin, pos, caches[l])  # (N,)
+        rows, evicted = look_m_rows(scores, video, method.recent, method.important)
+        merge_evicted(caches[l], rows, evicted, method.merge)
+        if l == 0:
+            kept = rows[(rows >= video.start) & (rows < video.end)], rows, scores[video.start : video.end]
+    return x, kept

@@ -13,13 +13,18 @@ the answer, as its check_ans reads it. One JSON line per question (id, task, pre
 correct, kept ratio, prefill and decode seconds, or the error that stopped it); a rerun skips the ids already in
 --out. A summary at the end: accuracy per task and overall, mean kept ratio, seconds per question.
 
+--benchmark mvbench|videomme|egoschema|videoqa|vcgbench --data DIR reads a benchmark as it is downloaded instead
+(minivtp/benchmarks.py: its files, PLLaVA's frame rule with MVBench's segments, each benchmark's prompt and letter
+rule); each line then also records the video read (its path under DIR) and the indices of the frames read
+("video", "frames"), and --tasks picks some of its tasks. Open-ended QA is written out for its GPT judge, EgoSchema
+for its server, beside --out.
+
 The toy (`python -m minivtp.toy export-mvbench DIR`) runs through the same loop: its "videos" are feature
 files, its options are two-word answers, and its letter is the option whose words the model generated.
 """
 
 import json
 import os
-import re
 import sys
 import time
 from collections import defaultdict
@@ -27,9 +32,10 @@ from pathlib import Path
 
 import torch
 
-POST_QUERY = "\nOnly give the best option."
-ANSWER_PROMPT = "Best option:("
-LETTERS = "ABCDEFG"
+from minivtp import benchmarks
+# MVBench's prompt and letter rule live with the benchmarks' readers; --questions uses them too
+from minivtp.benchmarks import ANSWER_PROMPT, LETTERS, POST_QUERY, letter_of, qa_text  # noqa: F401
+from minivtp.vtp import VideoSpan
 
 
 def read_questions(path) -> list:
@@ -66,33 +72,22 @@ def check_entry(q: dict):
     return None
 
 
-def qa_text(q: dict) -> str:
-    """PLLaVA's qa_template: the question, then the options lettered (A), (B), ..."""
-    text = f"Question: {q['question']}\nOptions:\n"
-    for i, c in enumerate(q["candidates"]):
-        text += f"({LETTERS[i]}) {c}\n"
-    return text.rstrip()
-
-
-def letter_of(text: str):
-    """The option letter at the start of an answer that began with "(": "B) a cat" -> "B"; None if there is none."""
-    m = re.match(r"\s*\(?\s*([A-Ga-g])\b", text)
-    return m.group(1).upper() if m else None
-
-
 def fast_decoder(llm, device, eager: bool, no_compile: bool):
     """What eval decodes with: on CUDA a loop of questions pays a compile once and gains it back many times, so
-    the model is prepared for speed (q+k+v fused, blocks compiled: prepare_fast) and one FastDecoder, its decode
-    step compiled with autotuned products (compile=True), serves every question. --no-compile: fused, CUDA graphs
-    only. --eager, or not CUDA: False, the readable path."""
-    from minivtp.generate import FastDecoder, prepare_fast
-    if torch.device(device).type != "cuda" or eager:
-        return False
+    the model is prepared for speed (q+k+v fused, blocks compiled: fast.prepare) and one fast.FastDecoder, its
+    decode step compiled with autotuned products (compile=True), serves every question. --no-compile: fused, CUDA
+    graphs only. --eager on CUDA: the readable path (fast.EagerOnGPU's kernels); not CUDA: None, the readable
+    path (generate's default)."""
+    if torch.device(device).type != "cuda":
+        return None
+    from minivtp import fast
+    if eager:
+        return fast.EagerOnGPU(llm)
     if not no_compile:
         print("compiling the decoder blocks and an autotuned decode step for this run (once, at the first "
               "questions; --no-compile skips it)", file=sys.stderr, flush=True)  # stdout stays the summary
-    prepare_fast(llm, compile=not no_compile)
-    return FastDecoder(llm, compile=not no_compile)
+    fast.prepare(llm, compile=not no_compile)
+    return fast.FastDecoder(llm, compile=not no_compile)
 
 
 class Answerer:
@@ -112,34 +107,101 @@ class Answerer:
         else:
             self.model, self.tok, _ = load_checkpoint(args)
         self.llm = self.model.llm
-        if self.method is not None:  # a bad --layer or ratio is one error now, not one per question
+        if self.method is not None:  # a bad --layer, ratio or variant is one error now, not one per question
             self.method.resolved(self.llm.cfg.n_layers)
-        self.decoder = fast_decoder(self.llm, args.device, args.eager, args.no_compile)
+        self.noted = False  # the released count's zero-token note, said once a run
+        # by where the model is, not by --device: the toy always runs on the CPU, and compiling it there (what a
+        # GPU machine's default --device cuda asked for) cost every eval of the toy a CPU compile
+        self.decoder = fast_decoder(self.llm, self.llm.embed.weight.device, args.eager, args.no_compile)
 
     def __call__(self, q: dict, videos: Path):
-        from minivtp.generate import generate
         path = videos / q["video"]
         if self.toy:
             return self.ask_toy(q, path)
-        from minivtp.prompts import build_prompt
-        from minivtp.vision import preprocess, read_frames
-        frames, _ = read_frames(path, self.model.frames)
-        pixels = preprocess(frames, self.model.vision.cfg.image_size).to(self.args.device)
-        if self.model.arrangement == "tarsier":
-            text = build_prompt("tarsier", qa_text(q) + POST_QUERY) + ANSWER_PROMPT
+        from minivtp.vision import read_frames
+        frames, _ = read_frames(path, self.model.frames, self.model.sample_indices)
+        text, facts = self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench", self.args.max_new_tokens or 5)
+        prediction = "(" + text
+        return prediction, letter_of(prediction), facts
+
+    def generate(self, frames, question: str, template: str, max_new_tokens: int):
+        """The model's answer to `question` about `frames` in PLLaVA's conversation `template` (Tarsier and the
+        LLaVA-OneVision hosts: their own prompt, then the template's answer prompt), and what it cost."""
+        from minivtp.cli import encode_prompt, is_qformer_host, qformer_inputs
+        from minivtp.generate import generate
+        from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
+        pixels = self.model.preprocess(frames).to(self.args.device)
+        kind, extra = self.model.arrangement, {}
+        if is_qformer_host(self.model):  # the host's own template (MVBench's for eval_mvbench); the Q-Former reads it too
+            ids, extra = qformer_inputs(self.model, self.tok, question.removesuffix(POST_QUERY), self.args.device,
+                                        mvbench=template == "eval_mvbench")
         else:
-            text = build_prompt("pllava", qa_text(q) + POST_QUERY, "eval_mvbench")
-        ids = torch.tensor(self.tok.encode(text), device=self.args.device)
+            if kind in ("tarsier", "llava-onevision", "llava-video"):
+                text = build_prompt(kind, question, placeholder=self.model.placeholder) + \
+                    (PLLAVA_TEMPLATES[template][6] or "")
+            else:
+                text = build_prompt("pllava", question, template)
+            ids = torch.tensor(encode_prompt(self.tok, text, self.model), device=self.args.device)
         merged = self.args.method == "prumerge+"
         with torch.no_grad():
-            embeds, video = self.model.prompt(ids, pixels, prumerge=merged)
-        out = generate(self.llm, embeds, self.args.max_new_tokens, video=video if self.method else None,
-                       method=self.method, eos_id=self.tok.eos, fast_decode=self.decoder)
-        prediction = "(" + self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
+            embeds, video = self.model.prompt(ids, pixels, prumerge=merged, **extra)
+        self.note(video)
+        out = generate(self.llm, embeds, max_new_tokens, video=video if self.method else None,
+                       method=self.method, eos_id=self.tok.eos, decoder=self.decoder)
+        answer = self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
         n_video = video.unpruned_rows if merged else video.end - video.start
         kept = video.end - video.start if merged else out.kept.numel() if self.method else n_video
-        return prediction, letter_of(prediction), dict(kept_ratio=kept / n_video, prefill_s=out.prefill_s,
-                                                       decode_s=out.decode_s)
+        return answer, dict(kept_ratio=kept / n_video, prefill_s=out.prefill_s, decode_s=out.decode_s)
+
+    def ask_benchmark(self, q: dict, benchmark: str) -> dict:
+        """One question of a downloaded benchmark: the row's prediction(s), letter, frames read and costs."""
+        from minivtp import toy
+        frames, indices = benchmarks.read_clip(q, self.args.data, toy.T if self.toy else self.model.frames)
+        open_ended = benchmark in benchmarks.OPEN_ENDED
+        questions = [None, q["question1"]] if "question1" in q else [None]  # consistency_qa: both, one at a time
+        answers, facts = [], dict(kept_ratio=0.0, prefill_s=0.0, decode_s=0.0)
+        for second in questions:
+            if self.toy:
+                text, cost = self.toy_generate(frames, second or q["question"])
+            else:
+                prompt, template = benchmarks.prompt_of(benchmark, q, second)
+                text, cost = self.generate(frames, prompt, template, self.args.max_new_tokens or
+                                           (100 if open_ended else 5))  # PLLaVA's scripts: 100 for open-ended QA
+            answers.append(text)
+            facts = {k: facts[k] + cost[k] / len(questions) for k in facts}
+        row = dict(video=q["video"], frames=indices, **facts)
+        if open_ended:
+            row["prediction"] = benchmarks.open_answer(benchmark, answers[0])
+            if len(answers) > 1:
+                row["prediction1"] = benchmarks.open_answer(benchmark, answers[1])
+            return row
+        prediction = "(" + answers[0] if benchmark == "mvbench" and not self.toy else answers[0]
+        if self.toy:  # the toy names an object: the option with its two words
+            options = q["candidates"]
+            letter = LETTERS[options.index(prediction)] if prediction in options else None
+        else:
+            letter = benchmarks.letter(benchmark, prediction, q)
+        return dict(row, prediction=prediction, letter=letter)
+
+    def note(self, video):
+        """Say once a run, on stderr, when the released count keeps no token of a frame (cli.zero_count_note)."""
+        from minivtp.cli import zero_count_note
+        note = zero_count_note(self.method, video)
+        if note and not self.noted:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+            self.noted = True
+
+    def toy_generate(self, frames, question: str):
+        """The toy's two-word answer to its question about frames that benchmarks.read_clip read from pictures."""
+        from minivtp import toy
+        words = question.split()
+        if any(w not in toy.ID for w in words):
+            raise ValueError(f"the toy knows only its own words ({' '.join(toy.VOCAB)}); the question is {question!r}")
+        features = torch.stack([toy.frame_features(f) for f in frames])  # (T, Nv, P)
+        self.note(VideoSpan(len(toy.PREFIX), toy.T, toy.NV))  # the span toy.ask prompts with
+        answer, out = toy.ask(self.model, toy.Sample(features, [], words, []), method=self.method)
+        kept = out.kept.numel() / (toy.T * toy.NV) if self.method else 1.0
+        return " ".join(answer), dict(kept_ratio=kept, prefill_s=out.prefill_s, decode_s=out.decode_s)
 
     def ask_toy(self, q, path):
         from safetensors.torch import load_file
@@ -149,6 +211,7 @@ class Answerer:
         except Exception as e:  # a missing or broken file: one error line for this question
             raise ValueError(f"{path}: not a toy video ({e})") from None
         sample = toy.Sample(features, [], q["question"].split(), [])
+        self.note(VideoSpan(len(toy.PREFIX), toy.T, toy.NV))  # the span toy.ask prompts with
         words, out = toy.ask(self.model, sample, method=self.method)
         prediction = " ".join(words)
         options = q["candidates"]
@@ -158,15 +221,19 @@ class Answerer:
 
 
 def summary(rows: list) -> dict:
+    """Accuracy over the questions with a known answer (an error counts as wrong); a row whose "correct" is None
+    (open-ended QA, EgoSchema beyond its public 500) is counted under "unscored"."""
+    scored = [r for r in rows if r.get("correct") is not None]
     tasks = defaultdict(lambda: [0, 0])
-    for r in rows:
+    for r in scored:
         tasks[r["task_type"]][1] += 1
-        tasks[r["task_type"]][0] += bool(r.get("correct"))
+        tasks[r["task_type"]][0] += bool(r["correct"])
     answered = [r for r in rows if "error" not in r]
-    return dict(questions=len(rows), correct=sum(bool(r.get("correct")) for r in rows),
-                accuracy=sum(bool(r.get("correct")) for r in rows) / max(1, len(rows)),
+    return dict(questions=len(rows), correct=sum(bool(r["correct"]) for r in scored),
+                accuracy=sum(bool(r["correct"]) for r in scored) / len(scored) if scored else None,
+                unscored=len(rows) - len(scored),
                 per_task={t: dict(correct=c, total=n, accuracy=c / n) for t, (c, n) in sorted(tasks.items())},
-                errors=len(rows) - len(answered), unparsed=sum(1 for r in answered if r["letter"] is None),
+                errors=len(rows) - len(answered), unparsed=sum(1 for r in answered if r.get("letter", "") is None),
                 mean_kept_ratio=sum(r["kept_ratio"] for r in answered) / max(1, len(answered)),
                 seconds_per_question=sum(r["seconds"] for r in answered) / max(1, len(answered)))
 
@@ -186,6 +253,9 @@ def read_jsonl(path: Path) -> list:
 def run(args) -> int:
     import torch.distributed as dist
 
+    from minivtp.cli import check_prumerge_fits
+    check_prumerge_fits(args)  # before the questions are read: no question could be answered
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1:
@@ -197,7 +267,17 @@ def run(args) -> int:
             args.device = f"cuda:{local}"
         dist.init_process_group("nccl" if torch.device(args.device).type == "cuda" else "gloo")
     out = Path(args.out)
-    questions = read_questions(args.questions)
+    benchmark = getattr(args, "benchmark", None)
+    if benchmark:
+        if not args.data:
+            raise ValueError("--benchmark needs --data DIR, the folder the benchmark was downloaded to")
+        questions = benchmarks.load(benchmark, args.data, args.tasks.split(",") if args.tasks else None)
+    else:
+        if not args.questions or not args.videos:
+            raise ValueError("give --questions FILE and --videos DIR, or --benchmark NAME and --data DIR")
+        if getattr(args, "tasks", None):
+            raise ValueError("--tasks picks tasks of a --benchmark")
+        questions = read_questions(args.questions)
     shard = out.with_name(f"{out.name}.rank{rank}") if world > 1 else out
     # keep the whole lines of a run that was killed, drop the torn last one (--out itself is rank 0's to touch)
     for f in {shard, out} if rank == 0 else {shard}:
@@ -208,28 +288,16 @@ def run(args) -> int:
     done = {r["id"] for r in read_jsonl(out)} | {r["id"] for r in read_jsonl(shard)}
     mine = [q for i, q in enumerate(questions) if i % world == rank and q["id"] not in done]
     answer = Answerer(args)
-    videos = Path(args.videos)
+    videos = None if benchmark else Path(args.videos)
     start = time.perf_counter()
     with open(shard, "a") as f:
         for n, q in enumerate(mine, 1):
-            row = dict(id=q["id"], task_type=q["task_type"])
-            problem = check_entry(q)
-            t0 = time.perf_counter()
-            try:
-                if problem:
-                    raise ValueError(f"question {q['id']}: {problem}")
-                prediction, letter, facts = answer(q, videos)
-                truth = LETTERS[q["candidates"].index(q["answer"])]
-                # the toy names any object in the video: each of those answers is right ("right_answers")
-                right = prediction in q["right_answers"] if "right_answers" in q else letter == truth
-                row.update(prediction=prediction, letter=letter, answer=truth, correct=right,
-                           seconds=time.perf_counter() - t0, **facts)
-            except ValueError as e:  # a bad question or video: recorded, and the run goes on
-                row.update(error=str(e), correct=False)
+            row = benchmark_row(answer, q, benchmark) if benchmark else questions_row(answer, q, videos)
             f.write(json.dumps(row) + "\n")
             f.flush()
-            print(f"[rank {rank}] {n}/{len(mine)} {q['task_type']}: {row.get('letter')} "
-                  f"{'right' if row['correct'] else 'wrong' if 'error' not in row else 'error: ' + row['error']}  "
+            status = "error: " + row["error"] if "error" in row else \
+                {True: "right", False: "wrong", None: "answered"}[row.get("correct")]
+            print(f"[rank {rank}] {n}/{len(mine)} {q['task_type']}: {row.get('letter')} {status}  "
                   f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if world > 1:
         dist.barrier()
@@ -245,15 +313,60 @@ def run(args) -> int:
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
-        res = summary(read_jsonl(out))
+        done_rows = read_jsonl(out)
+        res = summary(done_rows)
+        if benchmark:  # what its own scorer reads, and how to run it
+            res["notes"] = benchmarks.write_outputs(benchmark, out, done_rows, questions)
         print(json.dumps(res) if args.json else format_summary(res))
     return 0
 
 
+def questions_row(answer: Answerer, q: dict, videos: Path) -> dict:
+    """The line for one question of a --questions file (MVBench's format, or the toy's)."""
+    row = dict(id=q["id"], task_type=q["task_type"])
+    t0 = time.perf_counter()
+    problem = check_entry(q)
+    try:
+        if problem:
+            raise ValueError(f"question {q['id']}: {problem}")
+        prediction, letter, facts = answer(q, videos)
+        truth = LETTERS[q["candidates"].index(q["answer"])]
+        # the toy names any object in the video: each of those answers is right ("right_answers")
+        right = prediction in q["right_answers"] if "right_answers" in q else letter == truth
+        row.update(prediction=prediction, letter=letter, answer=truth, correct=right,
+                   seconds=time.perf_counter() - t0, **facts)
+    except ValueError as e:  # a bad question or video: recorded, and the run goes on
+        row.update(error=str(e), correct=False)
+    return row
+
+
+def benchmark_row(answer: Answerer, q: dict, benchmark: str) -> dict:
+    """The line for one question of a --benchmark: with the video and frames read. "correct" is None where there
+    is nothing to compare with here (open-ended QA; EgoSchema's questions without a public answer)."""
+    row = dict(id=q["id"], task_type=q["task_type"], video=q["video"])
+    t0 = time.perf_counter()
+    unscored = benchmark in benchmarks.OPEN_ENDED or q.get("answer", "") is None
+    try:
+        if "_error" in q:
+            raise ValueError(q["_error"])
+        row.update(answer.ask_benchmark(q, benchmark), seconds=time.perf_counter() - t0)
+        if "letter" in row:  # multiple choice
+            row.update(answer=q["answer"], correct=None if unscored else row["letter"] == q["answer"])
+    except ValueError as e:  # a missing file, video or frame: recorded with its path, and the run goes on
+        row.update(error=str(e), correct=None if unscored else False)
+    return row
+
+
 def format_summary(s: dict) -> str:
-    lines = [f"accuracy {s['accuracy']:.3f} ({s['correct']} of {s['questions']}); errors {s['errors']}, "
+    if s["accuracy"] is None:  # open-ended QA: its score is a judge's, not ours
+        head = f"{s['questions']} questions, none scored here"
+    else:
+        head = f"accuracy {s['accuracy']:.3f} ({s['correct']} of {s['questions'] - s.get('unscored', 0)})"
+    lines = [f"{head}; errors {s['errors']}, "
              f"answers without a letter {s['unparsed']}; mean kept ratio {s['mean_kept_ratio']:.3f}; "
              f"{s['seconds_per_question']:.3f} s per question"]
+    if s.get("unscored") and s["accuracy"] is not None:
+        lines.append(f"  {s['unscored']} questions without a public answer: not in the accuracy")
     for task, t in s["per_task"].items():
         lines.append(f"  {task:28s} {t['accuracy']:.3f}  ({t['correct']}/{t['total']})")
-    return "\n".join(lines)
+    return "\n".join(lines + s.get("notes", []))

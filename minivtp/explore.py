@@ -12,6 +12,10 @@ ceil(alpha * Nv) of every frame (Eq. 5-6) or of the whole video, the KV rows it 
 position, computed here, so you can see where pruning starts to break it. Plain HTML: no server, no network,
 opens from disk. `#M=2&alpha=0.3&pool=mean&ranking=sequence&rule=fastv` at the end of its address sets the
 controls.
+
+The "compare" control lays the kept set of the authors' released code (vtp.VARIANTS: scores before RoPE, no causal
+mask, max over heads and question rows, int(alpha * Nv) a frame, which is 0 below alpha = 1/Nv) over the paper's,
+outlined in another colour, with how many tokens both keep (tutorial chapter 12).
 """
 
 import argparse
@@ -33,22 +37,26 @@ POOLS = ("max", "mean", "min")
 def layer_scores(llm, embeds, video):
     """One unpruned prefill: {"max" | "mean" | "min": per layer a_v (T*Nv,) from the question rows, pooled over
     heads that way (Eq. 4, then the mean over question rows); "last": per layer the last row's attention, the
-    mean over heads (FastV's score)}."""
+    mean over heads (FastV's score); "released": per layer the released code's a_v (q, k before RoPE, no mask,
+    max over heads, then over the question rows)}."""
     N = embeds.shape[1]
     pos = torch.arange(N, device=embeds.device)
     cos, sin = llm.rope(pos)
     caches = llm.new_caches(1, N)
     questions = torch.arange(video.end, N, device=embeds.device)
-    out = {name: [] for name in POOLS + ("last",)}
+    out = {name: [] for name in POOLS + ("last", "released")}
     x = embeds.to(llm.embed.weight.dtype)
-    for block, cache in zip(llm.layers, caches):
-        x_in = x
-        x = block(x, cos, sin, pos, cache, slot=0)
+    for l, (block, cache) in enumerate(zip(llm.layers, caches)):
+        x_in, x = x, llm.forward_layers(x, cos, sin, pos, caches, start=l, stop=l + 1)  # layer l+1, its input kept
         A = vtp.layer_attention(block, x_in, cos, sin, pos, cache, questions)  # (H, Nq, N)
         for pool in POOLS:
             # Eq. 4's column slice (the rows are already the question's), then the mean over question rows
             out[pool].append(vtp.video_scores(vtp.pool_heads(A, pool)[:, video.start : video.end]))
         out["last"].append(A[:, -1].mean(dim=0)[video.start : video.end])  # the last prompt row is the last question row
+        rule = vtp.VARIANTS["released"]
+        R = vtp.layer_attention(block, x_in, cos, sin, pos, cache, questions, rule["rope"], rule["causal"])
+        # (H, Nq, N) -> heads by a max -> the video's columns -> question rows by a max: (T*Nv,)
+        out["released"].append(vtp.video_scores(vtp.pool_heads(R, "max")[:, video.start : video.end], "max"))
     return {name: torch.stack(rows).float().cpu() for name, rows in out.items()}  # (L, T*Nv) each
 
 
@@ -67,6 +75,8 @@ def toy_page(model, seed: int):
                     answers[f"llm-vtp|{M}|{a}|{pool}|{ranking}"] = " ".join(words)
             words, _ = toy.ask(model, sample, method=Method("fastv", alpha=a, layer=M))
             answers[f"fastv|{M}|{a}"] = " ".join(words)
+            words, _ = toy.ask(model, sample, method=Method(alpha=a, layer=M, variant="released"))
+            answers[f"released|{M}|{a}"] = " ".join(words)
     right = {text: toy.is_right(sample, text.split()) for text in set(answers.values()) | {" ".join(full)}}
     frames = [toy_frame(sample, t) for t in range(toy.T)]
     objects = "; ".join(f"{o.colour} {o.shape} in frame {o.frame}" for o in sorted(sample.objects, key=lambda o: o.frame))
@@ -95,17 +105,22 @@ def checkpoint_page(args):
     import torch.nn.functional as F
 
     import weights
-    from minivtp.cli import DTYPES, check_device
+    from minivtp.cli import DTYPES, check_device, encode_prompt
     from minivtp.prompts import build_prompt
     from minivtp.tokenizer import Tokenizer
-    from minivtp.vision import preprocess, read_frames
+    from minivtp.vision import read_frames
 
     check_device(args.device)
+    hf = weights.read_config(Path(args.weights)) if Path(args.weights).is_dir() else {}
+    if hf.get("model_type") in weights.QFORMER_HOSTS:
+        raise ValueError(f"{args.weights}: the explorer draws each video token on its frame's grid; a Q-Former host's "
+                         "tokens are queries with no place in the frame (python -m minivtp answer runs it)")
     model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device)
     tok = Tokenizer.from_file(args.weights)
-    frames, _ = read_frames(args.video, model.frames)
-    pixels = preprocess(frames, model.vision.cfg.image_size).to(args.device)
-    ids = torch.tensor(tok.encode(build_prompt(model.arrangement, args.question, None)), device=args.device)
+    frames, _ = read_frames(args.video, model.frames, model.sample_indices)
+    pixels = model.preprocess(frames).to(args.device)
+    text = build_prompt(model.arrangement, args.question, None, placeholder=model.placeholder)
+    ids = torch.tensor(encode_prompt(tok, text, model), device=args.device)
     with torch.no_grad():
         embeds, video = model.prompt(ids, pixels)
     scores = layer_scores(model.llm, embeds, video)
@@ -114,9 +129,13 @@ def checkpoint_page(args):
     if model.arrangement == "pllava":
         grid = list(model.pooling_shape[1:])
         cells = [[j // grid[1], j % grid[1]] for j in range(Nv)]
-    elif model.arrangement == "tarsier":  # row newlines and the frame separator have no place in the picture
+    elif model.arrangement in ("tarsier", "llava-video"):  # row newlines (and Tarsier's separator) have no place
+        g = g if model.arrangement == "tarsier" else model.pooled()
         grid = [g, g]
-        cells = [[j // (g + 1), j % (g + 1)] if j < Nv - 1 and j % (g + 1) != g else None for j in range(Nv)]
+        cells = [[j // (g + 1), j % (g + 1)] if j < g * (g + 1) and j % (g + 1) != g else None for j in range(Nv)]
+    elif model.arrangement == "llava-onevision":  # the pooled grid; its one newline row is after the video
+        h = model.pooled()
+        grid, cells = [h, h], [[j // h, j % h] for j in range(Nv)]
     else:
         grid, first = [g, g], Nv - g * g  # a [CLS] token first when the features keep it
         cells = [None] * first + [[j // g, j % g] for j in range(g * g)]
@@ -140,15 +159,16 @@ def render(data: dict) -> str:
 
 # The page's arithmetic, plain functions with no DOM, so tests run them under node against minivtp's Python.
 LOGIC = r"""
-function nKeep(alpha, n) {  // ceil(alpha * n), at least 1, as vtp.n_keep: rounded to 9 decimals first
+function nKeep(alpha, n, count) {  // ceil(alpha * n), at least 1, as vtp.n_keep: rounded to 9 decimals first
+  if (count === "floor") return Math.floor(n * alpha);  // the released code's int(n * alpha), maybe 0
   return Math.max(1, Math.ceil(Math.round(alpha * n * 1e9) / 1e9));
 }
 function topK(values, k) {  // indices of the k largest, ties to the lower index; sorted ascending
   const order = values.map((v, i) => i).sort((a, b) => values[b] - values[a] || a - b);
   return order.slice(0, k).sort((a, b) => a - b);
 }
-function selectPerFrame(scores, T, Nv, alpha) {  // Eq. 5-6, video-relative indices
-  const k = nKeep(alpha, Nv), kept = [];
+function selectPerFrame(scores, T, Nv, alpha, count) {  // Eq. 5-6, video-relative indices
+  const k = nKeep(alpha, Nv, count), kept = [];
   for (let t = 0; t < T; t++) for (const j of topK(scores.slice(t * Nv, (t + 1) * Nv), k)) kept.push(t * Nv + j);
   return kept;
 }
@@ -168,6 +188,7 @@ function prefillFlops(c, prefix, T, Nv, Nq, kept, layer, rule) {  // as minivtp.
 }
 function keptSet(data, s) {  // s: {rule, M, alpha, pool, ranking}
   if (s.rule === "fastv") return selectWholeSequence(data.scores.last[s.M - 1], s.alpha);
+  if (s.rule === "released") return selectPerFrame(data.scores.released[s.M - 1], data.T, data.Nv, s.alpha, "floor");
   const a = data.scores[s.pool][s.M - 1];
   return s.ranking === "frame" ? selectPerFrame(a, data.T, data.Nv, s.alpha) : selectWholeSequence(a, s.alpha);
 }
@@ -201,8 +222,10 @@ PAGE = r"""<!doctype html>
  <select id="pool"><option>max</option><option>mean</option><option>min</option></select><span></span>
  <label for="ranking">ranking</label>
  <select id="ranking"><option value="frame">per frame (Eq. 5)</option><option value="sequence">whole video (Tab. 5)</option></select><span></span>
+ <label for="compare">compare with</label>
+ <select id="compare"><option value="off">nothing</option><option value="released">the authors' released code</option></select><span></span>
 </div>
-<div class="legend">attention at layer M: dark = low, bright = high; outlined<span style="background:#3ce65a"></span>kept</div>
+<div class="legend">attention at layer M: dark = low, bright = high; outlined<span style="background:#3ce65a"></span>kept<span id="releasedkey" style="background:#e040fb"></span><em id="releasedkeytext" style="font-style: normal">kept by the released code</em></div>
 <div class="frames" id="frames"></div>
 <div class="stats">
  <div>video tokens kept</div><div id="kept"></div>
@@ -210,16 +233,20 @@ PAGE = r"""<!doctype html>
  <div>prefill FLOPs</div><div id="flops"></div>
  <div id="answerlabel">answer at this setting</div><div id="answer"></div>
  <div>answer with all tokens</div><div id="full"></div>
+ <div id="releasedlabel">released code keeps</div><div id="released"></div>
+ <div id="releasedanswerlabel">its answer</div><div id="releasedanswer"></div>
 </div>
 <div class="note">The kept set is recomputed here from the scores of one unpruned prefill: LLM-VTP takes the top
 ceil(alpha Nv) of each frame (or of the whole video), FastV the top ceil(alpha T Nv) of the last row's
-attention, averaged over heads. Answers were computed by the model at every setting beforehand (toy only).</div>
+attention, averaged over heads. Answers were computed by the model at every setting beforehand (toy only). The
+authors' released code scores with q and k before RoPE and no causal mask, takes the max over heads and then over the
+question rows, and keeps int(alpha Nv) of each frame: below alpha = 1/Nv that is no token at all.</div>
 <script id="logic">/*LOGIC*/</script>
 <script>
 const data = /*DATA*/;
 const ALPHAS = /*ALPHAS*/;
 const $ = id => document.getElementById(id);
-const ui = {rule: $("rule"), M: $("M"), alpha: $("alpha"), pool: $("pool"), ranking: $("ranking")};
+const ui = {rule: $("rule"), M: $("M"), alpha: $("alpha"), pool: $("pool"), ranking: $("ranking"), compare: $("compare")};
 ui.M.max = data.scores.max.length; ui.M.value = 1; ui.alpha.max = ALPHAS.length - 1; ui.alpha.value = 1;
 $("title").textContent = data.title; $("question").textContent = data.question; $("videonote").textContent = data.video_note;
 const CELL = 168, canvases = [], images = [];
@@ -230,7 +257,8 @@ data.frames.forEach((b64, t) => {
   const img = new Image(); img.onload = () => update(); img.src = "data:image/png;base64," + b64; images.push(img);
 });
 function settings() {
-  return {rule: ui.rule.value, M: +ui.M.value, alpha: ALPHAS[+ui.alpha.value], pool: ui.pool.value, ranking: ui.ranking.value};
+  return {rule: ui.rule.value, M: +ui.M.value, alpha: ALPHAS[+ui.alpha.value], pool: ui.pool.value, ranking: ui.ranking.value,
+          compare: ui.compare.value};
 }
 function heat(v) {  // the colour map of png.heat
   const stops = [[0,0,0],[150,20,30],[230,90,20],[250,210,60],[255,255,255]];
@@ -245,6 +273,10 @@ function update() {
   $("Mval").textContent = s.M; $("alphaval").textContent = s.alpha.toFixed(2);
   const scores = fastv ? data.scores.last[s.M - 1] : data.scores[s.pool][s.M - 1];
   const kept = new Set(keptSet(data, s)), top = Math.max(...scores) || 1, [R, C] = data.grid;
+  const comparing = s.compare === "released";
+  const other = new Set(comparing ? keptSet(data, {rule: "released", M: s.M, alpha: s.alpha}) : []);
+  for (const id of ["releasedkey", "releasedkeytext", "releasedlabel", "released", "releasedanswerlabel", "releasedanswer"])
+    $(id).style.display = comparing ? "" : "none";
   canvases.forEach((c, t) => {
     const g = c.getContext("2d"), w = CELL / C, h = CELL / R;
     g.clearRect(0, 0, CELL, CELL);
@@ -254,6 +286,7 @@ function update() {
       const v = scores[t * data.Nv + j] / top, [r, g2, b] = heat(v);
       g.fillStyle = `rgba(${r},${g2},${b},0.55)`; g.fillRect(cell[1] * w, cell[0] * h, w, h);
       if (kept.has(t * data.Nv + j)) { g.strokeStyle = "#3ce65a"; g.lineWidth = 2; g.strokeRect(cell[1] * w + 1, cell[0] * h + 1, w - 2, h - 2); }
+      if (other.has(t * data.Nv + j)) { g.strokeStyle = "#e040fb"; g.lineWidth = 2; g.strokeRect(cell[1] * w + 5, cell[0] * h + 5, w - 10, h - 10); }
     }
   });
   const total = data.T * data.Nv, N = data.prefix + total + data.Nq, rows = data.prefix + kept.size + data.Nq;
@@ -267,9 +300,15 @@ function update() {
   const mark = a => a === undefined ? "" : `<span class="${data.right[a] ? "right" : "wrong"}">${a} (${data.right[a] ? "right" : "wrong"})</span>`;
   $("answer").innerHTML = answer === undefined ? "<span class=note>(precomputed for the toy only)</span>" : mark(answer);
   $("full").innerHTML = data.full_answer ? mark(data.full_answer) : "<span class=note>(not computed)</span>";
+  const both = [...other].filter(i => kept.has(i)).length, perFrame = nKeep(s.alpha, data.Nv, "floor");
+  $("released").textContent = `${other.size} of ${total} (${perFrame} a frame: int(${data.Nv} x ${s.alpha.toFixed(2)}))` +
+    `; ${both} of them kept by both` + (perFrame === 0 ? "; no video token is left, as the released code runs it" : "");
+  const theirs = data.answers[`released|${s.M}|${s.alpha}`];
+  $("releasedanswer").innerHTML = theirs === undefined ? "<span class=note>(precomputed for the toy only)</span>" : mark(theirs);
 }
 for (const el of Object.values(ui)) el.addEventListener("input", update);
-// #M=2&alpha=0.3&pool=mean&ranking=sequence&rule=fastv sets the controls, through the same event a hand would send
+// #M=2&alpha=0.3&pool=mean&ranking=sequence&rule=fastv&compare=released sets the controls, through the same event a
+// hand would send
 for (const [k, v] of new URLSearchParams(location.hash.slice(1))) {
   if (!(k in ui)) continue;
   ui[k].value = k === "alpha" ? ALPHAS.findIndex(a => Math.abs(a - +v) < 1e-9) : v;

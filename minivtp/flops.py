@@ -2,6 +2,7 @@
 
     python -m minivtp.flops --preset pllava-7b --alpha 0.2 --layer 5 --json
     python -m minivtp.flops --preset pllava-7b --method prumerge+ --keep 0.365
+    python -m minivtp.flops --preset llava-ov-7b --alpha 0.1 --layer 10      # LLaVA-OneVision-7B; llava-video-7b
 
 A multiply-add is 2 FLOPs. Per decoder layer, for n rows that attend to n rows:
 
@@ -19,12 +20,17 @@ norms, RoPE and softmax are left out: they are O(n C), noise beside the matrix p
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from minivtp.model import Config
 from minivtp.vtp import VideoSpan, n_keep
 
 VICUNA_7B = Config(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, hidden_dim=11008)
+# Qwen2-7B(-Instruct)'s config.json: 28 layers, 28 query heads, 4 key/value heads (GQA), 18944 MLP, theta 1e6.
+# llava-hf's conversion adds <image> and <video> and pads the vocabulary to a multiple of 64: 152064 -> 152128.
+QWEN2_7B = Config(vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, hidden_dim=18944,
+                  norm_eps=1e-6, rope_theta=1e6, max_seq_len=32768, qkv_bias=True)
+QWEN2_7B_OV = replace(QWEN2_7B, vocab_size=152128)
 
 # Host models built on Vicuna-7B, with the token counts of the paper's setting. prefix = system prompt rows
 # before the video, question = every row after it (question, options, "ASSISTANT:"). The text lengths are
@@ -34,7 +40,31 @@ PRESETS = {
     "pllava-7b": dict(cfg=VICUNA_7B, prefix=35, frames=16, tokens_per_frame=144, question=60),
     # Tarsier-7B: 8 frames of 24 x 24 CLIP patches, plus one newline token per row and one frame separator
     "tarsier-7b": dict(cfg=VICUNA_7B, prefix=5, frames=8, tokens_per_frame=24 * 24 + 24 + 1, question=60),
+    # LLaVA-OneVision-7B (llava-hf/llava-onevision-qwen2-7b-ov-hf): Qwen2-7B, 32 frames of 27 x 27 SigLIP patches
+    # bilinearly resized to 14 x 14; the one newline row after the video counts with the question. prefix: the
+    # qwen_1_5 template's "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n", about
+    # 14 tokens (its pieces counted by hand; Qwen2's tokenizer, once minivtp reads it, gives the exact number)
+    "llava-ov-7b": dict(cfg=QWEN2_7B_OV, prefix=14, frames=32, tokens_per_frame=14 * 14, question=60 + 1),
+    # LLaVA-Video-7B-Qwen2 (lmms-lab): the same decoder, 64 frames average-pooled to 13 x 13, a newline after every
+    # row inside each frame (mm_newline_position "grid"): 13 * 14 rows a frame
+    "llava-video-7b": dict(cfg=QWEN2_7B, prefix=14, frames=64, tokens_per_frame=13 * 14, question=60),
+    # Tab. 8's Q-Former hosts (minivtp/hosts/). ST-LLM: 16 frames of 32 query tokens first, no rows before them;
+    # after them </s>, "###Human: ", the same 35-row system prompt as PLLaVA's, then the 60 question rows
+    # (Vicuna-7B v1.1 with ST-LLM's [PAD] added: 32001 tokens)
+    "st-llm": dict(cfg=replace(VICUNA_7B, vocab_size=32001), prefix=0, frames=16, tokens_per_frame=32,
+                   question=1 + 4 + 35 + 60),
+    # VideoChat2 (Vicuna-7B v0): its Q-Former reads all 16 frames at once and gives 32 + 64 query tokens for the
+    # whole clip, so the video is ONE "frame" of 96 (LLM-VTP keeps ceil(alpha * 96) of it); before it <s>, the
+    # system prompt and "###Human: <Video>", after it "</Video>\n###Human: ", the system prompt again and the
+    # question
+    "videochat2": dict(cfg=VICUNA_7B, prefix=1 + 35 + 8, frames=1, tokens_per_frame=96, question=8 + 35 + 60),
 }
+# Tab. 8 (alpha 0.1, M 10): ST-LLM 5.4 -> 2.1 TFLOPs, VideoChat2 1.1 -> 0.5
+PAPER_TAB8 = {"st-llm": (5.4, 2.1), "videochat2": (1.1, 0.5)}
+QFORMER_PRESETS = tuple(PAPER_TAB8)
+
+
+SIGLIP_PRESETS = ("llava-ov-7b", "llava-video-7b")  # no class token: PruMerge+ does not apply
 
 
 def layer_flops(cfg: Config, n: int) -> int:
@@ -118,14 +148,25 @@ def main(argv=None):
     p.add_argument("--keep", type=float, help=f"PruMerge+'s retained fraction (default {PRUMERGE_PLLAVA_KEEP})")
     p.add_argument("--frames", type=int, help="override the preset's frame count T")
     p.add_argument("--question", type=int, help="override the preset's question rows Nq")
+    p.add_argument("--prefix", type=int, help="override the preset's rows before the video")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     preset = dict(PRESETS[args.preset])
     cfg = preset.pop("cfg")
+    if args.method == "prumerge+" and args.preset in SIGLIP_PRESETS:
+        print(f"error: PruMerge+ ranks patches by their attention to CLIP's class token; {args.preset}'s SigLIP "
+              "tower has none", file=sys.stderr)
+        return 2
     if args.frames:
         preset["frames"] = args.frames
     if args.question:
         preset["question"] = args.question
+    if args.prefix is not None:
+        preset["prefix"] = args.prefix
+    if args.method == "prumerge+" and args.preset in QFORMER_PRESETS:
+        print(f"error: PruMerge+ does not apply to {args.preset}: its LLM reads the Q-Former's query tokens, none of "
+              "which is a [CLS] to rank by (paper, Tab. 8)", file=sys.stderr)
+        return 2
     try:
         out = prefill_flops(cfg, **preset, alpha=args.alpha, layer=args.layer, ranking=args.ranking,
                             method=args.method, keep=args.keep)

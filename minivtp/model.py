@@ -44,6 +44,8 @@ class Config:
     tie_embeddings: bool = False  # output projection shares the embedding matrix
     attention_bias: bool = False
     mlp_bias: bool = False
+    fused_attention: bool = True  # F.scaled_dot_product_attention; False: the math written out (same numbers)
+    qkv_bias: bool = False  # bias on q, k and v but not o: Qwen2's one change to LLaMA's layer
 
     def __post_init__(self):
         if self.head_dim == 0:
@@ -52,15 +54,15 @@ class Config:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-        kind = self.rope_scaling.get("rope_type", "default") if self.rope_scaling else "default"
-        if kind not in ("default", "linear", "llama3"):
+        if (kind := self.rope_scaling.get("rope_type", "default")) not in ("default", "linear", "llama3"):
             raise ValueError(f"rope_type {kind!r} is not supported (minivtp knows default, linear, llama3)")
 
     @classmethod
     def from_hf(cls, hf: dict) -> "Config":
-        """Build from a Hugging Face LLaMA `config.json` (already parsed)."""
-        if hf.get("model_type", "llama") != "llama":
-            raise ValueError(f"model_type {hf.get('model_type')!r} is not a LLaMA decoder")
+        """Build from a Hugging Face LLaMA or Qwen2 `config.json` (already parsed)."""
+        if hf.get("model_type", "llama") not in ("llama", "qwen2"):
+            raise ValueError(f"model_type {hf.get('model_type')!r} is not a LLaMA or Qwen2 decoder")
+        check_sliding_window(hf)
         act = hf.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"hidden_act {act!r} is not supported (LLaMA uses 'silu')")
@@ -79,37 +81,31 @@ class Config:
         if missing:
             raise ValueError(f"config.json has no {', '.join(missing)}")
         n_heads = hf["num_attention_heads"]
-        return cls(
-            vocab_size=hf["vocab_size"],
-            dim=hf["hidden_size"],
-            n_layers=hf["num_hidden_layers"],
-            n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-            hidden_dim=hf["intermediate_size"],
-            head_dim=hf.get("head_dim") or 0,
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta),
-            rope_scaling=rope,
-            max_seq_len=hf.get("max_position_embeddings", 4096),
-            tie_embeddings=hf.get("tie_word_embeddings", False),
-            attention_bias=hf.get("attention_bias", False),
-            mlp_bias=hf.get("mlp_bias", False),
-        )
+        return cls(vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+                   n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+                   hidden_dim=hf["intermediate_size"], head_dim=hf.get("head_dim") or 0,
+                   norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=rope,
+                   max_seq_len=hf.get("max_position_embeddings", 4096),
+                   tie_embeddings=hf.get("tie_word_embeddings", False),
+                   attention_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False),
+                   qkv_bias=hf.get("model_type") == "qwen2")
+
+
+def check_sliding_window(hf: dict):
+    """Qwen2's sliding window, honoured where it hides nothing, refused by name where it would hide keys."""
+    n, window = hf.get("num_hidden_layers", 0), hf.get("sliding_window")
+    if not hf.get("use_sliding_window") or window is None or window >= hf.get("max_position_embeddings", 4096):
+        return  # no window, or one longer than any prompt we accept: every layer is full causal attention
+    types = hf.get("layer_types") or ["sliding_attention" if i >= hf.get("max_window_layers", n) else "full_attention"
+                                      for i in range(n)]
+    if "sliding_attention" in types:
+        raise ValueError(f"use_sliding_window is true with sliding_window={window} (< max_position_embeddings) on "
+                         f"layers {types.index('sliding_attention')}.. (max_window_layers="
+                         f"{hf.get('max_window_layers')}): minivtp's attention is full causal only")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # RMSNorm
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.kernel = rms_norm  # Transformer.compile_pointwise() puts a compiled twin here, for its model only
-
-    def forward(self, x):  # (..., C) -> (..., C)
-        return self.kernel(x, self.weight, self.eps)
 
 
 def rms_norm(x, weight, eps: float):
@@ -118,6 +114,16 @@ def rms_norm(x, weight, eps: float):
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):  # (..., C) -> (..., C)
+        return rms_norm(x, self.weight, self.eps)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -133,8 +139,8 @@ def rope_inv_freq(cfg: Config, device=None) -> torch.Tensor:
         inv_freq = inv_freq / cfg.rope_scaling["factor"]
     elif kind == "llama3":  # long wavelengths slowed by `factor`, short ones kept, a smooth ramp between
         s = cfg.rope_scaling
-        factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
-        old_len = s["original_max_position_embeddings"]
+        factor, lo, hi, old_len = (s[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                                   "original_max_position_embeddings"))
         wavelen = 2 * math.pi / inv_freq
         smooth = (old_len / wavelen - lo) / (hi - lo)
         ramp = (1 - smooth) * inv_freq / factor + smooth * inv_freq
@@ -171,40 +177,40 @@ EMPTY = torch.iinfo(torch.long).max  # the position of a slot nothing has been w
 
 
 class KVCache:
-    """One layer's keys and values, preallocated for `max_len` rows: the cache of prefill and of eager decoding.
+    """One layer's keys and values, preallocated for `max_len` rows. Two operations: `append` rows after the last
+    filled one, and `keep` some rows (Eq. 7-8).
 
-    Rows are written at explicit slots, and each slot remembers the position (for RoPE and the causal
-    mask) of what it holds. Before pruning slot == position; after Eq. 7-8 (`keep`) the kept rows are
-    packed to the front, so slot 3 may hold position 57. Nothing downstream infers a position from a slot.
+    Each slot remembers the position (for RoPE and the causal mask) of what it holds. Before pruning slot ==
+    position; after `keep` the kept rows are packed to the front, so slot 3 may hold position 57. Nothing
+    downstream infers a position from a slot.
 
     >>> cache = KVCache(batch=1, n_kv_heads=2, max_len=8, head_dim=4)
     >>> k = v = torch.randn(1, 2, 5, 4)
-    >>> _ = cache.update(0, k, v, torch.arange(5))      # prompt rows 0..4 in slots 0..4
+    >>> _ = cache.append(k, v, torch.arange(5))         # prompt rows 0..4 in slots 0..4
     >>> cache.keep(torch.tensor([0, 3, 4]))             # Eq. 7-8: keep rows 0, 3, 4
     >>> cache.length, cache.pos[:3].tolist()
     (3, [0, 3, 4])
+    >>> _ = cache.append(k[:, :, :1], v[:, :, :1], torch.tensor([5]))   # the next token: slot 3, position 5
+    >>> cache.pos[:4].tolist()
+    [0, 3, 4, 5]
     """
 
     def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype=torch.float32, device=None):
-        # plain tensors, not an nn.Module's buffers: torch.compile holds a module buffer's size fixed and would
-        # compile a decode step again for every cache size; plain tensors may change size (bench/RESULTS.md)
         shape = (batch, n_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = torch.full((max_len,), EMPTY, device=device)
         self.length = 0  # slots 0..length-1 are filled
 
-    def update(self, slot, k, v, pos):
-        """Write N rows at slots slot..slot+N-1 (slot None: after the last filled row); return every filled row
-        (keys, values, their positions)."""
-        slot = self.length if slot is None else slot
-        n = k.shape[2]
-        if slot + n > self.k.shape[2]:
-            raise ValueError(f"KV cache overflow: writing {n} rows at slot {slot} into {self.k.shape[2]} slots")
-        self.k[:, :, slot : slot + n] = k
-        self.v[:, :, slot : slot + n] = v
-        self.pos[slot : slot + n] = pos
-        self.length = slot + n
+    def append(self, k, v, pos):
+        """Write N rows after the last filled one; return every filled row (keys, values, their positions)."""
+        start, n = self.length, k.shape[2]
+        if start + n > self.k.shape[2]:
+            raise ValueError(f"KV cache overflow: writing {n} rows after row {start} into {self.k.shape[2]} slots")
+        self.k[:, :, start : start + n] = k
+        self.v[:, :, start : start + n] = v
+        self.pos[start : start + n] = pos
+        self.length = start + n
         return self.k[:, :, : self.length], self.v[:, :, : self.length], self.pos[: self.length]  # (B, Hkv, Nk, D) x2, (Nk,)
 
     def keep(self, rows: torch.Tensor):
@@ -216,46 +222,6 @@ class KVCache:
         self.pos[:n] = self.pos.index_select(0, rows)
         self.pos[n:] = EMPTY
         self.length = n
-
-
-class StaticKVCache(KVCache):
-    """The same cache for CUDA graphs: `update` takes the decode step as a tensor and returns the whole buffer,
-    so the kernels of a decode step never depend on a Python number and the step can be captured once and
-    replayed. Step i writes at slot start + i, start being the rows the cache held when it was made. Slots not
-    yet written hold position EMPTY, which the causal mask hides.
-
-    Made from a filled KVCache after prefill, with exactly the slots the rest of the answer needs:
-    after pruning a static decode reads cache_len + new tokens slots, not the unpruned prompt's.
-    """
-
-    def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype=torch.float32, device=None):
-        super().__init__(batch, n_kv_heads, max_len, head_dim, dtype, device)
-        # a tensor, not an int: a graph captured once reads it at every replay, so the next question can reuse it
-        self.start = torch.zeros(1, dtype=torch.long, device=device)
-
-    @classmethod
-    def from_cache(cls, cache: KVCache, max_len: int) -> "StaticKVCache":
-        B, Hkv, _, D = cache.k.shape
-        static = cls(B, Hkv, max_len, D, cache.k.dtype, cache.k.device)
-        return static.load(cache)
-
-    def load(self, cache: KVCache) -> "StaticKVCache":
-        """Take over a filled cache's rows (in place: the buffers a captured graph reads stay the same)."""
-        n = cache.length
-        if n > self.k.shape[2]:
-            raise ValueError(f"cannot fit a cache holding {n} rows into {self.k.shape[2]} slots")
-        self.k[:, :, :n], self.v[:, :, :n], self.pos[:n] = cache.k[:, :, :n], cache.v[:, :, :n], cache.pos[:n]
-        self.pos[n:] = EMPTY
-        self.start.fill_(n)
-        self.length = n
-        return self
-
-    def update(self, step: torch.Tensor, k, v, pos):
-        slot = self.start + step  # (1,): tensors, so a replayed graph writes where the step says
-        self.k.index_copy_(2, slot, k)
-        self.v.index_copy_(2, slot, v)
-        self.pos.index_copy_(0, slot, pos)
-        return self.k, self.v, self.pos  # (B, Hkv, max_len, D) x2, (max_len,)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -273,7 +239,9 @@ def causal_mask(q_pos, k_pos):  # (N,), (Nk,) -> (N, Nk) bool, True where the qu
 
 
 def attention_weights(q, k, mask):
-    """Eq. 3: A = Softmax(Q K^T / sqrt(D) + m), in float32. q (B, H, N, D), k (B, H, Nk, D) -> (B, H, N, Nk)."""
+    """Eq. 3: A = Softmax(Q K^T / sqrt(D) + m), in float32. q (B, H, N, D), k (B, H, Nk, D) -> (B, H, N, Nk).
+
+    The paper writes sqrt(C); per head the product runs over the head's D channels, and D is what LLaMA divides by."""
     scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, N, Nk)
     scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(dim=-1)
@@ -285,9 +253,8 @@ def attention_manual(q, k, v, mask):  # the readable twin of the fused kernel
 
 
 def attention_fused(q, k, v, mask, causal=False):
-    # subtle: `causal=True` is only for queries and keys that are the same rows in increasing position (a
-    # prefill into an empty cache). Then the mask is the lower triangle, and the kernel may skip the upper
-    # half instead of reading a mask: on a GPU that is the flash-attention kernel, twice as fast.
+    # subtle: `causal=True` only for queries and keys that are the same rows in increasing position (a prefill
+    # into an empty cache): then the mask is the lower triangle, and the kernel skips the upper half unread.
     if causal:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, N, D)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, D)
@@ -297,43 +264,38 @@ class Attention(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.attention_bias)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
+        qkv_bias = cfg.attention_bias or cfg.qkv_bias
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attention_bias)
-        self.rope = apply_rope  # or its compiled twin, see Transformer.compile_pointwise
-        self.wqkv = None  # wq, wk, wv as one Linear's (weight, bias), see Transformer.fuse_qkv
+        self.fused = cfg.fused_attention  # chosen once, as nanoGPT chooses flash: the kernel, or the math below
 
     def heads(self, y, n):  # (B, N, n*D) -> (B, n, N, D)
         B, N, _ = y.shape
         return y.view(B, N, n, self.head_dim).transpose(1, 2)
 
     def query(self, x, cos, sin):  # (B, N, C) -> (B, H, N, D), RoPE applied
-        return self.rope(self.heads(self.wq(x), self.n_heads), cos, sin)
+        return apply_rope(self.heads(self.wq(x), self.n_heads), cos, sin)
 
-    def project(self, x):  # (B, N, C) -> X W_Q, X W_K, X W_V: (B, N, H*D), (B, N, Hkv*D) x2
-        if self.wqkv is None:
-            return self.wq(x), self.wk(x), self.wv(x)
-        sizes = (self.wq.out_features, self.wk.out_features, self.wv.out_features)
-        return F.linear(x, *self.wqkv).split(sizes, dim=-1)  # the same three, as one matmul
+    def project(self, x):  # Eq. 2: Q = X W_Q, K = X W_K, V = X W_V -> (B, N, H*D), (B, N, Hkv*D) x2
+        return self.wq(x), self.wk(x), self.wv(x)
 
-    def forward(self, x, cos, sin, pos, cache=None, slot=0, fused=True):
+    def forward(self, x, cos, sin, pos, cache=None):
         B, N, C = x.shape
-        # Eq. 2: Q = X W_Q, K = X W_K, V = X W_V (per head; RoPE turns positions into rotations of Q and K)
         q, k, v = self.project(x)
-        q = self.rope(self.heads(q, self.n_heads), cos, sin)  # (B, H, N, D)
-        k = self.rope(self.heads(k, self.n_kv_heads), cos, sin)  # (B, Hkv, N, D)
+        q = apply_rope(self.heads(q, self.n_heads), cos, sin)  # (B, H, N, D): RoPE turns positions into rotations
+        k = apply_rope(self.heads(k, self.n_kv_heads), cos, sin)  # (B, Hkv, N, D)
         v = self.heads(v, self.n_kv_heads)  # (B, Hkv, N, D)
         k_pos = pos
-        if cache is not None:  # a KVCache gives back its filled rows, a StaticKVCache its whole buffer
-            k, v, k_pos = cache.update(slot, k, v, pos)  # (B, Hkv, Nk, D) x2, (Nk,)
+        if cache is not None:  # this layer's keys so far, these N rows included
+            k, v, k_pos = cache.append(k, v, pos)  # (B, Hkv, Nk, D) x2, (Nk,)
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, Nk, D)
         mask = causal_mask(pos, k_pos)  # (N, Nk)
-        # the keys are exactly these N rows (no cache, or a prefill into an empty one): the mask is a triangle
-        same_rows = k_pos.shape[0] == N
-        if fused:
-            out = attention_fused(q, k, v, mask, causal=same_rows and N > 1)  # (B, H, N, D)
+        if self.fused:
+            # the keys are exactly these N rows (no cache, or a prefill into an empty one): the mask is a triangle
+            out = attention_fused(q, k, v, mask, causal=k_pos.shape[0] == N and N > 1)  # (B, H, N, D)
         else:
             out = attention_manual(q, k, v, mask)  # (B, H, N, D)
         out = out.transpose(1, 2).reshape(B, N, self.n_heads * self.head_dim)  # (B, N, H*D)
@@ -354,10 +316,9 @@ class MLP(nn.Module):  # SwiGLU: down(silu(gate(x)) * up(x))
         self.w_gate = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
         self.w_up = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
         self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.mlp_bias)
-        self.act = swiglu  # or its compiled twin, see Transformer.compile_pointwise
 
     def forward(self, x):  # (B, N, C) -> (B, N, F) -> (B, N, C)
-        return self.w_down(self.act(self.w_gate(x), self.w_up(x)))
+        return self.w_down(swiglu(self.w_gate(x), self.w_up(x)))
 
 
 class Block(nn.Module):  # pre-norm: x + attn(norm(x)), then x + mlp(norm(x))
@@ -368,8 +329,8 @@ class Block(nn.Module):  # pre-norm: x + attn(norm(x)), then x + mlp(norm(x))
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, pos, cache=None, slot=0, fused=True):  # (B, N, C) -> (B, N, C)
-        x = x + self.attn(self.attn_norm(x), cos, sin, pos, cache, slot, fused)
+    def forward(self, x, cos, sin, pos, cache=None):  # (B, N, C) -> (B, N, C)
+        x = x + self.attn(self.attn_norm(x), cos, sin, pos, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -389,9 +350,7 @@ class Transformer(nn.Module):
             self.output.weight = self.embed.weight
 
     def rope(self, pos):  # (N,) -> cos, sin (N, D), computed once and shared by every layer
-        # computed in float32, then cast to the weights' dtype here: apply_rope would cast them to q's dtype (the
-        # same) for q and for k in every layer, four kernels a layer instead of two in all
-        cos, sin = rope_cos_sin(self.cfg, pos)
+        cos, sin = rope_cos_sin(self.cfg, pos)  # float32, then in the weights' dtype like q and k
         return cos.to(self.embed.weight.dtype), sin.to(self.embed.weight.dtype)
 
     def head(self, x):  # (B, N, C) -> (B, N, V) float32 logits
@@ -404,64 +363,19 @@ class Transformer(nn.Module):
         return [KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, w.dtype, w.device)
                 for _ in self.layers]
 
-    def compile_pointwise(self):
-        """Use torch.compile'd twins of rms_norm, apply_rope and swiglu in this model (no other model changes).
+    def forward_layers(self, x, cos, sin, pos, caches=None, start=0, stop=None):
+        """Layers start+1..stop (all of them by default) on x (B, N, C) at positions `pos`; layer i writes its
+        keys and values into caches[i] when caches are given. The one loop over the decoder layers."""
+        stop = len(self.layers) if stop is None else stop
+        for i in range(start, stop):
+            x = self.layers[i](x, cos, sin, pos, None if caches is None else caches[i])  # (B, N, C)
+        return x
 
-        Eager PyTorch runs RMSNorm as seven kernels, RoPE as six and SwiGLU as two, each a full pass over memory
-        and a launch from Python. Compiled, each is one fused kernel. The math is the same functions above.
-        Costs a compile on first use; returns the model, so `model = load(...).compile_pointwise()` reads.
-        """
-        norm, rope, act = (torch.compile(f, dynamic=True) for f in (rms_norm, apply_rope, swiglu))
-        for module in self.modules():
-            if isinstance(module, RMSNorm):
-                module.kernel = norm
-            elif isinstance(module, Attention):
-                module.rope = rope
-            elif isinstance(module, MLP):
-                module.act = act
-        return self
-
-    def compile_blocks(self, mode=None):
-        """torch.compile every decoder block: inside a block the norms, RoPE, the cache write, the mask and SwiGLU
-        become a few fused kernels around the matmuls and the attention kernel (the math is the code above).
-
-        The L blocks run the same code on weights of the same shapes, so one compile serves all of them (seconds,
-        not the minute a whole-model compile takes), and a second size of prompt or cache compiles once more with
-        the sizes left symbolic, then no more. `mode` is torch.compile's. Returns the model."""
-        for layer in self.layers:
-            layer.compile(mode=mode)
-        return self
-
-    def fuse_qkv(self):
-        """q, k and v as one matmul in every layer: the same numbers from one product three times as wide, which
-        keeps more of a GPU busy when the rows are few (a pruned prompt, a decode step; bench/RESULTS.md).
-        wq, wk and wv become views of the fused weight, so nothing is stored twice and `query` still reads wq.
-        Run it after loading and moving the model: a later `.to()` would copy the views apart from the fused
-        weight. Returns the model."""
-        for layer in self.layers:
-            a = layer.attn
-            if a.wqkv is not None:
-                continue
-            with torch.no_grad():
-                weight = torch.cat([a.wq.weight, a.wk.weight, a.wv.weight])  # (H*D + 2*Hkv*D, C)
-                bias = None if a.wq.bias is None else torch.cat([a.wq.bias, a.wk.bias, a.wv.bias])
-            start = 0
-            for lin in (a.wq, a.wk, a.wv):  # each one's rows of the fused weight, as a view
-                rows = slice(start, start + lin.out_features)
-                lin.weight = nn.Parameter(weight[rows], requires_grad=False)
-                if bias is not None:
-                    lin.bias = nn.Parameter(bias[rows], requires_grad=False)
-                start += lin.out_features
-            a.wqkv = (weight, bias)
-        return self
-
-    def forward(self, tokens, fused=True):
-        """The plain model: tokens (B, N) -> logits (B, N, V). No cache, no pruning."""
-        return self.forward_embeds(self.embed(tokens), fused=fused)
-
-    def forward_embeds(self, x, pos=None, fused=True):  # (B, N, C) -> (B, N, V)
+    def forward_embeds(self, x, pos=None, caches=None):  # (B, N, C) -> (B, N, V)
         pos = torch.arange(x.shape[1], device=x.device) if pos is None else pos  # (N,)
         cos, sin = self.rope(pos)
-        for layer in self.layers:
-            x = layer(x, cos, sin, pos, fused=fused)
-        return self.head(x)
+        return self.head(self.forward_layers(x, cos, sin, pos, caches))
+
+    def forward(self, tokens):
+        """The plain model: tokens (B, N) -> logits (B, N, V). No cache, no pruning."""
+        return self.forward_embeds(self.embed(tokens))

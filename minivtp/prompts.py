@@ -56,7 +56,46 @@ def tarsier_prompt(question: str) -> str:
     return f"USER: {VIDEO} {question.strip()} ASSISTANT: "
 
 
-def build_prompt(kind: str, question: str, template: str = None) -> str:
+# LLaVA-NeXT's conv_templates["qwen_1_5"] (llava/conversation.py, conv_qwen, SeparatorStyle.CHATML): the prompt
+# LLaVA-OneVision and LLaVA-Video are evaluated with; the video placeholder starts the user's message.
+QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant."
+
+
+def qwen_prompt(question: str, placeholder: str = "<video>") -> str:
+    """
+    >>> qwen_prompt("Why?")
+    '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<video>\\nWhy?<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    return f"{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\n{placeholder}\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def build_prompt(kind: str, question: str, template: str = None, placeholder: str = "<image>") -> str:
     if kind == "tarsier":
         return tarsier_prompt(question)
+    if kind in ("llava-onevision", "llava-video"):
+        return qwen_prompt(question, placeholder)
     return pllava_prompt(question, template or "plain")
+
+
+# -- text chat, for plain language models (python -m minivtp generate --chat) -----------------------------------
+
+# Vicuna v1.1's conversation (FastChat's "vicuna_v1.1"): a system sentence, then "USER: ... ASSISTANT:"
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the user's questions.")
+
+
+def chat_prompt(question: str, chatml: bool, system: str = None) -> str:
+    """One user turn and the assistant's cue: ChatML (SmolLM2, Qwen2: the tokenizer has <|im_start|>) or Vicuna's.
+
+        >>> chat_prompt("Hi?", chatml=True)
+        '<|im_start|>user\\nHi?<|im_end|>\\n<|im_start|>assistant\\n'
+        >>> chat_prompt("Hi?", chatml=False, system="Be brief.")
+        'Be brief. USER: Hi? ASSISTANT:'
+
+    ChatML has no system turn unless one is given (SmolLM2's own template would add "You are a helpful AI
+    assistant named SmolLM..."); Vicuna always has one, its default above.
+    """
+    if chatml:
+        head = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
+        return f"{head}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    return f"{VICUNA_SYSTEM if system is None else system} USER: {question} ASSISTANT:"

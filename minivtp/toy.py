@@ -171,6 +171,29 @@ def answer_patch(sample: Sample, words) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# The toy's frames as pictures, so that benchmark trees (real video files, folders of JPEGs) can hold its videos
+
+
+BLOCK = 8  # pixels per feature value, each way: one JPEG block, flat, so JPEG and video codecs keep it
+
+
+def frame_image(features: torch.Tensor) -> torch.Tensor:
+    """One frame's features (Nv, P) -> a grey picture (Nv*BLOCK, P*BLOCK, 3) uint8: value v in [-1, 1] is the
+    level round((v + 1) * 127.5), each value a BLOCK x BLOCK square. frame_features reads it back."""
+    level = ((features.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (Nv, P)
+    img = level.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)  # (Nv*BLOCK, P*BLOCK)
+    return img[..., None].expand(-1, -1, 3).contiguous()
+
+
+def frame_features(img: torch.Tensor) -> torch.Tensor:
+    """A picture frame_image drew (after a codec: each square is averaged) -> the frame's features (Nv, P)."""
+    if tuple(img.shape) != (NV * BLOCK, P * BLOCK, 3):
+        raise ValueError(f"a toy frame is {NV * BLOCK}x{P * BLOCK} pixels (RGB); this one is {tuple(img.shape)}")
+    level = img.float().mean(-1).view(NV, BLOCK, P, BLOCK).mean((1, 3)).round()  # (Nv, P)
+    return level / 127.5 - 1
+
+
+# ------------------------------------------------------------------------------------------------------------
 # The model: projector + minivtp's Transformer
 
 

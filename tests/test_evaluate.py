@@ -20,8 +20,10 @@ TIMES = ("seconds", "prefill_s", "decode_s")
 
 
 def eval_cmd(*args, torchrun=False):
-    head = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "minivtp"] if torchrun \
-        else [sys.executable, "-m", "minivtp"]
+    # --standalone: a free port of its own, so two such runs at once (pytest -n) do not meet on torchrun's default
+    head = [sys.executable, "-m", "minivtp"]
+    if torchrun:
+        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] + head[1:]
     return subprocess.run(head + ["eval", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
@@ -43,14 +45,17 @@ def bench(tmp_path_factory):
 def test_eval_s_decoder_on_each_path(device, eager, no_compile, want, capsys):
     """What eval decodes with (no GPU needed: preparing touches no device). On CUDA by default: q+k+v fused, the
     blocks compiled and the decode step tuned (FastDecoder(compile=True)); --no-compile: fused, graphs only;
-    --eager or a CPU: the readable path on the model as loaded."""
+    --eager: the readable path on the model as loaded (on CUDA without cuDNN's attention); a CPU: generate's
+    default."""
+    from minivtp import fast
     from minivtp.model import Config, Transformer
     llm = Transformer(Config(vocab_size=11, dim=16, n_layers=2, n_heads=2, n_kv_heads=2, hidden_dim=32, max_seq_len=32))
     decoder = evaluate.fast_decoder(llm, device, eager, no_compile)
-    fused = [layer.attn.wqkv is not None for layer in llm.layers]
+    fused = [isinstance(layer.attn, fast.FusedQKVAttention) for layer in llm.layers]
     compiled = [layer._compiled_call_impl is not None for layer in llm.layers]
     if want == "eager":
-        assert decoder is False and not any(fused) and not any(compiled)
+        assert not any(fused) and not any(compiled)
+        assert isinstance(decoder, fast.EagerOnGPU) if device.startswith("cuda") else decoder is None
     else:
         assert all(fused) and decoder.model is llm
         assert decoder.compile is (want == "compiled")

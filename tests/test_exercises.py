@@ -98,7 +98,7 @@ def check_2_rope(f):
 def check_3_kv_cache(KVCache):
     cache = KVCache(1, 2, 8, 4)
     k, v = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
-    K, V, P = cache.update(0, k, v, torch.arange(6))
+    K, V, P = cache.append(k, v, torch.arange(6))
     assert K.shape == (1, 2, 6, 4) and P.tolist() == list(range(6))
     cache.keep(torch.tensor([1, 4, 5]))
     assert cache.length == 3
@@ -106,8 +106,8 @@ def check_3_kv_cache(KVCache):
     torch.testing.assert_close(cache.v[:, :, :3], v[:, :, [1, 4, 5]])
     assert cache.pos[:3].tolist() == [1, 4, 5], (
         f"after keep([1, 4, 5]) the positions are {cache.pos[:3].tolist()}: a kept row keeps its old position")
-    K, V, P = cache.update(3, torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4), torch.tensor([6]))
-    assert P.tolist() == [1, 4, 5, 6]
+    K, V, P = cache.append(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4), torch.tensor([6]))
+    assert P.tolist() == [1, 4, 5, 6], f"after keep, the next row appended at slot 3 reads positions {P.tolist()}"
 
 
 def check_4_eq4(f):
@@ -163,7 +163,7 @@ def check_7_drop_rows(f, KVCache):
     caches = [KVCache(1, 1, N + 2, 2) for _ in range(3)]
     keys = [torch.randn(1, 1, N, 2) for _ in caches]
     for cache, k in zip(caches, keys):
-        cache.update(0, k, -k, pos)
+        cache.append(k, -k, pos)
     rows = torch.tensor([0, 3, 4, 8, 9])
     x2, pos2, cos2, sin2 = f(x, pos, cos, sin, caches[:2], rows)
     torch.testing.assert_close(x2, x[:, rows])

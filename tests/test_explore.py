@@ -160,3 +160,59 @@ def test_the_page_for_a_video_llm_checkpoint(llava, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "minivtp.explore", "--weights", str(llava[1]), "--out", str(out)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --weights needs --video and --question"
+
+
+# ---- the released code's kept set beside the paper's (the "compare" control) -----------------------------------
+
+
+def test_released_scores_and_answers_are_what_generate_decides_on(page):
+    _, _, data = page
+    model = toy.load()
+    sample = toy.make_sample(torch.Generator().manual_seed(77))
+    embeds, video = model.prompt(sample.features[None], [sample.question])
+    for M in range(1, model.llm.cfg.n_layers + 1):
+        ref = generate(model.llm, embeds, 1, video=video, method=Method(alpha=1.0, layer=M, variant="released"))
+        torch.testing.assert_close(torch.tensor(data["scores"]["released"][M - 1]), ref.pruning.scores, rtol=1e-5,
+                                   atol=1e-7)
+    for M, a in ((1, 0.1), (2, 0.3), (4, 1.0)):
+        words = toy.ask(model, sample, method=Method(alpha=a, layer=M, variant="released"))[0]
+        assert data["answers"][f"released|{M}|{a}"] == " ".join(words)
+
+
+def test_the_pages_released_kept_set_equals_python_at_every_slider_position(page, tmp_path):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the page's arithmetic is checked in the browser test only")
+    _, html, data = page
+    (tmp_path / "logic.js").write_text(re.search(r'<script id="logic">(.*?)</script>', html, re.S).group(1))
+    positions = [dict(rule="released", M=M, alpha=a) for M in range(1, len(data["scores"]["released"]) + 1)
+                 for a in explore.ALPHAS]
+    (tmp_path / "data.json").write_text(json.dumps(dict(data=data, positions=positions)))
+    (tmp_path / "run.js").write_text("""
+const L = require(process.argv[2]); const fs = require("fs");
+const {data, positions} = JSON.parse(fs.readFileSync(process.argv[3]));
+console.log(JSON.stringify(positions.map(s => L.keptSet(data, s))));
+""")
+    run = subprocess.run([node, str(tmp_path / "run.js"), str(tmp_path / "logic.js"), str(tmp_path / "data.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    video = vtp.VideoSpan(0, data["T"], data["Nv"])
+    empty = 0
+    for s, got in zip(positions, json.loads(run.stdout)):
+        a = torch.tensor(data["scores"]["released"][s["M"] - 1])
+        assert got == vtp.select_per_frame(a, video, s["alpha"], count="floor").tolist(), s
+        empty += got == []
+    assert empty == 4 * 2  # int(9 * 0.05) = int(9 * 0.1) = 0: no token kept, at every M
+
+
+def test_the_compare_control_in_a_headless_browser(page):
+    browser = chromium()
+    path, _, data = page
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files"]
+    for alpha, per_frame in ((0.3, 2), (0.1, 0)):
+        url = path.as_uri() + f"#M=2&alpha={alpha}&compare=released"
+        dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        shown = re.search(r'<div id="released"[^>]*>((\d+) of (\d+) \((\d+) a frame[^<]*)</div>', dom)
+        assert shown, dom[-2000:]
+        assert (int(shown.group(2)), int(shown.group(4))) == (data["T"] * per_frame, per_frame)
+        assert ("no video token is left" in shown.group(1)) == (per_frame == 0)

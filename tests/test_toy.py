@@ -101,7 +101,7 @@ def test_the_claim_on_a_fresh_seed(shipped):
 
 
 def test_toy_checkpoint_is_refused_by_the_other_loaders_with_a_clear_error():
-    with pytest.raises(ValueError, match="model_type 'minivtp-toy' is not a LLaMA decoder"):
+    with pytest.raises(ValueError, match="model_type 'minivtp-toy' is not a LLaMA or Qwen2 decoder"):
         weights.load(toy.ASSETS)
     with pytest.raises(ValueError, match=r"toy video LLM.*minivtp.toy.load"):
         weights.load_video_llm(toy.ASSETS)

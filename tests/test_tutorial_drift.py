@@ -15,7 +15,7 @@ def test_quotes_match_the_source(path):
 
 
 def test_every_chapter_quotes_something_and_has_a_test():
-    assert len(CHAPTERS) == 11
+    assert len(CHAPTERS) == 12
     for path in CHAPTERS:
         assert quotes(path), path.name
         n = path.name[:2]

@@ -1,0 +1,306 @@
+"""Speed against the floors at Vicuna-7B shape on one GPU: each decode path against the bandwidth floor, the pruned
+prefill against the FLOPs ratio, and a float32 check that the fast path gives the readable path's tokens.
+
+    python -m bench.floors --out OUT                       # everything, OUT/floors.json
+    python -m bench.floors --out OUT --parts check         # only the float32 token check
+    python -m bench.floors --out OUT --variants compiled   # only eval's path (prefill and decode)
+    python -m bench.floors --out OUT --tiny                # the same code at a tiny shape, on the CPU
+
+Parts (--parts):
+  check    float32 (where rounding cannot flip a near-tie of a random model): 72 greedy tokens through the fast
+           path as eval prepares it on CUDA (fast.prepare, FastDecoder(compile=True)) against the eager path on the
+           model as loaded, in the paper's four settings, on a first question and a second reusing the graphs
+  decode   the bandwidth floor of a decode step: the bytes it must read (every weight but the embedding table,
+           once, and the KV rows) at the copy rate measured here (a 2 GiB device copy, bytes read + written); then
+           ms per token after an alpha 0.1 M 10 prefill, teacher-forced on the same 72 tokens, CUDA events, and
+           the profiler's kernels of one step, for each decoder:
+             eager        the readable step (fast.EagerOnGPU), model as loaded
+             graph        a FastDecoder's CUDA graph (bucket 256: eval's; `eval --no-compile` on fused q+k+v)
+             answer       `answer`'s FastDecoder(bucket=1, prefill_bucket=0): exact sizes, fused, nothing compiled
+             graph_tuned  eval's default: FastDecoder(compile=True), the step through the autotuned block
+  released the prefill of LLM-VTP's two rules on the model as loaded, in the paper's PLLaVA settings (alpha/M
+           0.1/10, 0.2/10, 0.2/5): the paper's, the authors' released code's (Method(variant="released"): q and k
+           before RoPE, no causal mask, so the keys are projected again from layer M's input and every question
+           row's softmax runs over all N keys; int(alpha * Nv) a frame) and "released, ceil count" (the paper's
+           rows, only the scoring differs); the whole prefill (the loop) and layer M's scoring alone (fast and
+           literal), each as a ratio to the paper's rule in the same run
+  prefill  the 2,399-row prefill unpruned and in the paper's four settings (alpha 0.2 / 0.1, M 5 / 10), median of
+           --reps (7) after 2 warm-ups, CUDA events: the loop (model.forward_layers: every layer from Python) and the
+           graph tail (a FastDecoder's PrefillTail, rows after M padded to 16); speed-up against the unpruned
+           prefill of the same column, beside the FLOPs ratio (minivtp.flops) and the fraction of it reached
+Variants (--variants), one bf16 model changed step by step as answer and eval change it:
+  plain     the model as loaded                                   decoders: eager
+  fused     fast.fuse_qkv (answer; eval --no-compile)              decoders: graph, answer
+  compiled  fast.prepare: blocks compiled too (eval's default)    decoders: graph, graph_tuned
+Random weights (bench.common.randomize): speed does not depend on their values. Variant and decoder names are those
+of bench/fast_path.py before it (plain, fused q+k+v, fused+compiled; eager, graph, graph_tuned).
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from bench import common
+from bench.common import LLM_VTP, PAPER_SETTINGS
+from minivtp import fast, vtp
+from minivtp.flops import prefill_flops
+from minivtp.generate import Method, generate, prefill
+
+PARTS = ("check", "decode", "prefill", "released")
+VARIANTS = {"plain": "plain", "fused": "fused q+k+v", "compiled": "fused+compiled"}
+DECODERS = {"plain": ("eager",), "fused": ("graph", "answer"), "compiled": ("graph", "graph_tuned")}
+
+
+def rel(a, b) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def new_tokens(s) -> int:
+    return 72 if not s.tiny else 8
+
+
+@torch.no_grad()
+def check_float32(s):
+    """The fast path computes what the readable one does, in float32: the same greedy tokens, nearly the same logits."""
+    n = new_tokens(s)
+    model = common.random_llm(s, dtype=torch.float32)
+    embeds = common.random_embeds(s, s.rows).float()
+    settings = {k: m for k, m in PAPER_SETTINGS.items() if m is not None}
+    eager = {name: generate(model, embeds, n, video=s.video, method=m, decoder=decoder_for("eager", model))
+             for name, m in settings.items()}
+    compiled = common.cuda(s)
+    if not compiled:
+        common.skip("the compile in the float32 check", "eval compiles only on CUDA; checking the uncompiled fast path")
+    t = time.perf_counter()
+    fast.prepare(model, compile=compiled)  # as eval prepares a model on CUDA
+    decoder = fast.FastDecoder(model, compile=compiled)
+    res = dict(compiled=compiled)
+    for name, m in settings.items():
+        runs = [generate(model, embeds, n, video=s.video, method=m, decoder=decoder) for _ in range(2)]
+        ref = eager[name]
+        res[name] = dict(same_tokens=[r.tokens.tolist() == ref.tokens.tolist() for r in runs],
+                         logits_rel_err=max(rel(r.logits, ref.logits) for r in runs))
+        print(f"float32 {name}: {'compiled ' if compiled else ''}FastDecoder vs eager, same {n} tokens "
+              f"{res[name]['same_tokens']} (first question, then one reusing the graphs), logits rel err "
+              f"{res[name]['logits_rel_err']:.1e}", flush=True)
+    res["all_same_tokens"] = all(all(res[k]["same_tokens"]) for k in settings)
+    res["prepare_and_questions_s"] = time.perf_counter() - t
+    del model, decoder
+    torch._dynamo.reset()  # the bf16 model below compiles afresh, with torch's recompile limit to itself
+    if common.cuda(s):
+        torch.cuda.empty_cache()
+    return res
+
+
+def copy_rate(s) -> float:
+    """Bytes per second of a device copy (read + written): what a decode step's weight reads can reach at best."""
+    n = 2**30 if common.cuda(s) else 2**24  # 2 GiB of bf16 on a GPU; 32 MiB on a CPU, only to run the code
+    src = torch.randn(n, device=s.device, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = common.median_ms(lambda: dst.copy_(src), s.device, warmup=3, reps=10)  # both freed on return
+    return 2 * n * 2 / (ms / 1e3)
+
+
+def weight_bytes(model) -> int:
+    """What a decode step reads of the weights: all of them once, but the embedding table (one row of it)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) - \
+        model.embed.weight.numel() * model.embed.weight.element_size()
+
+
+def decoder_for(name, model):
+    if name == "eager":
+        return fast.EagerOnGPU(model) if model.embed.weight.is_cuda else None
+    if name == "graph":
+        return fast.FastDecoder(model)
+    if name == "answer":  # as minivtp/__main__.py's one_shot_decoder makes it
+        return fast.FastDecoder(model, bucket=1, prefill_bucket=0)
+    return fast.FastDecoder(model, compile=True)  # graph_tuned: eval's
+
+
+@torch.no_grad()
+def decode_table(model, s, embeds, tokens, rate, variant, decoders):
+    res = {}
+    for name in decoders:
+        caches = model.new_caches(1, s.rows + len(tokens))
+        prefill(model, embeds, caches, video=s.video, method=LLM_VTP)
+        kv = sum(c.length for c in caches) * 2 * s.text.n_kv_heads * s.text.head_dim * embeds.element_size()
+        res["floor_ms"] = (weight_bytes(model) + kv) / rate * 1e3
+        r = common.decode_ms(model, caches, tokens, s.rows, decoder_for(name, model), profile=True)
+        res[f"{name}_ms"], res[f"{name}_first_step_s"] = r["ms"], r["first_step_s"]
+        res[f"{name}_x_floor"] = r["ms"] / res["floor_ms"]
+        if r["profile"]:
+            res[f"{name}_step_kernels"] = r["profile"]["kernels"]
+            res[f"{name}_step_kernel_ms"] = r["profile"]["kernel_ms"]
+            res[f"{name}_step_launches"] = r["profile"]["launches"]
+    print(f"{variant} decode: floor {res['floor_ms']:.2f} ms; " + ", ".join(
+        f"{k} {res[k + '_ms']:.2f} ms ({res[k + '_x_floor']:.2f}x; first step {res[k + '_first_step_s']:.1f} s)"
+        for k in decoders), flush=True)
+    for k in decoders:
+        if f"{k}_step_kernels" in res:
+            print(f"  {k} step: {res[f'{k}_step_kernel_ms']:.2f} ms of kernels in {res[f'{k}_step_launches']} launches",
+                  flush=True)
+            common.print_kernels(dict(kernels=res[f"{k}_step_kernels"]), top=8)
+    return res
+
+
+@torch.no_grad()
+def prefill_table(model, s, embeds, variant, reps):
+    decoder = fast.FastDecoder(model)  # rows after layer M padded to a multiple of 16: the default
+    rows = {}
+    for name, method in PAPER_SETTINGS.items():
+        loop_ms, ref = common.prefill_ms(model, embeds, s.video, method, reps=reps)
+        graph_ms, got = common.prefill_ms(model, embeds, s.video, method, decoder, reps=reps)
+        f = prefill_flops(model.cfg, s.prefix, s.frames, s.nv, s.question, alpha=method.alpha if method else 1.0,
+                          layer=method.layer if method else model.cfg.n_layers)
+        rows[name] = dict(loop_ms=loop_ms, graph_ms=graph_ms, flops=f["flops_pruned"] if method else f["flops_full"],
+                          logits_rel_err_graph_vs_loop=rel(got, ref))
+        print(f"{variant} prefill {name}: loop {loop_ms:.1f} ms, graph tail {graph_ms:.1f} ms, "
+              f"rel err {rows[name]['logits_rel_err_graph_vs_loop']:.1e}", flush=True)
+    base = rows["none"]
+    for r in rows.values():
+        r["flops_ratio"] = base["flops"] / r["flops"]
+        for k in ("loop", "graph"):
+            r[f"{k}_speedup"] = base[f"{k}_ms"] / r[f"{k}_ms"]
+            r[f"{k}_of_ratio"] = r[f"{k}_speedup"] / r["flops_ratio"]
+    return rows
+
+
+def summary(res):
+    dec = {v: res[f"decode {v}"] for v in VARIANTS.values() if f"decode {v}" in res}
+    if dec:
+        print("\n| variant | decoder | ms/token | floor ms | x floor | first step s | kernels in one step |\n"
+              "| --- | --- | --- | --- | --- | --- | --- |")
+        for v, r in dec.items():
+            for k in ("eager", "graph", "answer", "graph_tuned"):
+                if f"{k}_ms" in r:
+                    launches = r.get(f"{k}_step_launches")
+                    print(f"| {v} | {k} | {r[f'{k}_ms']:.2f} | {r['floor_ms']:.2f} | {r[f'{k}_x_floor']:.2f} | "
+                          f"{r[f'{k}_first_step_s']:.1f} | {'' if launches is None else launches} |")
+    pre = {v: res[f"prefill {v}"] for v in VARIANTS.values() if f"prefill {v}" in res}
+    if pre:
+        print("\n| setting | FLOPs ratio | " + " | ".join(f"{v} loop ms (of ratio) | {v} graph tail ms (of ratio)"
+                                                        for v in pre) + " |")
+        print("| --- | --- |" + " --- | --- |" * len(pre))
+        for name in PAPER_SETTINGS:
+            cells = [f"{r[name]['loop_ms']:.1f} ({r[name]['loop_of_ratio']:.2f}) | "
+                     f"{r[name]['graph_ms']:.1f} ({r[name]['graph_of_ratio']:.2f})" for r in pre.values()]
+            print(f"| {name} | {next(iter(pre.values()))[name]['flops_ratio']:.2f}x | " + " | ".join(cells) + " |")
+    if "check_float32" in res:
+        print(f"\nfloat32 check: the fast path gives the eager tokens in every setting: "
+              f"{res['check_float32']['all_same_tokens']}")
+
+
+RELEASED_RULES = {"paper": dict(variant="paper"), "released": dict(variant="released"),
+                  "released, ceil count": dict(variant="released", count="ceil")}
+RELEASED_SETTINGS = ((0.1, 10), (0.2, 10), (0.2, 5))  # (alpha, M): the paper's PLLaVA settings (Sec. 4.3)
+
+
+@torch.no_grad()
+def scoring_ms(model, embeds, video, method, scores, reps):
+    """Median ms of layer M's scoring alone (the step the rules differ in), on the layer's input and cache."""
+    m = method.resolved(model.cfg.n_layers)
+    N = embeds.shape[1]
+    pos = torch.arange(N, device=embeds.device)
+    cos, sin = model.rope(pos)
+    caches = model.new_caches(1, N)
+    x_in = model.forward_layers(embeds, cos, sin, pos, caches, stop=m.layer - 1)  # layers 1..M-1
+    model.forward_layers(x_in, cos, sin, pos, caches, start=m.layer - 1, stop=m.layer)  # layer M fills its cache
+    block, cache = model.layers[m.layer - 1], caches[m.layer - 1]
+    score = vtp.scores_fast if scores == "fast" else vtp.scores_literal
+    return common.median_ms(lambda: score(block, x_in, cos, sin, pos, cache, video, m.head_pool, m.rope, m.causal,
+                                          m.question_pool), embeds.device, reps=reps)
+
+
+def released_table(s, reps: int) -> dict:
+    """The "released" part: {"a{alpha} M{M} {rule}": prefill ms, kept tokens, scoring ms (fast, literal)}."""
+    model, embeds, video = common.random_llm(s), common.random_embeds(s, s.rows), s.video
+    runs = {}
+    for alpha, M in RELEASED_SETTINGS:
+        for rule, switches in RELEASED_RULES.items():
+            method = Method(alpha=alpha, layer=M, **switches)
+            ms, _ = common.prefill_ms(model, embeds, video, method, reps=reps)
+            with torch.no_grad():  # what the rule kept, from one prefill of its own
+                kept = prefill(model, embeds, model.new_caches(1, s.rows), video, method)[1].kept.numel()
+            row = dict(prefill_ms=ms, kept=kept, scoring_ms={sc: scoring_ms(model, embeds, video, method, sc, reps)
+                                                             for sc in ("fast", "literal")})
+            runs[f"a{alpha} M{M} {rule}"] = row
+            base = runs[f"a{alpha} M{M} paper"]
+            print(f"alpha {alpha} M {M:2d}  {rule:20s}  prefill {ms:9.2f} ms ({ms / base['prefill_ms']:5.3f}x the "
+                  f"paper's)  scoring at M: fast {row['scoring_ms']['fast']:8.3f} ms "
+                  f"({row['scoring_ms']['fast'] / base['scoring_ms']['fast']:5.2f}x), literal "
+                  f"{row['scoring_ms']['literal']:8.3f} ms  kept {kept} video tokens", flush=True)
+    return dict(runs=runs)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, help="folder for floors.json (required unless --compare)")
+    p.add_argument("--parts", default="", help=f"comma-separated, of {', '.join(PARTS)} (default: all)")
+    p.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
+    p.add_argument("--reps", type=int, default=None, help="prefill repeats per setting, the median kept (default 7; "
+                   "3 with --tiny)")
+    p.add_argument("--tiny", action="store_true", help="a tiny config, on the CPU when there is no GPU: a smoke test")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
+                   help="print the timings two JSON files share, side by side (the old bench/fast_path.py's "
+                        "fast_path.json against floors.json); runs nothing")
+    args = p.parse_args(argv)
+    if args.compare:
+        return common.compare(*args.compare)
+    if args.out is None:
+        p.error("--out is required")
+    chosen, variants = common.parts(args.parts, PARTS), common.parts(args.variants, tuple(VARIANTS))
+    s = common.shape(args.tiny)
+    args.reps = args.reps or (3 if args.tiny else 7)
+    res = dict(common.machine(), script="floors", tiny=args.tiny, parts=chosen, variants=variants, prompt_rows=s.rows,
+               reps=args.reps)
+
+    def save():
+        return common.write_json(args.out, "floors.json", res)
+
+    t0 = time.perf_counter()
+    if "check" in chosen:
+        res["check_float32"] = check_float32(s)
+        save()
+    if "released" in chosen:
+        res["released"] = released_table(s, args.reps)
+        save()
+    if {"decode", "prefill"} & set(chosen):
+        res["copy_bytes_per_s"] = rate = copy_rate(s)
+        print(f"device copy: {rate / 1e12:.2f} TB/s (bytes read + written)", flush=True)
+        model = common.random_llm(s)
+        embeds = common.random_embeds(s, s.rows)
+        n = new_tokens(s)
+        # the tokens every decoder is fed
+        out = generate(model, embeds, n, video=s.video, method=LLM_VTP, decoder=decoder_for("eager", model))
+        tokens = list(out.tokens)
+        res["weight_bytes_per_step"] = weight_bytes(model)
+        for v in VARIANTS:  # in this order: each changes the model further
+            if v == "fused":
+                fast.fuse_qkv(model)
+            elif v == "compiled":
+                if not common.cuda(s):
+                    common.skip("the compiled variant",
+                                "eval compiles only on CUDA (torch.compile on a CPU takes minutes)")
+                    continue
+                fast.prepare(model, compile=True)
+            if v not in variants:
+                continue
+            label = VARIANTS[v]
+            if "prefill" in chosen:
+                t = time.perf_counter()
+                res[f"prefill {label}"] = prefill_table(model, s, embeds, label, args.reps)
+                res[f"prefill {label}"]["table_s"] = time.perf_counter() - t
+            if "decode" in chosen:
+                res[f"decode {label}"] = decode_table(model, s, embeds, tokens, rate, label, DECODERS[v])
+            save()
+    res["total_s"] = time.perf_counter() - t0
+    path = save()
+    summary(res)
+    print(f"total {res['total_s']:.0f} s; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

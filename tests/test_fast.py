@@ -1,0 +1,294 @@
+"""The fast path (minivtp/fast.py) against the readable one: the same tokens and logits.
+
+On a CPU the graphs are not captured (GraphDecode and PrefillTail run their functions directly), so the tests
+here check the logic: static slots, positions after pruning, padded prefill tails, compiles. The class at the
+end captures and replays the CUDA graphs on a GPU and is skipped elsewhere."""
+
+import pytest
+import torch
+from conftest import prompt, write_llama
+
+import weights
+from minivtp import fast
+from minivtp.fast import FastDecoder, StaticKVCache
+from minivtp.generate import Method, generate, prefill
+from minivtp.model import EMPTY, KVCache
+from minivtp.vtp import VideoSpan
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fast_llama")
+    hf = write_llama(path, seed=5, num_hidden_layers=4, num_key_value_heads=2)
+    return weights.load(path), hf
+
+
+def one_shot(model):  # what `answer` decodes with: a graph of the decode, none of the prefill
+    return FastDecoder(model, bucket=1, prefill_bucket=0)
+
+
+@pytest.mark.parametrize("alpha,layer", [(1.0, 2), (0.25, 1), (0.25, 4)])
+def test_static_cache_decode_equals_eager(ckpt, alpha, layer):
+    model, _ = ckpt
+    embeds = model.embed(prompt(9, 44))[None]
+    video = VideoSpan(start=4, frames=4, tokens_per_frame=8)
+    eager = generate(model, embeds, 10, video=video, alpha=alpha, layer=layer)
+    fast = generate(model, embeds, 10, video=video, alpha=alpha, layer=layer, decoder=one_shot(model))
+    assert fast.tokens.tolist() == eager.tokens.tolist()
+    torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_static_write_fills_slots_with_their_positions():
+    cache = KVCache(1, 1, 12, 2)
+    cache.append(torch.randn(1, 1, 8, 2), torch.randn(1, 1, 8, 2), torch.arange(8))
+    cache.keep(torch.tensor([0, 2, 5, 7]))
+    static = StaticKVCache.from_cache(cache, 6)  # 4 kept rows + 2 new tokens
+    torch.testing.assert_close(static.k[:, :, :4], cache.k[:, :, :4])
+    k_new = torch.randn(1, 1, 1, 2)
+    static.step.fill_(0)  # step 0: the token after the 4 kept rows
+    K, V, P = static.append(k_new, k_new, torch.tensor([8]))
+    assert K.shape == (1, 1, 6, 2)
+    assert P.tolist()[:5] == [0, 2, 5, 7, 8] and P[5] == EMPTY
+    torch.testing.assert_close(K[:, :, 4:5], k_new)
+
+
+def test_static_cache_refuses_fewer_slots_than_rows():
+    cache = KVCache(1, 1, 8, 2)
+    cache.append(torch.randn(1, 1, 5, 2), torch.randn(1, 1, 5, 2), torch.arange(5))
+    with pytest.raises(ValueError, match="cannot fit a cache holding 5 rows into 4 slots"):
+        StaticKVCache.from_cache(cache, 4)
+
+
+def test_fuse_qkv_computes_the_same_numbers_from_one_weight():
+    """One product of the concatenated weight equals the three products (float32: only the summation order of a
+    wider matmul may differ), biases and grouped-query heads included, and nothing is stored twice."""
+    from minivtp import model as model_py
+    cfg = model_py.Config(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
+                          attention_bias=True)
+    torch.manual_seed(5)
+    model = model_py.Transformer(cfg).eval()
+    for p in model.parameters():  # biases start at zero: make them count
+        torch.nn.init.normal_(p, std=0.3)
+    tokens = torch.randint(0, 50, (1, 23))
+    embeds = model.embed(tokens)
+    want = model(tokens).detach()
+    want_gen = generate(model, embeds, 6, video=VideoSpan(3, 3, 5), alpha=0.4, layer=1)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert fast.fuse_qkv(model) is model and fast.fuse_qkv(model) is model  # a second call changes nothing
+    a = model.layers[1].attn
+    weight, bias = a.wqkv
+    assert weight.shape == (4 * 8 + 2 * 2 * 8, 32) and bias.shape == (4 * 8 + 2 * 2 * 8,)
+    for lin, start in ((a.wq, 0), (a.wk, 32), (a.wv, 48)):  # views into the fused weight, the same values
+        assert lin.weight.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+        assert torch.equal(lin.weight, weight[start : start + lin.out_features])
+        assert torch.equal(lin.bias, bias[start : start + lin.out_features])
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    torch.testing.assert_close(model(tokens), want, rtol=1e-5, atol=1e-5)
+    got_gen = generate(model, embeds, 6, video=VideoSpan(3, 3, 5), alpha=0.4, layer=1)
+    assert got_gen.tokens.tolist() == want_gen.tokens.tolist() and torch.equal(got_gen.kept, want_gen.kept)
+
+
+def compiles_per_question(model, fast_model, decoder, questions):
+    """Each (seed, length) question through `model` eagerly and through `fast_model` with `decoder`: the same tokens,
+    the same logits (float32; compiled kernels sum in another order). Returns torch.compile's count of compiled
+    graphs after each question."""
+    from torch._dynamo.utils import counters
+    graphs = []
+    for seed, n in questions:
+        embeds = model.embed(prompt(seed, n))[None]
+        eager = generate(model, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2)
+        fast = generate(fast_model, embeds, 5, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2, decoder=decoder)
+        assert fast.tokens.tolist() == eager.tokens.tolist()
+        torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-4, atol=1e-4)
+        graphs.append(counters["stats"]["unique_graphs"])
+    return graphs
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
+def test_compile_blocks_compiles_one_block_for_all_layers_and_sizes(ckpt):
+    """The L blocks share one compile; a second prompt and cache size compiles once more (sizes symbolic), later
+    ones not at all; prefill, its tail and the decode graph give the eager model's tokens."""
+    import copy
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    model, _ = ckpt
+    compiled = fast.compile_blocks(copy.deepcopy(model))
+    torch._dynamo.reset()
+    counters.clear()
+    compiled.forward_embeds(model.embed(prompt(1, 30))[None])
+    assert counters["stats"]["unique_graphs"] == 1  # one compile, run by all of the model's layers
+    decoder = FastDecoder(compiled, bucket=16, prefill_bucket=8)
+    # every question a new size somewhere
+    graphs = compiles_per_question(model, compiled, decoder, ((31, 40), (32, 57), (33, 45), (34, 71), (35, 38)))
+    assert len(decoder.graphs) >= 3 and len(decoder.tails) >= 3  # the later questions did meet new sizes
+    assert graphs[2:] == [graphs[1]] * 3, graphs  # ... and compiled nothing for them,
+    assert graphs[-1] < torch._dynamo.config.recompile_limit  # nor stopped compiling (torch then runs eager)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
+def test_the_tuned_decode_step_is_one_compile_for_all_layers(ckpt):
+    """FastDecoder(compile=True) decodes through tuned_block: the eager tokens, one compile for every layer, one
+    more for the second cache size, none after."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    model, _ = ckpt
+    torch._dynamo.reset()
+    counters.clear()
+    decoder = FastDecoder(model, bucket=16, compile=True)
+    # a new decode cache size every time
+    graphs = compiles_per_question(model, model, decoder, ((41, 40), (42, 57), (43, 71), (44, 88)))
+    assert len(decoder.graphs) == 4
+    assert graphs == [1, 2, 2, 2], graphs
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
+def test_eval_s_compiles_stay_under_torch_s_limit_across_models_and_sizes(ckpt):
+    """As eval runs on CUDA (fast.prepare: compiled blocks; FastDecoder(compile=True): the tuned decode step),
+    then a second model of another dtype through the same code: the eager tokens throughout, and no compiled
+    function reaches torch's recompile_limit, past which torch silently runs it eagerly. The tuned decode step
+    keeps its compiles apart from the blocks' (fast.decode_block); sharing one function they reached the
+    limit here."""
+    import copy
+    import torch._dynamo
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list as compiled_versions
+    from minivtp.fast import decode_block
+    from minivtp.model import Block
+    model, _ = ckpt
+    torch._dynamo.reset()
+    questions = ((51, 40), (52, 57), (53, 45), (54, 71))
+    for m in (model, copy.deepcopy(model).double()):
+        decoder = FastDecoder(fast.prepare(copy.deepcopy(m)), bucket=16, prefill_bucket=8, compile=True)
+        graphs = compiles_per_question(m, decoder.model, decoder, questions)
+        assert graphs[2:] == [graphs[1]] * 2, graphs  # new sizes after the second question: no new compile
+    limit = torch._dynamo.config.recompile_limit
+    versions = [len(compiled_versions(f.__code__)) for f in (Block.forward, decode_block)]
+    assert all(0 < n < limit for n in versions), (versions, limit)
+
+
+def test_a_fast_decoder_serves_question_after_question(ckpt):
+    model, _ = ckpt
+    decoder = FastDecoder(model, bucket=64)
+    for seed, n in ((11, 40), (12, 44), (13, 38), (14, 90)):  # three share a size bucket, the last does not
+        embeds = model.embed(prompt(seed, n))[None]
+        video = VideoSpan(4, 4, 8)
+        eager = generate(model, embeds, 7, video=video, alpha=0.25, layer=2)
+        fast = generate(model, embeds, 7, video=video, alpha=0.25, layer=2, decoder=decoder)
+        assert fast.tokens.tolist() == eager.tokens.tolist()
+        torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-5, atol=1e-5)
+    assert sorted(decoder.graphs) == [(64,) * 4, (128,) * 4]  # two sizes, two captures (on a GPU), not four
+    with pytest.raises(ValueError, match="bucket=0 must be >= 1"):
+        FastDecoder(model, bucket=0)
+
+
+@pytest.mark.parametrize("method", [dict(alpha=0.25, layer=1), dict(alpha=0.4, layer=3), dict(method="fastv", alpha=0.3,
+                                                                                                 layer=2),
+                                    dict(method="random", alpha=0.25, layer=2)])
+def test_the_prefill_tail_equals_the_loop(ckpt, method):
+    """Layers M+1..L through PrefillTail (padded to a bucket, as the graph runs them) give the loop's logits and
+    every layer's cache rows and positions; a shorter prompt in the same bucket after a longer one as well."""
+    model, _ = ckpt
+    decoder = FastDecoder(model, prefill_bucket=32)  # about half of every tail's rows are padding
+    for seed, n in ((21, 47), (22, 40)):
+        embeds = model.embed(prompt(seed, n))[None]
+        loop, tail = model.new_caches(1, n), model.new_caches(1, n)
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)  # the same random tokens
+        want, p1 = prefill(model, embeds, loop, video=VideoSpan(4, 4, 8), generator=g1, **method)
+        got, p2 = prefill(model, embeds, tail, video=VideoSpan(4, 4, 8), generator=g2, decoder=decoder, **method)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # float32, only summation order differs
+        assert torch.equal(p1.kept, p2.kept)
+        for a, b in zip(loop, tail):
+            assert a.length == b.length
+            assert torch.equal(a.pos[: a.length], b.pos[: b.length])
+            torch.testing.assert_close(b.k[:, :, : b.length], a.k[:, :, : a.length], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(b.v[:, :, : b.length], a.v[:, :, : a.length], rtol=1e-5, atol=1e-5)
+    layer = method["layer"]
+    assert list(decoder.tails) == [(layer, 32)]  # both prompts in one bucket: one tail (one capture on a GPU)
+    with pytest.raises(ValueError, match="prefill_bucket=-1 must be >= 0"):
+        FastDecoder(model, prefill_bucket=-1)
+
+
+def test_one_shot_fast_decode_captures_no_prefill_tail(ckpt, monkeypatch):
+    model, _ = ckpt
+    made = []
+    monkeypatch.setattr(fast, "PrefillTail", lambda *a, **k: made.append(a) or pytest.fail("a tail for one question"))
+    embeds = model.embed(prompt(3, 40))[None]
+    generate(model, embeds, 4, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2, decoder=one_shot(model))
+    assert made == []
+
+
+def test_the_eager_decode_keeps_cudnn_attention_out(ckpt, monkeypatch):
+    """cuDNN's attention builds a plan per new key count; the eager decode meets a new count at every step."""
+    import torch.nn.functional as F
+    from minivtp import model as model_py
+    model, _ = ckpt
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.shape[2], torch.backends.cuda.cudnn_sdp_enabled()))
+        return real(q, k, v, **kw)
+    monkeypatch.setattr(model_py.F, "scaled_dot_product_attention", spy)
+    generate(model, model.embed(prompt(4, 40))[None], 3, video=VideoSpan(4, 4, 8), alpha=0.25, layer=2,
+             decoder=fast.EagerOnGPU(model))
+    prefill_calls = [on for rows, on in seen if rows > 1]
+    decode_calls = [on for rows, on in seen if rows == 1]
+    assert prefill_calls and all(prefill_calls) and len(decode_calls) == 2 * model.cfg.n_layers and not any(decode_calls)
+
+
+def test_fast_decode_with_unequal_cache_lengths_equals_eager(ckpt):
+    model, _ = ckpt
+    embeds = model.embed(prompt(41, 44))[None]
+    for method in (Method("fastv", alpha=0.2, layer=2), Method("look-m", recent=0.1, important=0.1)):
+        eager = generate(model, embeds, 8, video=VideoSpan(4, 4, 8), method=method)
+        fast = generate(model, embeds, 8, video=VideoSpan(4, 4, 8), method=method, decoder=one_shot(model))
+        assert fast.tokens.tolist() == eager.tokens.tolist()
+        torch.testing.assert_close(fast.logits, eager.logits, rtol=1e-5, atol=1e-5)
+
+
+# ---- on a GPU: the graphs captured and replayed ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; on a CPU the tests above check the logic")
+class TestOnGPU:
+    """In float32 on CUDA, the fast path as eval and answer run it gives the eager path's tokens, its logits to
+    1e-4 (TF32 is off in float32 by default; the graphs and compiled kernels only sum in another order)."""
+
+    SETTINGS = [Method(alpha=0.25, layer=1), Method(alpha=0.25, layer=3), Method("fastv", alpha=0.3, layer=2),
+                Method("look-m", recent=0.1, important=0.1), Method(alpha=1.0, layer=2)]
+
+    @pytest.fixture(scope="class")
+    def gpu_model(self, ckpt):
+        import copy
+        return copy.deepcopy(ckpt[0]).cuda()
+
+    def questions(self, model):
+        for seed, n in ((61, 40), (62, 57), (63, 45)):
+            yield model.embed(prompt(seed, n).cuda())[None]
+
+    def check(self, model, fast_model, decoder, method):
+        for embeds in self.questions(model):
+            eager = generate(model, embeds, 12, video=VideoSpan(4, 4, 8), method=method)
+            got = generate(fast_model, embeds, 12, video=VideoSpan(4, 4, 8), method=method, decoder=decoder)
+            assert got.tokens.tolist() == eager.tokens.tolist(), method
+            torch.testing.assert_close(got.logits, eager.logits, rtol=1e-4, atol=1e-4)
+
+    @pytest.mark.parametrize("method", SETTINGS, ids=str)
+    def test_graphs_replay_the_eager_tokens(self, gpu_model, method):
+        decoder = FastDecoder(gpu_model, bucket=16, prefill_bucket=8)  # eval --no-compile
+        self.check(gpu_model, gpu_model, decoder, method)
+        assert all(g.graph is not None for g in decoder.graphs.values())  # really captured
+        assert all(t.graph is not None for t in decoder.tails.values())
+
+    def test_one_shot_as_answer_runs_it(self, gpu_model):
+        import copy
+        fused = fast.fuse_qkv(copy.deepcopy(gpu_model))
+        for method in self.SETTINGS:
+            self.check(gpu_model, fused, one_shot(fused), method)
+
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+    def test_eval_s_compiled_path(self, gpu_model):
+        import copy
+        prepared = fast.prepare(copy.deepcopy(gpu_model))
+        decoder = FastDecoder(prepared, bucket=16, prefill_bucket=8, compile=True)
+        for method in self.SETTINGS[:3]:
+            self.check(gpu_model, prepared, decoder, method)
