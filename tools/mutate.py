@@ -3,15 +3,15 @@
 either a test is missing or the change means nothing (an equivalent mutant). Each survivor deserves one or the other.
 
     pip install -e ".[mutation]"
-    python tools/mutate.py                    # the method (vtp.py), generate.py's core, pick, rms_norm
+    python tools/mutate.py                    # the method (vtp.py), generate.py (pick among it), rms_norm
     python tools/mutate.py --jobs 2 'minivtp.vtp.*'    # only some mutants (mutmut's names, fnmatch patterns)
     python tools/mutate.py --dir /tmp/m --keep         # then: cd /tmp/m && mutmut show <name>
 
 What it mutates, and why only that:
 - minivtp/vtp.py, all of it: the paper's Eq. 4-8.
-- minivtp/generate.py, the functions the paper's pipeline runs through (Method, choose, prefill, decode_one_token,
-  decode_static, pick, generate). The GPU machinery beside them (CUDA graphs, compiled steps) runs only on a GPU or
-  under torch.compile, which the fast subset leaves out, so its mutants would survive for want of a GPU.
+- minivtp/generate.py, all of it: Method, choose, prefill, decode_one_token, pick, generate. (The GPU machinery,
+  CUDA graphs and compiled steps, lives in minivtp/fast.py and is left out: it runs only on a GPU or under
+  torch.compile, which the fast subset leaves out, so its mutants would survive for want of a GPU.)
 - minivtp/model.py's rms_norm and RMSNorm: the norm the numerics rule is about.
 
 How: the tracked tree is copied to a scratch directory (the working tree is never touched, and a run can be
@@ -40,9 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # mutmut names a function's mutants module.x_function__mutmut_N and a method's module.xǁClassǁmethod__mutmut_N
 TARGETS = [
     "minivtp.vtp.*",
-    "minivtp.generate.xǁMethodǁ*", "minivtp.generate.x_choose__*", "minivtp.generate.x_prefill__*",
-    "minivtp.generate.x_decode_one_token__*", "minivtp.generate.x_decode_static__*", "minivtp.generate.x_pick__*",
-    "minivtp.generate.x_generate__*",
+    "minivtp.generate.*",
     "minivtp.model.x_rms_norm__*", "minivtp.model.xǁRMSNormǁ*",
 ]
 NO_GRAD = re.compile(r"^\s*@torch\.no_grad\(\)\s*\n", re.M)
