@@ -10,6 +10,7 @@ with one boolean mask (rows x columns, True = may attend) per layer. Pruning is 
 """
 
 import math
+from fractions import Fraction
 
 import torch
 
@@ -85,13 +86,20 @@ def causal(N):
     return torch.ones(N, N, dtype=torch.bool).tril()
 
 
-def select64(sd, cfg, prompt, start, T, Nv, alpha, M, pool="max"):
-    """S by Eq. 4-6 from the float64 attention of layer M over the prompt; 0-based prompt positions."""
+def select64(sd, cfg, prompt, start, T, Nv, alpha, M, pool="max", ranking="frame"):
+    """S by Eq. 4-6 from the float64 attention of layer M over the prompt; 0-based prompt positions.
+
+    ranking="sequence" is Tab. 5's alternative: the top ceil(alpha * T * Nv) of the whole video, one count for all
+    frames (not T * ceil(alpha * Nv))."""
     L = cfg.num_hidden_layers
     _, A = forward64(sd, cfg, prompt, [causal(len(prompt))] * L, keep_attention_of=M)
     A = {"max": A.amax(0), "mean": A.mean(0), "min": A.amin(0)}[pool]
     end = start + T * Nv
     a_v = A[end:, start:end].mean(0)  # Eq. 4, then the average over question rows
+    if ranking == "sequence":
+        scores = a_v.tolist()
+        k = math.ceil(Fraction(str(alpha)) * T * Nv)  # exact arithmetic on the decimal alpha
+        return sorted(start + j for j in sorted(range(T * Nv), key=lambda j: -scores[j])[:k]), a_v
     k = math.ceil(round(alpha * Nv, 9))
     S = []
     for t in range(T):  # Eq. 5, frame by frame; Eq. 6, back to positions in the whole prompt

@@ -3,14 +3,46 @@ it is written against (and, for the pipeline-level ones, the capstone) must fail
 tutorial/exercises.md lists for it."""
 
 import math
+import sys
 
 import pytest
 import torch
 from einops import rearrange
-from test_exercises import (CAPSTONE_CASES, EQ5_CASES, OURS, PLUGS, capstone_checkpoint, check_3_kv_cache,  # noqa: F401
-                            check_4_eq4, check_5_eq5_eq6, check_6_eq7_eq8, check_7_drop_rows, check_8_capstone)
+from test_exercises import (CAPSTONE_CASES, EQ5_CASES, OURS, PLUGS, capstone_checkpoint, check_1_rms_norm,  # noqa: F401
+                            check_2_rope, check_3_kv_cache, check_4_eq4, check_5_eq5_eq6, check_6_eq7_eq8,
+                            check_7_drop_rows, check_8_capstone)
 
 from minivtp.model import EMPTY, KVCache
+
+# ---- RMSNorm and RoPE ------------------------------------------------------------------------------------------
+
+
+def bf16_throughout(x, weight, eps):  # the right formula, but the mean of squares of bf16 values taken in bf16
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def test_rms_norm_in_bf16_fails():
+    with pytest.raises(AssertionError, match=r"mean of squares of x\.float\(\)"):
+        check_1_rms_norm(bf16_throughout)
+
+
+def neighbours(x, cos, sin):  # GPT-J's layout, pairs (2i, 2i + 1), with LLaMA's split-halves tables
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[..., : x.shape[-1] // 2], sin[..., : x.shape[-1] // 2]
+    return torch.stack([x1 * c - x2 * s, x2 * c + x1 * s], -1).flatten(-2)
+
+
+def test_rope_mistakes_fail():
+    with pytest.raises(AssertionError, match="split halves"):
+        check_2_rope(neighbours)
+
+
+def test_the_rope_check_never_passes_by_returning_early(monkeypatch):
+    """Without transformers' apply_rotary_pos_emb the check must fail loudly, not return as if it had passed."""
+    monkeypatch.setitem(sys.modules, "transformers.models.llama.modeling_llama", None)  # import -> ImportError
+    with pytest.raises(ImportError):
+        check_2_rope(OURS["apply_rope"])
+
 
 # ---- Eq. 5-6 ---------------------------------------------------------------------------------------------------
 
