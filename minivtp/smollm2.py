@@ -81,6 +81,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MINIVTP_CACHE") or Path.home() / ".cache" / "minivtp")
 
 
+def cache_key() -> str:  # the converted directory's name: the package's and transformers' versions
+    return f"smollm2-{importlib.metadata.version(PACKAGE)}-transformers-{importlib.metadata.version('transformers')}"
+
+
 def checkpoint(cache: Path = None, progress=True) -> Path:
     """The converted directory, converting on the first call (about half a minute on a laptop CPU).
 
@@ -89,9 +93,8 @@ def checkpoint(cache: Path = None, progress=True) -> Path:
     """
     path = gguf_file()
     check_converter()
-    version = importlib.metadata.version(PACKAGE)
     cache = Path(cache) if cache else cache_dir()
-    final = cache / f"smollm2-{version}-transformers-{importlib.metadata.version('transformers')}"
+    final = cache / cache_key()
     if (final / "config.json").is_file():
         return final
     cache.mkdir(parents=True, exist_ok=True)

@@ -147,6 +147,7 @@ def fake_conversion(tmp_path, monkeypatch):
     gguf.write_bytes(b"GGUF")
     monkeypatch.setattr(real, "gguf_file", lambda: gguf)
     monkeypatch.setattr(real, "check_converter", lambda: None)
+    monkeypatch.setattr(real, "cache_key", lambda: "smollm2-fake")  # no installed package needed for the race
     calls, fail, both = [], threading.Event(), threading.Barrier(2)
 
     def convert(path, out):
