@@ -63,22 +63,17 @@ class Config:
         if hf.get("model_type", "llama") not in ("llama", "qwen2"):
             raise ValueError(f"model_type {hf.get('model_type')!r} is not a LLaMA or Qwen2 decoder")
         check_sliding_window(hf)
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
+        if (act := hf.get("hidden_act", "silu")) != "silu":
             raise ValueError(f"hidden_act {act!r} is not supported (LLaMA uses 'silu')")
         # Two ways transformers has written RoPE settings: the old top-level `rope_theta` + `rope_scaling`,
         # and (v5) one `rope_parameters` dict holding the theta and the scaling together.
-        rope = dict(hf.get("rope_parameters") or {})
-        if hf.get("rope_scaling"):
-            rope.update(hf["rope_scaling"])
+        rope = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
         if "type" in rope and "rope_type" not in rope:  # the oldest spelling
             rope["rope_type"] = rope.pop("type")
         theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
-        if rope.get("rope_type", "default") == "default":
-            rope = {}
-        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                               "intermediate_size") if k not in hf]
-        if missing:
+        rope = {} if rope.get("rope_type", "default") == "default" else rope
+        if missing := [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                   "intermediate_size") if k not in hf]:
             raise ValueError(f"config.json has no {', '.join(missing)}")
         n_heads = hf["num_attention_heads"]
         return cls(vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
@@ -92,13 +87,14 @@ class Config:
 
 
 def check_sliding_window(hf: dict):
-    """Qwen2's sliding window, honoured where it hides nothing, refused by name where it would hide keys."""
+    """Qwen2's sliding window: accepted where it hides nothing (no window, or one longer than any prompt we accept,
+    so every layer is full causal attention), refused by name where it would hide keys."""
     n, window = hf.get("num_hidden_layers", 0), hf.get("sliding_window")
     if not hf.get("use_sliding_window") or window is None or window >= hf.get("max_position_embeddings", 4096):
-        return  # no window, or one longer than any prompt we accept: every layer is full causal attention
-    types = hf.get("layer_types") or ["sliding_attention" if i >= hf.get("max_window_layers", n) else "full_attention"
-                                      for i in range(n)]
-    if "sliding_attention" in types:
+        return
+    max_window_layers = hf.get("max_window_layers", n)
+    if "sliding_attention" in (types := hf.get("layer_types") or ["sliding_attention" if i >= max_window_layers
+                                                                   else "full" for i in range(n)]):
         raise ValueError(f"use_sliding_window is true with sliding_window={window} (< max_position_embeddings) on "
                          f"layers {types.index('sliding_attention')}.. (max_window_layers="
                          f"{hf.get('max_window_layers')}): minivtp's attention is full causal only")
@@ -134,8 +130,7 @@ def rope_inv_freq(cfg: Config, device=None) -> torch.Tensor:
     """The D/2 rotation speeds. Plain RoPE: theta^(-2i/D). Scaled variants bend the slow ones."""
     D = cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D))  # (D/2,)
-    kind = cfg.rope_scaling.get("rope_type", "default") if cfg.rope_scaling else "default"
-    if kind == "linear":  # positions divided by `factor`, which is the same as slower frequencies
+    if (kind := cfg.rope_scaling.get("rope_type", "default")) == "linear":  # positions divided by `factor`, which is the same as slower frequencies
         inv_freq = inv_freq / cfg.rope_scaling["factor"]
     elif kind == "llama3":  # long wavelengths slowed by `factor`, short ones kept, a smooth ramp between
         s = cfg.rope_scaling
