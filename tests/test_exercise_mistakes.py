@@ -125,6 +125,12 @@ def forgot_start(a_v, video, alpha):  # positions within the video, not within t
     return per_frame(a_v, video, math.ceil(round(alpha * video.tokens_per_frame, 9)), start=False)
 
 
+def unsorted(a_v, video, alpha):  # each frame's top k in topk's order, best first
+    k = math.ceil(round(alpha * video.tokens_per_frame, 9))
+    a = rearrange(a_v, "(t n) -> t n", t=video.frames)
+    return video.start + torch.cat([t * video.tokens_per_frame + a[t].topk(k).indices for t in range(video.frames)])
+
+
 def floor_instead_of_ceil(a_v, video, alpha):
     return per_frame(a_v, video, max(1, int(alpha * video.tokens_per_frame)))
 
@@ -169,6 +175,12 @@ def uncut_pos(x, pos, cos, sin, caches, rows):  # the positions returned as they
     return x[:, rows], pos, cos[rows], sin[rows]
 
 
+def compress_by_hand(x, pos, cos, sin, caches, rows):  # exercise 6 on each cache's tensors, not cache.keep
+    for cache in caches:
+        cache.k, cache.v = cache.k[:, :, rows], cache.v[:, :, rows]
+    return x[:, rows], pos[rows], cos[rows], sin[rows]
+
+
 def no_compression(x, pos, cos, sin, caches, rows):  # prunes the hidden states only
     return x[:, rows], pos[rows], cos[rows], sin[rows]
 
@@ -198,6 +210,7 @@ MISTAKES = [  # (id, the check, the wrong solution, the hint it must give)
     ("eq6-forgot-start", lambda f: check_5_eq5_eq6(f, 0.3, 10), forgot_start, "(positions are start + t * Nv + j)"),
     ("eq6-off-by-one", lambda f: check_5_eq5_eq6(f, 0.3, 10), frame_off_by_one, "rank within each frame"),
     ("eq5-across-frames", lambda f: check_5_eq5_eq6(f, 0.3, 10), across_frames, "rank within each frame"),
+    ("eq6-unsorted", lambda f: check_5_eq5_eq6(f, 0.3, 10), unsorted, "S must be sorted prompt positions"),
     ("eq5-naive-ceil", lambda f: check_5_eq5_eq6(f, 0.55, 100), naive_ceil, "count with exact arithmetic, not a float ceil"),
     ("eq7-head-axis", check_6_eq7_eq8, lambda k, v, rows: (k[:, rows[:2]], v[:, rows[:2]]),
      "select along the row axis (dim 2)"),
@@ -207,6 +220,8 @@ MISTAKES = [  # (id, the check, the wrong solution, the hint it must give)
     ("drop-only-layer-M", lambda f: check_7_drop_rows(f, KVCache), only_layer_m, "compress every layer 1..M"),
     ("drop-all-but-M", lambda f: check_7_drop_rows(f, KVCache), all_but_layer_m, "compress every layer 1..M"),
     ("drop-no-compression", lambda f: check_7_drop_rows(f, KVCache), no_compression, "compress every layer 1..M"),
+    ("drop-compress-by-hand", lambda f: check_7_drop_rows(f, KVCache), compress_by_hand,
+     "sets length and the positions too"),
     ("drop-renumbered", lambda f: check_7_drop_rows(f, KVCache), renumbered, "do not renumber them"),
     ("drop-uncut-pos", lambda f: check_7_drop_rows(f, KVCache), uncut_pos, "cut pos too, return pos[rows]"),
     ("drop-uncut-tables", lambda f: check_7_drop_rows(f, KVCache), uncut_tables, "cut the RoPE tables too"),

@@ -195,6 +195,11 @@ def check_7_drop_rows(f, KVCache):
         torch.testing.assert_close(got, table[rows], msg=(
             f"{name} after pruning is not {name}[rows]: each kept row keeps its own RoPE angles ({name}[:n] "
             "would give them those of positions 0..n-1)"))
+    for l in (0, 1):
+        packed = caches[l].k.shape[2] >= 5 and torch.equal(caches[l].k[:, :, :5], keys[l][:, :, rows])
+        assert caches[l].length == 5 or not packed, (
+            f"the cache of layer {l + 1} holds the kept keys in front, but its length is {caches[l].length}: "
+            "cache.keep(rows) sets length and the positions too")
     missed = [l + 1 for l in (0, 1) if caches[l].length != 5]
     assert not missed, (f"after pruning at M = 2 the cache of layer {' and '.join(map(str, missed))} holds "
                         f"{caches[missed[0] - 1].length} rows, not 5: Eq. 7-8 compress every layer 1..M "
