@@ -299,7 +299,8 @@ def check_8_capstone(solution: dict, path, hf, case):
     scores = out.pruning.scores.double()
     ok = scores.shape == a_v.shape and bool(((scores - a_v).abs().max() <= 1e-4 * a_v.abs().max()))
     assert ok, ("the video scores a_v (the mean over question rows of your question_to_video) differ from the "
-                "oracle's: exercise 4 returns A[end:, start:end] as it is, no renormalising")
+                "oracle's: exercise 4 returns A[end:, start:end] as it is, no renormalising (and layer M's attention "
+                "is computed with your rms_norm, apply_rope and KVCache: tests 1-3 must pass first)")
     assert out.kept.tolist() == S, (f"kept {out.kept.tolist()}, the oracle keeps {S}: the scores are right, so "
                                     "look at exercise 5 (the count, the rank within each frame, prompt positions)")
     seq = torch.cat([tokens, out.tokens[:-1]])
