@@ -1,6 +1,6 @@
 """The paper's comparisons, on the toy video LLM: does the LLM's own attention keep the tokens that matter?
 
-    python -m minivtp.experiments                      # ~6 minutes on 2 CPU cores; table + accuracy_vs_alpha.png
+    python -m minivtp.experiments                      # ~5.5 minutes on 2 CPU cores; table + accuracy_vs_alpha.png
     python -m minivtp.experiments --n 100 --seed 7 --json
 
 On held-out questions: accuracy with all tokens, with LLM-VTP, with random tokens (the same count per frame), with

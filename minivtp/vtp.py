@@ -15,7 +15,9 @@ A worked example with made-up scores, 2 frames of 4 tokens, alpha = 0.5 (keep ce
     >>> select_per_frame(a_v, VideoSpan(start=3, frames=2, tokens_per_frame=4), alpha=0.5).tolist()
     [4, 5, 7, 10]
 
-Frame 1 keeps its tokens 1 and 2 (scores .9, .3), frame 2 its tokens 0 and 3 (.5, .6); +3 for the prefix.
+Frames and tokens are counted from 0, as everywhere in minivtp (the paper counts frames from 1, Eq. 6's
+(t-1) Nv): frame 0 keeps its tokens 1 and 2 (scores .9, .3), frame 1 its tokens 0 and 3 (.5, .6); then +3 for
+the prefix, and +4 for frame 1's offset.
 
 The authors' released code (Visual-AI/PruneVid, models/pllava/llama.py and elastic_cache.py) scores and counts
 differently in four places. Each is a switch here, beside the paper's line (VARIANTS, tutorial chapter 12):
@@ -206,7 +208,7 @@ def select_per_frame(a_v, video: VideoSpan, alpha: float, count: str = "ceil"):
     a = rearrange(a_v, "(t n) -> t n", t=T)  # (T, Nv): a_v^(t) for each frame t
     # Eq. 5: S_t = { j | Rank(a_v^(t)(j)) <= ceil(alpha * Nv) }
     S_t = a.topk(k, dim=1).indices  # (T, k), indices j within each frame
-    # Eq. 6: S = U_t { (t-1) Nv + j | j in S_t }   (0-based here: t * Nv + j)
+    # Eq. 6: S = U_t { (t-1) Nv + j | j in S_t }   (the paper's t = 1..T; ours t = 0..T-1, so t * Nv + j)
     frame_offset = torch.arange(T, device=a_v.device)[:, None] * Nv  # (T, 1)
     S = (frame_offset + S_t).flatten().sort().values  # (T*k,)
     return video.start + S  # prompt positions

@@ -28,3 +28,9 @@ def test_eq4_then_mean_then_pool_shapes():
     A_qv = question_to_video(pool_heads(A, "max"), video)
     assert A_qv.shape == (4, 6)
     torch.testing.assert_close(video_scores(A_qv), A.amax(0)[8:, 2:8].mean(0))
+
+
+def test_the_readme_toy_table_alpha_columns_that_coincide():
+    # README, "The toy experiments": alpha 0.05 and 0.1 keep one token of a toy frame's 9, 0.2 two, 0.5 five
+    assert [n_keep(a, 9) for a in (0.05, 0.1, 0.2, 0.5)] == [1, 1, 2, 5]
+    assert math.ceil(0.05 * 9) == math.ceil(0.1 * 9) == 1  # 0.45 and 0.9: no float trap hides here
