@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
 from minivtp.vision import VideoLLM
 
@@ -286,7 +287,7 @@ def load_staged(model: nn.Module, files: list, rename, dtype, device, index=None
 def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
     """A ready minivtp Transformer from a Hugging Face LLaMA checkpoint directory."""
     path, hf, files, index = open_checkpoint(path)
-    cfg = Config.from_hf(hf)
+    cfg = config_from_hf(hf)
     with torch.device("meta"):
         model = Transformer(cfg)
     head_in_file = []

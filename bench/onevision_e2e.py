@@ -30,7 +30,7 @@ from minivtp import fast
 from minivtp.generate import Method, generate
 from minivtp.hosts.llava_onevision import LlavaOnevision, transformers_to_ours
 from minivtp.hosts.siglip import SiglipConfig
-from minivtp.model import Config
+from minivtp.hf_config import config_from_hf
 
 PREFIX, NQ = 14, 60
 SHAPES = {  # LLaVA-OneVision-7B (llava-hf config: Qwen2-7B, SigLIP so400m with 26 blocks), and a tiny twin
@@ -81,7 +81,7 @@ def build(shape: dict, device, dtype, std: float):
     for name, p in hf.named_parameters():  # random, norms near 1: the values do not change the speed
         p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else std * torch.randn_like(p))
     with torch.device("meta"):
-        ours = LlavaOnevision(Config.from_hf(dict(shape["text"], model_type="qwen2")),
+        ours = LlavaOnevision(config_from_hf(dict(shape["text"], model_type="qwen2")),
                               SiglipConfig.from_hf(shape["vision"]), video_token=video_id, frames=shape["frames"])
     filled = set()
     for name, t in hf.state_dict().items():

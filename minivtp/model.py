@@ -29,7 +29,7 @@ from torch import nn
 
 
 @dataclass
-class Config:
+class Config:  # read from a Hugging Face config.json by minivtp/hf_config.py, which maps their names to these
     vocab_size: int = 32000
     dim: int = 4096  # C
     n_layers: int = 32  # L in the paper
@@ -56,48 +56,6 @@ class Config:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         if (kind := self.rope_scaling.get("rope_type", "default")) not in ("default", "linear", "llama3"):
             raise ValueError(f"rope_type {kind!r} is not supported (minivtp knows default, linear, llama3)")
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> "Config":
-        """Build from a Hugging Face LLaMA or Qwen2 `config.json` (already parsed)."""
-        if hf.get("model_type", "llama") not in ("llama", "qwen2"):
-            raise ValueError(f"model_type {hf.get('model_type')!r} is not a LLaMA or Qwen2 decoder")
-        check_sliding_window(hf)
-        if (act := hf.get("hidden_act", "silu")) != "silu":
-            raise ValueError(f"hidden_act {act!r} is not supported (LLaMA uses 'silu')")
-        # Two ways transformers has written RoPE settings: the old top-level `rope_theta` + `rope_scaling`,
-        # and (v5) one `rope_parameters` dict holding the theta and the scaling together.
-        rope = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
-        if "type" in rope and "rope_type" not in rope:  # the oldest spelling
-            rope["rope_type"] = rope.pop("type")
-        theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
-        rope = {} if rope.get("rope_type", "default") == "default" else rope
-        if missing := [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                   "intermediate_size") if k not in hf]:
-            raise ValueError(f"config.json has no {', '.join(missing)}")
-        n_heads = hf["num_attention_heads"]
-        return cls(vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-                   n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-                   hidden_dim=hf["intermediate_size"], head_dim=hf.get("head_dim") or 0,
-                   norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=rope,
-                   max_seq_len=hf.get("max_position_embeddings", 4096),
-                   tie_embeddings=hf.get("tie_word_embeddings", False),
-                   attention_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False),
-                   qkv_bias=hf.get("model_type") == "qwen2")
-
-
-def check_sliding_window(hf: dict):
-    """Qwen2's sliding window: accepted where it hides nothing (no window, or one longer than any prompt we accept,
-    so every layer is full causal attention), refused by name where it would hide keys."""
-    n, window = hf.get("num_hidden_layers", 0), hf.get("sliding_window")
-    if not hf.get("use_sliding_window") or window is None or window >= hf.get("max_position_embeddings", 4096):
-        return
-    max_window_layers = hf.get("max_window_layers", n)
-    if "sliding_attention" in (types := hf.get("layer_types") or ["sliding_attention" if i >= max_window_layers
-                                                                   else "full" for i in range(n)]):
-        raise ValueError(f"use_sliding_window is true with sliding_window={window} (< max_position_embeddings) on "
-                         f"layers {types.index('sliding_attention')}.. (max_window_layers="
-                         f"{hf.get('max_window_layers')}): minivtp's attention is full causal only")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import weights
+from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
 
@@ -316,7 +317,7 @@ def load(path=ASSETS, dtype=torch.float32, device="cpu", progress=None) -> "ToyV
     if hf.get("model_type") != "minivtp-toy":
         raise weights.CheckpointError(f"{path}: model_type {hf.get('model_type')!r} is not the minivtp toy")
     with torch.device("meta"):
-        model = ToyVideoLLM(Config.from_hf(hf["text_config"]))
+        model = ToyVideoLLM(config_from_hf(hf["text_config"]))
 
     def rename(name):
         if name.startswith("projector."):

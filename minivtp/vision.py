@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from minivtp import baselines
+from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
 
@@ -171,7 +172,7 @@ class VideoLLM(nn.Module):
         else:
             arrangement = "llava"
         pooling = tuple(hf.get("pooling_shape") or (16, 12, 12))
-        return cls(Config.from_hf(text), VisionConfig.from_hf(vision), arrangement=arrangement, pooling_shape=pooling,
+        return cls(config_from_hf(text), VisionConfig.from_hf(vision), arrangement=arrangement, pooling_shape=pooling,
                    feature_layer=hf.get("vision_feature_layer", -2),
                    select=hf.get("vision_feature_select_strategy", "default"),
                    projector_act=hf.get("projector_hidden_act", "gelu"), image_token=hf.get("image_token_index", 32000),

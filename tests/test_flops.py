@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minivtp.flops import PRESETS, prefill_flops
 from minivtp.generate import generate
+from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
 
@@ -123,11 +124,11 @@ def test_host_presets_have_the_hosts_own_shapes(preset, pool, rows):
         host = LlavaOnevision(p["cfg"], SiglipConfig(), pool=pool, newline="grid" if preset == "llava-video-7b"
                               else "one_token")
     assert host.tokens_per_frame() == p["tokens_per_frame"] == rows
-    # Qwen2-7B-Instruct's config.json, read through Config.from_hf, is the preset's decoder
+    # Qwen2-7B-Instruct's config.json, read through config_from_hf, is the preset's decoder
     qwen2_7b = dict(model_type="qwen2", vocab_size=p["cfg"].vocab_size, hidden_size=3584, intermediate_size=18944,
                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6,
                     max_position_embeddings=32768, rms_norm_eps=1e-6, use_sliding_window=False, sliding_window=None)
-    assert Config.from_hf(qwen2_7b) == p["cfg"]
+    assert config_from_hf(qwen2_7b) == p["cfg"]
     out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", preset, "--json"], capture_output=True,
                          text=True)
     d = json.loads(out.stdout)

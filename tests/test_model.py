@@ -2,6 +2,7 @@
 
 import torch
 
+from minivtp.hf_config import config_from_hf
 from minivtp.model import (EMPTY, Attention, Block, Config, KVCache, MLP, RMSNorm, Transformer, apply_rope,
                            attention_fused, attention_manual, attention_weights, causal_mask, rms_norm, rope_cos_sin)
 
@@ -19,12 +20,12 @@ def test_config_derives_head_dim_and_rejects_bad_heads():
 
 
 def test_config_from_hf_both_rope_spellings():
-    old = Config.from_hf(dict(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    old = config_from_hf(dict(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                               intermediate_size=32, rope_theta=5e5, rope_scaling={"type": "linear", "factor": 2.0}))
-    new = Config.from_hf(dict(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    new = config_from_hf(dict(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                               intermediate_size=32, rope_parameters={"rope_theta": 5e5, "rope_type": "linear",
                                                                      "factor": 2.0}))
-    bare = Config.from_hf(dict(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    bare = config_from_hf(dict(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=32))
     assert old.rope_theta == new.rope_theta == 5e5
     assert old.rope_scaling == new.rope_scaling == {"rope_type": "linear", "factor": 2.0}
@@ -192,3 +193,11 @@ def test_fused_and_manual_model_agree():
         for layer in model.layers:
             layer.attn.fused = False  # the written-out math in every layer
         torch.testing.assert_close(model(tokens), fused, rtol=1e-5, atol=1e-5)
+
+
+def test_the_hf_config_docstring_example_runs():
+    import doctest
+
+    from minivtp import hf_config
+    result = doctest.testmod(hf_config)
+    assert result.attempted >= 2 and result.failed == 0

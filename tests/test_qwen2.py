@@ -9,7 +9,7 @@ import torch
 from conftest import randomize, transformers
 
 import weights
-from minivtp.model import Config
+from minivtp.hf_config import config_from_hf
 
 
 def rel_err(a, b):
@@ -84,10 +84,10 @@ def test_a_sliding_window_that_would_hide_keys_is_refused_by_name(tmp_path):
                                          r"\(max_window_layers=1\)"):
         weights.load(tmp_path)
     hf["use_sliding_window"] = False  # what Qwen2-7B and both hosts ship
-    assert Config.from_hf(hf).qkv_bias
+    assert config_from_hf(hf).qkv_bias
 
 
 def test_other_model_types_are_still_refused():
     with pytest.raises(ValueError, match="'mistral' is not a LLaMA or Qwen2 decoder"):
-        Config.from_hf(dict(model_type="mistral", vocab_size=8, hidden_size=8, num_hidden_layers=1,
+        config_from_hf(dict(model_type="mistral", vocab_size=8, hidden_size=8, num_hidden_layers=1,
                             num_attention_heads=2, intermediate_size=8))

@@ -30,6 +30,7 @@ from torch import nn
 
 from minivtp.hosts.eva_vit import EvaConfig, EvaViT
 from minivtp.hosts.qformer import QFormer, QFormerConfig, WordPiece
+from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
 from minivtp.vision import preprocess, sample_indices
 from minivtp.vtp import VideoSpan
@@ -66,7 +67,7 @@ class QFormerVideoLLM(nn.Module):
             raise ValueError("config.json has no video_token_index: the id of the video placeholder in the prompt")
         q = QFormerConfig.from_hf(hf.get("qformer_config", {}), n_query=hf.get("num_query_tokens", 32),
                                   vision_dim=vision.dim)
-        return cls(Config.from_hf(text), EvaViT(vision), q, image_token=hf["video_token_index"],
+        return cls(config_from_hf(text), EvaViT(vision), q, image_token=hf["video_token_index"],
                    frames=hf.get("num_frames", 4))
 
     def tokens_per_frame(self) -> int:  # Nq

@@ -41,6 +41,7 @@ from torch import nn
 
 import weights
 from minivtp.hosts.siglip import SIGLIP_MEAN, SIGLIP_STD, SiglipConfig, SiglipTower, preprocess, siglip_to_ours
+from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
 from minivtp.vision import Projector
 from minivtp.vtp import VideoSpan
@@ -102,7 +103,7 @@ class LlavaOnevision(nn.Module):
         text = dict(hf.get("text_config") or {})
         text.setdefault("model_type", "qwen2")
         p = preprocessor or {}
-        return cls(Config.from_hf(text), SiglipConfig.from_hf(hf.get("vision_config") or {}), feature_layer=layer,
+        return cls(config_from_hf(text), SiglipConfig.from_hf(hf.get("vision_config") or {}), feature_layer=layer,
                    projector_act=hf.get("projector_hidden_act", "gelu"), video_token=hf.get("video_token_index", 151647),
                    frames=hf.get("num_frames") or 32, mean=p.get("image_mean", SIGLIP_MEAN),
                    std=p.get("image_std", SIGLIP_STD))
@@ -126,7 +127,7 @@ class LlavaOnevision(nn.Module):
         text = {k: v for k, v in hf.items() if not k.startswith("mm_") and k != "vision_config"}
         text["model_type"] = "qwen2"
         newline = hf.get("mm_newline_position", "one_token")
-        return cls(Config.from_hf(text), SiglipConfig.from_hf(hf.get("vision_config") or {}), feature_layer=-1,
+        return cls(config_from_hf(text), SiglipConfig.from_hf(hf.get("vision_config") or {}), feature_layer=-1,
                    video_token=IMAGE_TOKEN_INDEX, placeholder="<image>", pool=hf.get("mm_spatial_pool_mode", "bilinear"),
                    newline=newline, frames=hf.get("num_frames") or hf.get("frames_upbound") or 64,
                    arrangement="llava-video" if newline == "grid" else "llava-onevision")

@@ -45,7 +45,7 @@ from torch import nn
 from minivtp.hosts.eva_vit import EvaAttention, EvaBlock, EvaConfig, EvaViT
 from minivtp.hosts.instructblip import QFORMER_RULES, QFormerVideoLLM
 from minivtp.hosts.qformer import QFormerConfig, WordPiece
-from minivtp.model import Config
+from minivtp.hf_config import config_from_hf
 
 # The MVBench prompt of ST-LLM's mv_bench.py (system_llm is on by default: its flag is store_false)
 SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement "
@@ -216,7 +216,7 @@ def from_config(hf: dict) -> STLLM:
                               vision_dim=vision.dim)
     tower = STLLMTower(vision, depth=hf.get("btadapter_depth", 3))
     # the placeholder never reaches the embedding: -1 unless the config names one
-    model = STLLM(Config.from_hf(text), tower, q, image_token=hf.get("video_token_index", -1),
+    model = STLLM(config_from_hf(text), tower, q, image_token=hf.get("video_token_index", -1),
                   frames=hf.get("num_frames", 16), arrangement="st-llm")
     model.max_txt_len = 256  # config/instructblipbase_stllm_qa.yaml:5
     return model

@@ -34,7 +34,7 @@ import torch
 from minivtp.hosts.instructblip import QFORMER_RULES, QFormerVideoLLM
 from minivtp.hosts.qformer import QFormerConfig, WordPiece
 from minivtp.hosts.umt import UMT, UMTConfig
-from minivtp.model import Config
+from minivtp.hf_config import config_from_hf
 from minivtp.vtp import VideoSpan
 
 SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement "
@@ -78,7 +78,7 @@ def from_config(hf: dict) -> VideoChat2:
                                          "tubelet", "trained_frames") if k in u})
     n_query = hf.get("num_query_tokens", 32) + hf.get("extra_num_query_tokens", 64)
     q = QFormerConfig.from_hf(hf.get("qformer_config", {}), n_query=n_query, vision_dim=umt.dim)
-    model = VideoChat2(Config.from_hf(text), UMT(umt), q, image_token=hf.get("video_token_index", -1),
+    model = VideoChat2(config_from_hf(text), UMT(umt), q, image_token=hf.get("video_token_index", -1),
                        frames=hf.get("num_frames", 16), arrangement="videochat2")
     model.n_query_parts = (hf.get("num_query_tokens", 32), hf.get("extra_num_query_tokens", 64))
     model.max_txt_len = 512  # scripts/videochat_vicuna/config_7b_stage3.py:16, 42
