@@ -69,3 +69,16 @@ def test_demo_and_answer_print_no_warning_even_without_numpy(tmp_path):
         argv=["minivtp", "answer", "--weights", str(tmp_path / "none"), "--video", "v.mp4", "--question", "q"],
         mod="minivtp")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert answer.returncode == 2 and answer.stderr.splitlines() == [f"error: {tmp_path / 'none'}: not a directory"]
+
+
+def test_the_readable_core_knows_nothing_of_the_fast_path():
+    # model.py and generate.py hold what the paper says; minivtp/fast.py plugs in at generate's `decoder` only
+    core = ("model", "generate", "vtp", "baselines")
+    for name in core:
+        assert not {m for m in local_imports(ROOT / f"minivtp/{name}.py") if m.startswith("minivtp.fast")}, name
+    for name in ("model", "generate"):
+        text = (ROOT / f"minivtp/{name}.py").read_text().lower()
+        for word in ("cuda graph", "torch.compile", "staticcache", "static cache", "fuse_qkv", "q+k+v"):
+            assert word not in text, f"minivtp/{name}.py names {word!r}"
+    assert len((ROOT / "minivtp/model.py").read_text().splitlines()) <= 360
+    assert len((ROOT / "minivtp/generate.py").read_text().splitlines()) <= 300
