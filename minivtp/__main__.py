@@ -74,7 +74,7 @@ def answer(args):
                   method=args.method if method or merged else None, alpha=args.alpha,
                   layer=method.layer if method and method.name != "look-m" else None, video_tokens=n_video,
                   kept_video_tokens=kept, kept_ratio=kept / n_video, decode="eager" if decoder is None or args.eager else
-                  "static cache + CUDA graph", prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
+                  "static cache + CUDA graph" if torch.device(args.device).type == "cuda" else "static cache", prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
                   new_tokens=len(out.tokens), load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s,
                   decode_s=out.decode_s, decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1),
                   variant=method.variant if method else None)
@@ -119,6 +119,9 @@ def heatmap(frames, scores, kept, video, model, size=168):
     from minivtp import png
 
     T, Nv = video.frames, video.tokens_per_frame
+    if getattr(model, "newline", None) == "frame":
+        raise ValueError("--heatmap draws a frame's tokens on its grid; with a newline token after every frame "
+                         "(mm_newline_position 'frame') that layout is not drawn")
     if model.arrangement in ("tarsier", "llava-video"):  # drop the newline (and separator) tokens: the grid is h x w
         g = model.vision.cfg.grid if model.arrangement == "tarsier" else model.pooled()
         keep_cols = torch.tensor([j for j in range(g * (g + 1)) if j % (g + 1) != g])
@@ -181,7 +184,11 @@ def generate_text(args):
         eos = eos[0] if isinstance(eos, list) else eos
     with torch.no_grad():
         embeds = model.embed(torch.tensor([ids], device=args.device))  # (1, N, C)
-    out = generate(model, embeds, args.max_new_tokens, eos_id=eos)
+    decoder = None
+    if embeds.is_cuda:  # the readable path, without cuDNN's attention plan for every new cache length
+        from minivtp import fast
+        decoder = fast.EagerOnGPU(model)
+    out = generate(model, embeds, args.max_new_tokens, eos_id=eos, decoder=decoder)
     tokens = out.tokens.tolist()
     print(tok.decode([t for t in tokens if t != eos], skip_special=True), flush=True)
     n = len(tokens)
@@ -240,6 +247,7 @@ def main(argv=None):
     e.add_argument("--variant", default="paper", choices=("paper", "released"), help=VARIANT_HELP)
     e.add_argument("--recent", type=float, default=0.05)
     e.add_argument("--important", type=float, default=0.05)
+    e.add_argument("--merge", default="average", choices=("average", "pivotal", "none"), help="Look-M's merge")
     e.add_argument("--max-new-tokens", type=int, default=None, help="default 5 (the letter and a few words); 100 "
                    "for open-ended QA, as PLLaVA's scripts")
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

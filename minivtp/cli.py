@@ -106,7 +106,7 @@ def method_of(args):
         return None
     return Method(args.method, alpha=args.alpha, layer=None if args.method == "look-m" else args.layer,
                   head_pool=args.head_pool, recent=args.recent, important=args.important,
-                  merge=getattr(args, "merge", "average"), variant=getattr(args, "variant", "paper"))
+                  merge=args.merge, variant=getattr(args, "variant", "paper"))
 
 
 VARIANT_HELP = ("LLM-VTP as the paper writes it (default) or as the authors' released code runs it: scores from q, k "

@@ -104,7 +104,8 @@ def prepare(model, compile: bool = True):
 class StaticKVCache(KVCache):
     """The KV cache for CUDA graphs: `append` writes at slot start + step, both tensors, and returns the whole
     buffer, so the kernels of a decode step never depend on a Python number and the step can be captured once
-    and replayed. GraphDecode gives every layer's cache the same `step` tensor and sets it before each replay. Slots not yet written hold position EMPTY, which the causal mask hides.
+    and replayed. GraphDecode gives every layer's cache the same `step` tensor and sets it before each replay.
+    Slots not yet written hold position EMPTY, which the causal mask hides.
 
     Made from a filled KVCache after prefill, with exactly the slots the rest of the answer needs: after pruning
     a static decode reads cache_len + new tokens slots, not the unpruned prompt's."""

@@ -113,7 +113,7 @@ class Pruning:
 class Generation:
     tokens: torch.Tensor  # (n,) long
     logits: torch.Tensor  # (n, V) the logits each token was chosen from; row 0 comes from the prefill
-    kept: torch.Tensor  # (S,) sorted prompt positions of the kept video tokens (all of them when not pruned)
+    kept: torch.Tensor  # (S,) sorted prompt positions of the kept video tokens (alpha=1: all; video=None: none)
     cache_len: int  # rows in the KV cache of layer 1 after prefill (LLM-VTP, Look-M: of every layer)
     prompt_len: int  # N, before pruning
     cache_lens: list = None  # rows in each layer's KV cache after prefill (FastV: N in layers 1..K)
@@ -166,7 +166,7 @@ def prefill(model, embeds, caches, video=None, method=None, generator=None, deco
     else:  # --- LLM-VTP at layer M (and its random and complement baselines) --------------------------------
         score = vtp.scores_fast if method.scores == "fast" else vtp.scores_literal
         a_v = score(block, x_in, cos, sin, pos, cache, video, method.head_pool, method.rope, method.causal,
-                    method.question_pool)  # Eq. 4, mean over questions (the paper's variant)
+                    method.question_pool)  # Eq. 4; question_pool: the paper's mean or the released max
         S = choose(method, a_v, video, generator)  # Eq. 5-6
         rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
         x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, caches[:M], rows)  # layers M+1..L; Eq. 7-8 on 1..M
@@ -191,6 +191,12 @@ def pick(logits, temperature: float, generator=None):
         return logits.argmax()
     probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()  # the seeded generator lives on the CPU
     return torch.multinomial(probs, 1, generator=generator)[0].to(logits.device)
+
+
+def clock(device) -> float:  # wall-clock seconds, after the GPU has finished what it was given
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 @torch.no_grad()
@@ -245,12 +251,6 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
         # subtle: the new token's position goes on from N, the unpruned prompt length, not from the cache's rows
         logits = step(token, N + i)
     t2 = clock(embeds.device)
-    kept = pruning.kept if pruning else torch.arange(video.start, video.end) if video else torch.empty(0, dtype=torch.long)
+    kept = pruning.kept if pruning else torch.empty(0, dtype=torch.long)  # video=None: nothing was scored
     return Generation(tokens=torch.stack(tokens), logits=torch.stack(all_logits), kept=kept, cache_len=cache_len,
                       prompt_len=N, cache_lens=cache_lens, pruning=pruning, prefill_s=t1 - t0, decode_s=t2 - t1)
-
-
-def clock(device) -> float:  # wall-clock seconds, after the GPU has finished what it was given
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()

@@ -222,7 +222,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=qkv_bias)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attention_bias)
-        self.fused = cfg.fused_attention  # chosen once, as nanoGPT chooses flash: the kernel, or the math below
+        self.fused = cfg.fused_attention  # chosen once, as nanoGPT chooses flash: the kernel, or the math above
 
     def heads(self, y, n):  # (B, N, n*D) -> (B, n, N, D)
         B, N, _ = y.shape

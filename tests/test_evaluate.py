@@ -170,3 +170,15 @@ def test_a_video_llm_checkpoint_through_the_harness(llava, tmp_path):
     assert len(got) == 3 and all(r["prediction"].startswith("(") and r["answer"] == "B" for r in got)
     assert all(r["kept_ratio"] == 0.5 for r in got)  # 2 of 4 tokens in each pooled frame
     assert json.loads(run.stdout)["per_task"]["Action Sequence"]["total"] == 3
+
+
+def test_eval_hands_look_m_its_merge(bench, tmp_path, monkeypatch):
+    """--merge reaches the Method eval runs (it was accepted by answer only, and eval always merged by average)."""
+    import minivtp.__main__ as cli_main
+    from minivtp import cli
+    seen, real = [], cli.method_of
+    monkeypatch.setattr(cli, "method_of", lambda args: seen.append(real(args)) or seen[-1])
+    code = cli_main.main(["eval", "--weights", str(toy.ASSETS), "--questions", str(bench / "questions.json"),
+                          "--videos", str(bench / "videos"), "--out", str(tmp_path / "r.jsonl"), "--method", "look-m",
+                          "--merge", "pivotal", "--device", "cpu"])
+    assert code == 0 and [m.merge for m in seen] == ["pivotal"]
