@@ -43,7 +43,7 @@ from einops import rearrange
 from torch import nn
 
 from minivtp.hosts.eva_vit import EvaAttention, EvaBlock, EvaConfig, EvaViT
-from minivtp.hosts.instructblip import QFORMER_RULES, QFormerVideoLLM
+from minivtp.hosts.instructblip import QFORMER_RULES, QFormerVideoLLM, lavis_block_rules
 from minivtp.hosts.qformer import QFormerConfig, WordPiece
 from minivtp.hf_config import config_from_hf
 
@@ -158,11 +158,7 @@ LAVIS_RULES = [
     (r"visual_encoder\.patch_embed\.proj\.", "vision.vit.patch."),
     (r"visual_encoder\.cls_token$", "vision.vit.cls_stored"),
     (r"visual_encoder\.pos_embed$", "vision.vit.pos_stored"),
-    (r"visual_encoder\.blocks\.(\d+)\.attn\.qkv\.weight$", r"vision.vit.layers.\1.attn.qkv.weight"),
-    (r"visual_encoder\.blocks\.(\d+)\.attn\.([qv])_bias$", r"vision.vit.layers.\1.attn.\2_bias"),
-    (r"visual_encoder\.blocks\.(\d+)\.attn\.proj\.", r"vision.vit.layers.\1.attn.proj."),
-    (r"visual_encoder\.blocks\.(\d+)\.(norm[12])\.", r"vision.vit.layers.\1.\2."),
-    (r"visual_encoder\.blocks\.(\d+)\.mlp\.(fc[12])\.", r"vision.vit.layers.\1.\2."),
+    *lavis_block_rules(r"visual_encoder\.blocks\.(\d+)", r"vision.vit.layers.\1"),
     (r"visual_encoder\.BTAdapter_cls$", "vision.adapter.cls_stored"),
     (r"visual_encoder\.BTAdapter_position\.", "vision.adapter.time."),
     (r"visual_encoder\.BTAdapter_T\.(\d+)\.norm1\.", r"vision.adapter.temporal.\1.norm1."),
@@ -170,11 +166,7 @@ LAVIS_RULES = [
     (r"visual_encoder\.BTAdapter_T\.(\d+)\.attn\.([qv])_bias$", r"vision.adapter.temporal.\1.attn.\2_bias"),
     (r"visual_encoder\.BTAdapter_T\.(\d+)\.attn\.proj\.", r"vision.adapter.temporal.\1.attn.proj."),
     (r"visual_encoder\.BTAdapter_T\.(\d+)\.temporal_fc\.", r"vision.adapter.temporal.\1.temporal_fc."),
-    (r"visual_encoder\.BTAdapter_S\.(\d+)\.attn\.qkv\.weight$", r"vision.adapter.spatial.\1.attn.qkv.weight"),
-    (r"visual_encoder\.BTAdapter_S\.(\d+)\.attn\.([qv])_bias$", r"vision.adapter.spatial.\1.attn.\2_bias"),
-    (r"visual_encoder\.BTAdapter_S\.(\d+)\.attn\.proj\.", r"vision.adapter.spatial.\1.attn.proj."),
-    (r"visual_encoder\.BTAdapter_S\.(\d+)\.(norm[12])\.", r"vision.adapter.spatial.\1.\2."),
-    (r"visual_encoder\.BTAdapter_S\.(\d+)\.mlp\.(fc[12])\.", r"vision.adapter.spatial.\1.\2."),
+    *lavis_block_rules(r"visual_encoder\.BTAdapter_S\.(\d+)", r"vision.adapter.spatial.\1"),
     (r"ln_vision\.", "vision.vit.norm."),
     (r"query_tokens$", "qformer.query_stored"),
     (r"llama_proj\.", "projector."),

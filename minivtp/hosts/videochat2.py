@@ -31,7 +31,7 @@ directory with all of them in one safetensors state dict (docs/checkpoints.md sa
 
 import torch
 
-from minivtp.hosts.instructblip import QFORMER_RULES, QFormerVideoLLM
+from minivtp.hosts.instructblip import QFORMER_RULES, QFormerVideoLLM, lavis_block_rules
 from minivtp.hosts.qformer import QFormerConfig, WordPiece
 from minivtp.hosts.umt import UMT, UMTConfig
 from minivtp.hf_config import config_from_hf
@@ -87,11 +87,7 @@ def from_config(hf: dict) -> VideoChat2:
 
 LAVIS_RULES = [
     (r"vision_encoder\.encoder\.patch_embed\.proj\.", "vision.patch."),
-    (r"vision_encoder\.encoder\.blocks\.(\d+)\.attn\.qkv\.weight$", r"vision.layers.\1.attn.qkv.weight"),
-    (r"vision_encoder\.encoder\.blocks\.(\d+)\.attn\.([qv])_bias$", r"vision.layers.\1.attn.\2_bias"),
-    (r"vision_encoder\.encoder\.blocks\.(\d+)\.attn\.proj\.", r"vision.layers.\1.attn.proj."),
-    (r"vision_encoder\.encoder\.blocks\.(\d+)\.(norm[12])\.", r"vision.layers.\1.\2."),
-    (r"vision_encoder\.encoder\.blocks\.(\d+)\.mlp\.(fc[12])\.", r"vision.layers.\1.\2."),
+    *lavis_block_rules(r"vision_encoder\.encoder\.blocks\.(\d+)", r"vision.layers.\1"),
     (r"vision_layernorm\.", "vision.norm."),
     (r"query_tokens$", "qformer.query_main"),
     (r"extra_query_tokens$", "qformer.query_extra"),
