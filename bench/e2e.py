@@ -1,7 +1,7 @@
 """Per question, as a user pays it, at PLLaVA-7B shape on one GPU: minivtp against transformers; then growth in frames.
 
     python -m bench.e2e --out OUT                         # everything, OUT/e2e.json (--parts splits it)
-    python -m bench.e2e --out OUT --parts eager,graphs,compiled,hf,hf-static    # per question only
+    python -m bench.e2e --out OUT --parts eager,graphs,answer,compiled,hf,hf-static    # per question only
     python -m bench.e2e --out OUT --parts growth          # 8 .. 128 frames only
     python -m bench.e2e --out OUT --tiny                  # the same code at a tiny shape, on the CPU, in seconds
 
@@ -13,8 +13,12 @@ the next three is the per-question time.
 
 Parts (--parts, in this order; the model changes from one to the next as eval and answer change it):
   eager      the readable path on the model as loaded (`--eager`: fast.EagerOnGPU on CUDA)
-  graphs     q+k+v fused (fast.fuse_qkv) and one fast.FastDecoder for the loop: CUDA graphs, nothing compiled
-             (`eval --no-compile`; `answer` runs the same kernels with exact sizes and no prefill graphs)
+  graphs     q+k+v and gate+up fused (fast.prepare(compile=False)) and one fast.FastDecoder for the loop: CUDA
+             graphs, nothing compiled (`eval --no-compile`; `answer --no-compile` runs the same kernels with exact
+             sizes and no prefill graphs)
+  answer     `python -m minivtp answer`'s decoder on the same model: FastDecoder(bucket=1, prefill_bucket=0,
+             triton=True): the prefill uncompiled, no graph of it; the decode step's element-wise work in three Triton
+             kernels (fast.triton_step)
   growth     8, 16, 32, 64 and 128 frames of 144 rows (128: 18,527 rows), unpruned against LLM-VTP alpha 0.1
              M 10, on the graphs' path: LLM prefill, decode, peak memory, KV bytes, and pruning's end-to-end gain
              for 5 and 72 tokens (vision + prefill + decode steps)
@@ -39,8 +43,8 @@ from bench.common import LLM_VTP, QUESTION_SETTINGS, clock
 from minivtp import fast
 from minivtp.generate import generate
 
-PARTS = ("eager", "graphs", "growth", "compiled", "hf", "hf-static")
-KINDS = {"eager": " eager", "graphs": "", "compiled": " compiled"}  # the old e2e.py's key suffixes
+PARTS = ("eager", "graphs", "answer", "growth", "compiled", "hf", "hf-static")
+KINDS = {"eager": " eager", "graphs": "", "answer": " answer", "compiled": " compiled"}  # the old e2e.py's suffixes
 
 
 def ask(model, s, pixels, ids, n_new, setting, decoder):
@@ -69,8 +73,11 @@ def questions(model, s, pixels, ids, kind, settings, res, reps):
     if kind == "eager":
         decoder = fast.EagerOnGPU(model.llm) if common.cuda(s) else None
     elif kind == "graphs":
-        fast.fuse_qkv(model.llm)  # what answer and eval --no-compile do on CUDA
+        fast.prepare(model.llm, compile=False)  # what answer and eval --no-compile do on CUDA
         decoder = fast.FastDecoder(model.llm)
+    elif kind == "answer":  # as minivtp/__main__.py's one_shot_decoder makes it
+        fast.prepare(model.llm, compile=False)
+        decoder = fast.FastDecoder(model.llm, bucket=1, prefill_bucket=0, triton=common.cuda(s))
     else:
         fast.prepare(model.llm, compile=True)
         decoder = fast.FastDecoder(model.llm, compile=True)
@@ -80,14 +87,14 @@ def questions(model, s, pixels, ids, kind, settings, res, reps):
             _, out = ask(model, s, pixels, ids, n_new, setting, decoder)
             res[f"{setting}{KINDS[kind]} | {n_new}"] = dict(first_s=first, median_s=median,
                                                             cache_rows=out.cache_lens[-1], prompt_rows=out.prompt_len)
-            extra = f" ({time.perf_counter() - t:.0f} s since the compile began)" if kind == "compiled" else ""
+            extra = f" ({time.perf_counter() - t:.0f} s since the compile began)" if kind != "graphs" else ""
             print(f"minivtp {setting:18s} {kind:8s} {n_new:2d} tokens: first {first:.3f} s, then {median:.3f} s{extra}",
                   flush=True)
 
 
 @torch.no_grad()
 def growth(model, s, reps: int = 3):
-    """The LLM alone on random embeddings of T x Nv video rows (the graphs' path: fused q+k+v, a FastDecoder per
+    """The LLM alone on random embeddings of T x Nv video rows (the graphs' path: fused products, a FastDecoder per
     setting), plus the vision tower's time for T frames. Unpruned against LLM-VTP alpha 0.1 M 10."""
     rows, n_new = [], max(s.new_tokens)
     t_cfg = s.text
@@ -183,25 +190,25 @@ def summary(res):
         v = d.get(key, {}).get("median_s")
         return "" if v is None else f"{v * 1e3:.0f}"
 
-    print("\n| setting | tokens | eager ms | graphs, fused q+k+v ms | eval default (compiled) ms | first, eval s |\n"
-          "| --- | --- | --- | --- | --- | --- |")
+    print("\n| setting | tokens | eager ms | graphs, fused ms | answer (Triton step) ms | eval default (compiled) "
+          "ms | first, eval s |\n| --- | --- | --- | --- | --- | --- | --- |")
     for n_new in tokens:
         for setting in QUESTION_SETTINGS:
             first = mv.get(f"{setting} compiled | {n_new}", {}).get("first_s")
             print(f"| {setting} | {n_new} | {ms(mv, f'{setting} eager | {n_new}')} | "
-                  f"{ms(mv, f'{setting} | {n_new}')} | "
+                  f"{ms(mv, f'{setting} | {n_new}')} | {ms(mv, f'{setting} answer | {n_new}')} | "
                   f"{ms(mv, f'{setting} compiled | {n_new}')} | {'' if first is None else f'{first:.2f}'} |")
         for kind in ("default", "static"):
-            print(f"| transformers {kind} | {n_new} | | {ms(hf, f'{kind} | {n_new}')} | | |")
+            print(f"| transformers {kind} | {n_new} | | {ms(hf, f'{kind} | {n_new}')} | | | |")
     for n_new in tokens:
-        for kind, label in (("", "graphs"), (" compiled", "eval default")):
+        for kind, label in (("", "graphs"), (" answer", "answer"), (" compiled", "eval default")):
             ours = mv.get(f"llm-vtp a0.1 M10{kind} | {n_new}", {}).get("median_s")
             for peer in ("default", "static"):
                 theirs = hf.get(f"{peer} | {n_new}", {}).get("median_s")
                 if ours and theirs:
                     print(f"{n_new:2d} tokens: LLM-VTP a0.1 M10 {label} vs transformers {peer}: {theirs / ours:.2f}x")
     lo, hi = min(tokens), max(tokens)
-    for kind, label in ((" eager", "eager"), ("", "graphs"), (" compiled", "eval default")):
+    for kind, label in ((" eager", "eager"), ("", "graphs"), (" answer", "answer"), (" compiled", "eval default")):
         a, b = (mv.get(f"llm-vtp a0.1 M10{kind} | {n}", {}).get("median_s") for n in (lo, hi))
         if a and b:  # what the longer answer's extra tokens cost each: the decode step inside the loop
             print(f"LLM-VTP a0.1 M10 {label}: ({hi}-token - {lo}-token answer) / {hi - lo} = "
@@ -255,11 +262,11 @@ def main(argv=None):
     torch.manual_seed(0)
     model = common.random_video_llm(s)
     pixels, ids = common.random_pixels(s), common.prompt_ids(s)
-    for kind in ("eager", "graphs", "growth", "compiled"):
+    for kind in ("eager", "graphs", "answer", "growth", "compiled"):
         if kind not in chosen:
             continue
         if kind == "growth":
-            fast.fuse_qkv(model.llm)  # the graphs' path, whether or not that part ran
+            fast.prepare(model.llm, compile=False)  # the graphs' path, whether or not that part ran
             res["growth"] = growth(model, s, reps=max(2, reps - 1))
         elif kind == "compiled" and not common.cuda(s):
             common.skip("compiled", "eval compiles only on CUDA (torch.compile on a CPU takes minutes)")

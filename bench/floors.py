@@ -15,8 +15,12 @@ Parts (--parts):
            ms per token after an alpha 0.1 M 10 prefill, teacher-forced on the same 72 tokens, CUDA events, and
            the profiler's kernels of one step, for each decoder:
              eager        the readable step (fast.EagerOnGPU), model as loaded
-             graph        a FastDecoder's CUDA graph (bucket 256: eval's; `eval --no-compile` on fused q+k+v)
-             answer       `answer`'s FastDecoder(bucket=1, prefill_bucket=0): exact sizes, fused, nothing compiled
+             graph        a FastDecoder's CUDA graph (bucket 256: eval's `--no-compile`, on the fused model)
+             answer_no_compile  `answer --no-compile`: FastDecoder(bucket=1, prefill_bucket=0), exact sizes, fused,
+                          nothing compiled (`answer`'s default until 2026-12-01)
+             answer       `answer`'s default: the same with triton=True, the step's element-wise work in three
+                          Triton kernels (fast.triton_step), nothing traced by torch
+             answer_tuned the same with compile=True instead: the autotuned block, its cache length symbolic
              graph_tuned  eval's default: FastDecoder(compile=True), the step through the autotuned block
   released the prefill of LLM-VTP's two rules on the model as loaded, in the paper's PLLaVA settings (alpha/M
            0.1/10, 0.2/10, 0.2/5): the paper's, the authors' released code's (Method(variant="released"): q and k
@@ -30,10 +34,12 @@ Parts (--parts):
            prefill of the same column, beside the FLOPs ratio (minivtp.flops) and the fraction of it reached
 Variants (--variants), one bf16 model changed step by step as answer and eval change it:
   plain     the model as loaded                                   decoders: eager
-  fused     fast.fuse_qkv (answer; eval --no-compile)              decoders: graph, answer
+  fused     fast.prepare(compile=False): q+k+v and gate+up fused (answer; eval --no-compile)
+                                              decoders: graph, answer_no_compile, answer, answer_tuned
   compiled  fast.prepare: blocks compiled too (eval's default)    decoders: graph, graph_tuned
 Random weights (bench.common.randomize): speed does not depend on their values. Variant and decoder names are those
-of bench/fast_path.py before it (plain, fused q+k+v, fused+compiled; eager, graph, graph_tuned).
+of bench/fast_path.py before it (plain, fused q+k+v, fused+compiled; eager, graph, graph_tuned), but for the fused
+variant: gate+up is fused too since 2026-12-01.
 """
 
 import argparse
@@ -49,8 +55,9 @@ from minivtp.flops import prefill_flops
 from minivtp.generate import Method, generate, prefill
 
 PARTS = ("check", "decode", "prefill", "released")
-VARIANTS = {"plain": "plain", "fused": "fused q+k+v", "compiled": "fused+compiled"}
-DECODERS = {"plain": ("eager",), "fused": ("graph", "answer"), "compiled": ("graph", "graph_tuned")}
+VARIANTS = {"plain": "plain", "fused": "fused q+k+v, gate+up", "compiled": "fused+compiled"}
+DECODERS = {"plain": ("eager",), "fused": ("graph", "answer_no_compile", "answer", "answer_tuned"),
+            "compiled": ("graph", "graph_tuned")}
 
 
 def rel(a, b) -> float:
@@ -114,8 +121,13 @@ def decoder_for(name, model):
         return fast.EagerOnGPU(model) if model.embed.weight.is_cuda else None
     if name == "graph":
         return fast.FastDecoder(model)
-    if name == "answer":  # as minivtp/__main__.py's one_shot_decoder makes it
+    if name == "answer_no_compile":  # as minivtp/__main__.py's one_shot_decoder makes it with --no-compile
         return fast.FastDecoder(model, bucket=1, prefill_bucket=0)
+    cuda = model.embed.weight.is_cuda  # Triton's kernels and the compile: on CUDA only
+    if name == "answer":  # and without
+        return fast.FastDecoder(model, bucket=1, prefill_bucket=0, triton=cuda)
+    if name == "answer_tuned":
+        return fast.FastDecoder(model, bucket=1, prefill_bucket=0, compile=cuda)
     return fast.FastDecoder(model, compile=True)  # graph_tuned: eval's
 
 
@@ -173,7 +185,7 @@ def summary(res):
         print("\n| variant | decoder | ms/token | floor ms | x floor | first step s | kernels in one step |\n"
               "| --- | --- | --- | --- | --- | --- | --- |")
         for v, r in dec.items():
-            for k in ("eager", "graph", "answer", "graph_tuned"):
+            for k in ("eager", "graph", "answer_no_compile", "answer", "answer_tuned", "graph_tuned"):
                 if f"{k}_ms" in r:
                     launches = r.get(f"{k}_step_launches")
                     print(f"| {v} | {k} | {r[f'{k}_ms']:.2f} | {r['floor_ms']:.2f} | {r[f'{k}_x_floor']:.2f} | "
@@ -278,7 +290,7 @@ def main(argv=None):
         res["weight_bytes_per_step"] = weight_bytes(model)
         for v in VARIANTS:  # in this order: each changes the model further
             if v == "fused":
-                fast.fuse_qkv(model)
+                fast.prepare(model, compile=False)
             elif v == "compiled":
                 if not common.cuda(s):
                     common.skip("the compiled variant",

@@ -16,8 +16,11 @@ checkpoint's files are in the page cache for all of them (written or read just b
 
 Parts (--parts):
   answer               python -m minivtp answer ... --alpha 0.1 --layer 10 --max-new-tokens N --json, N = 5 and 72:
-                       its own JSON splits the wall time into load, video encoding, prefill and decode; the rest
-                       (process start, imports, frames, tokenizer, CUDA's start-up) is `outside_s`
+                       its own JSON splits the wall time into load, video encoding, prefill and decode (Triton's
+                       compile of its kernels included, cold); the rest (process start, imports, frames, tokenizer, CUDA's
+                       start-up) is `outside_s`. One more run in the same compile cache asks with --alpha 0.2: a
+                       cache of another length, to show whether the kernels on disk serve it ("warm, other length")
+  answer-no-compile    the same with --no-compile (the other length too): the CUDA graph of the plain step, no Triton
   transformers         the same question through transformers in a fresh process (`python -m bench.oneshot
                        --transformers-child`): the same shards loaded into CLIPVisionModel, PLLaVA's projector and
                        LlamaForCausalLM (LoRA merged as PEFT merges it), the same frames and preprocessing
@@ -42,7 +45,7 @@ import torch
 
 from bench import common
 
-PARTS = ("answer", "transformers", "transformers-static", "eval-cache")
+PARTS = ("answer", "answer-no-compile", "transformers", "transformers-static", "eval-cache")
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32"}
 
 
@@ -78,13 +81,14 @@ def compile_env(cache: Path) -> dict:
     return dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache), TRITON_CACHE_DIR=str(cache / "triton"))
 
 
-def series(cmd, label, repeats, tmp, describe):
-    """`repeats` fresh processes of cmd sharing one empty compile cache: run 1 cold, the others warm."""
+def series(cmd, label, repeats, tmp, describe, names=()):
+    """`repeats` fresh processes of cmd(i) sharing one empty compile cache: run 1 cold, the others warm (or as
+    `names` calls them)."""
     cache = Path(tempfile.mkdtemp(prefix="inductor-", dir=tmp))
     rows = []
     for i in range(repeats):
         row, out = run(cmd(i), compile_env(cache), label)
-        row["run"] = "cold" if i == 0 else "warm"
+        row["run"] = names[i] if i < len(names) else "cold" if i == 0 else "warm"
         if out is not None:
             row.update(describe(out, row["wall_s"]))
         rows.append(row)
@@ -121,10 +125,10 @@ def write_questions(d: Path, video: Path, n: int) -> Path:
     return path
 
 
-def answer_cmd(ckpt, s, n_new):
+def answer_cmd(ckpt, s, n_new, alpha=0.1, *extra):
     return [sys.executable, "-m", "minivtp", "answer", "--weights", str(ckpt.path), "--video", str(ckpt.frames),
-            "--question", common.QUESTION, "--alpha", "0.1", "--layer", "10", "--max-new-tokens", str(n_new),
-            "--device", s.device, "--dtype", DTYPE_NAMES[s.dtype], "--json"]
+            "--question", common.QUESTION, "--alpha", str(alpha), "--layer", "10", "--max-new-tokens", str(n_new),
+            "--device", s.device, "--dtype", DTYPE_NAMES[s.dtype], "--json", *extra]
 
 
 def hf_cmd(ckpt, s, n_new, static):
@@ -236,20 +240,20 @@ def transformers_child(args):
 
 
 def summary(res):
-    print("\n| command | tokens | run 1 (cold) s | run 2 (warm) s | last run: where the time went |\n"
-          "| --- | --- | --- | --- | --- |")
+    print("\n| command | tokens | run | s | where the time went |\n| --- | --- | --- | --- | --- |")
     for key, rows in res.get("runs", {}).items():
-        cells = [f"{r['wall_s']:.2f}" if "error" not in r else "error" for r in rows[:2]] + [""] * (2 - len(rows[:2]))
-        print(f"| {key.split(' | ')[0]} | {key.split(' | ')[1]} | {cells[0]} | {cells[1]} | "
-              f"{rows[-1].get('note', '')} |")
+        for r in rows:
+            cell = f"{r['wall_s']:.2f}" if "error" not in r else "error"
+            print(f"| {key.split(' | ')[0]} | {key.split(' | ')[1]} | {r['run']} | {cell} | {r.get('note', '')} |")
     runs = res.get("runs", {})
     for key in runs:
         name, n = key.split(" | ")
         if name != "answer":
             continue
-        ours = runs[key][-1].get("wall_s")
+        warm = [r for r in runs[key] if r["run"] == "warm"] or runs[key][:1]
+        ours = warm[-1].get("wall_s")
         for peer in ("transformers", "transformers-static"):
-            theirs = runs.get(f"{peer} | {n}", [{}])[-1]
+            theirs = runs.get(f"{peer} | {n}", [{}])[-1]  # its last run: warm when --repeats > 1
             if ours and "wall_s" in theirs and "error" not in theirs:
                 print(f"{n} tokens, warm: the whole answer command {ours:.2f} s, {peer} {theirs['wall_s']:.2f} s: "
                       f"{theirs['wall_s'] / ours:.2f}x")
@@ -306,9 +310,18 @@ def main(argv=None):
         res["python_import_torch_s"] = row["wall_s"]
         print(f"a fresh python importing torch: {row['wall_s']:.2f} s", flush=True)
         for n in tokens:
-            if "answer" in chosen:
-                res["runs"][f"answer | {n}"] = series(lambda i: answer_cmd(ckpt, s, n), f"answer {n} tokens",
-                                                      args.repeats, tmp, describe_answer)
+            if "answer" in chosen:  # and once more, warm, for a cache of another length (alpha 0.2)
+                k = args.repeats
+                names = ["cold"] + ["warm"] * (k - 1) + ["warm, other length"]
+                res["runs"][f"answer | {n}"] = series(lambda i: answer_cmd(ckpt, s, n, 0.2 if i == k else 0.1),
+                                                      f"answer {n} tokens", k + 1, tmp, describe_answer, names)
+                save()
+            if "answer-no-compile" in chosen:
+                k = args.repeats
+                names = ["cold"] + ["warm"] * (k - 1) + ["warm, other length"]
+                res["runs"][f"answer-no-compile | {n}"] = series(
+                    lambda i: answer_cmd(ckpt, s, n, 0.2 if i == k else 0.1, "--no-compile"),
+                    f"answer --no-compile {n} tokens", k + 1, tmp, describe_answer, names)
                 save()
             for part in ("transformers", "transformers-static"):
                 if part in chosen:

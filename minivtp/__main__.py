@@ -73,8 +73,7 @@ def answer(args):
     result = dict(answer=text.strip(),
                   method=args.method if method or merged else None, alpha=args.alpha,
                   layer=method.layer if method and method.name != "look-m" else None, video_tokens=n_video,
-                  kept_video_tokens=kept, kept_ratio=kept / n_video, decode="eager" if decoder is None or args.eager else
-                  "static cache + CUDA graph" if torch.device(args.device).type == "cuda" else "static cache", prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
+                  kept_video_tokens=kept, kept_ratio=kept / n_video, decode=decode_name(decoder, args), prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
                   new_tokens=len(out.tokens), load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s,
                   decode_s=out.decode_s, decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1),
                   variant=method.variant if method else None)
@@ -92,14 +91,28 @@ def answer(args):
 
 def one_shot_decoder(llm, args):
     """answer's decoder: the static cache and CUDA graph wherever there is a GPU (or with --fast-decode), the
-    readable path otherwise (None: generate's default; on a CPU there are no graphs to gain from)."""
+    readable path otherwise (None: generate's default; on a CPU there are no graphs to gain from).
+
+    On CUDA the step's element-wise work runs in three Triton kernels (fast.triton_step): nothing is traced or
+    compiled by torch, which would cost a one-shot process more than the whole answer (bench/RESULTS.md: the
+    compiled step, warm from torch's on-disk cache, still added 11 s to a 14 s command). --no-compile: the graph
+    of the plain step, no Triton."""
     from minivtp import fast
     cuda = torch.device(args.device).type == "cuda"
     if args.eager or not (cuda or args.fast_decode):
         return fast.EagerOnGPU(llm) if args.eager and cuda else None
     if cuda:
-        fast.fuse_qkv(llm)  # q+k+v as one matmul; a compile would cost more than one answer
-    return fast.FastDecoder(llm, bucket=1, prefill_bucket=0)  # one question: a graph for the decode, none for the prefill
+        fast.prepare(llm, compile=False)  # q+k+v and gate+up as one matmul each
+    # one question: a graph for the decode, none for the prefill
+    return fast.FastDecoder(llm, bucket=1, prefill_bucket=0, triton=cuda and not args.no_compile)
+
+
+def decode_name(decoder, args) -> str:
+    if decoder is None or args.eager:
+        return "eager"
+    if torch.device(args.device).type != "cuda":
+        return "static cache"
+    return "static cache + CUDA graph" + ("" if args.no_compile else ", Triton step")
 
 
 def report(r: dict) -> str:
@@ -225,6 +238,8 @@ def main(argv=None):
     a.add_argument("--fast-decode", action="store_true", help="decode from a static cache with a CUDA graph "
                    "(the default on CUDA; this flag asks for it on other devices too)")
     a.add_argument("--eager", action="store_true", help="decode step by step in Python, the readable path")
+    a.add_argument("--no-compile", action="store_true", help="on CUDA, the CUDA graph of the plain decode step, "
+                   "without the Triton kernels of the default (which Triton compiles once per machine and keeps)")
     a.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale for unmerged adapters when the directory "
                    "has no adapter_config.json (PLLaVA's released weights: 4)")
     a.add_argument("--json", action="store_true", help="print one JSON object")

@@ -17,12 +17,16 @@ commits that measured them):
   StaticKVCache: the step reads its whole buffer, the slots not yet written masked by their position EMPTY.
 - After layer M a pruned prompt has a few hundred rows, so layers M+1..L are launch-bound too: PrefillTail
   replays them as one graph, the rows padded to a bucket.
-- fuse_qkv: q, k and v from one matmul three times as wide, which keeps more of the GPU busy when the rows are
-  few (a pruned prompt, a decode step).
+- fuse_qkv, fuse_gate_up: q, k and v from one matmul three times as wide, gate and up from one twice as wide,
+  which keeps more of the GPU busy when the rows are few (a pruned prompt, a decode step).
 - compile_blocks: inside a block, the norms, RoPE, the cache write, the mask and SwiGLU become a few fused
   kernels around the matmuls (one compile serves all L layers: the same code on weights of the same shapes).
 - tuned_block: the decode step's blocks compiled apart, with Inductor's autotuned matrix-vector products
-  (1.31-1.34x -> 1.17-1.25x of the bandwidth floor on an H100).
+  (1.31-1.34x -> 1.17-1.25x of the bandwidth floor on an H100; 1.29x on an H200). eval's decode step.
+- triton_step: the decode step with its element-wise work in three Triton kernels (minivtp/triton_kernels.py),
+  the products left to cuBLAS: 373 kernels a step instead of 1,468, 4.36 ms a token at Vicuna-7B shape on an
+  H200 (1.34x the floor) against 6.45 uncompiled, and nothing for torch to trace. answer's decode step: compiled
+  by torch instead, even warm from its on-disk cache, the command took 25 s where it takes 14.
 """
 
 import functools
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minivtp.generate import decode_one_token
-from minivtp.model import EMPTY, Attention, Block, KVCache
+from minivtp.model import EMPTY, MLP, Attention, Block, KVCache, attention_manual, causal_mask, repeat_kv, swiglu
 
 # torch.compile's mode for the decode step on a GPU: time Triton's kernels against cuBLAS for every weight shape
 # and keep the faster (our own CUDA graph captures the result, so not torch's graphs as well)
@@ -66,18 +70,45 @@ def fuse_qkv(model):
         a = layer.attn
         if isinstance(a, FusedQKVAttention):
             continue
-        with torch.no_grad():
-            weight = torch.cat([a.wq.weight, a.wk.weight, a.wv.weight])  # (H*D + 2*Hkv*D, C)
-            bias = None if a.wq.bias is None else torch.cat([a.wq.bias, a.wk.bias, a.wv.bias])
-        start = 0
-        for lin in (a.wq, a.wk, a.wv):  # each one's rows of the fused weight, as a view
-            rows = slice(start, start + lin.out_features)
-            lin.weight = torch.nn.Parameter(weight[rows], requires_grad=False)
-            if bias is not None:
-                lin.bias = torch.nn.Parameter(bias[rows], requires_grad=False)
-            start += lin.out_features
-        a.wqkv = (weight, bias)
+        a.wqkv = fused_views((a.wq, a.wk, a.wv))
         a.__class__ = FusedQKVAttention  # the same module, its projection now the one matmul above
+    return model
+
+
+class FusedMLP(MLP):
+    """The SwiGLU MLP whose gate and up products are one matmul, X [W_gate; W_up], split in two. See fuse_gate_up."""
+
+    def forward(self, x):  # (B, N, C) -> (B, N, 2F) -> (B, N, F) x2 -> (B, N, C)
+        gate, up = F.linear(x, *self.w_gate_up).split(self.w_gate.out_features, dim=-1)
+        return self.w_down(swiglu(gate, up))
+
+
+def fused_views(linears):
+    """One weight (and bias) made of the linears' rows, each linear's parameters now views of its rows of it:
+    nothing is stored twice and the state dict keeps its keys. Returns (weight, bias or None)."""
+    with torch.no_grad():
+        weight = torch.cat([lin.weight for lin in linears])  # (sum of out_features, C)
+        bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+    start = 0
+    for lin in linears:  # each one's rows of the fused weight, as a view
+        rows = slice(start, start + lin.out_features)
+        lin.weight = torch.nn.Parameter(weight[rows], requires_grad=False)
+        if bias is not None:
+            lin.bias = torch.nn.Parameter(bias[rows], requires_grad=False)
+        start += lin.out_features
+    return weight, bias
+
+
+def fuse_gate_up(model):
+    """The MLP's gate and up products as one matmul in every layer, as fuse_qkv does for q, k and v: the same
+    numbers. After layer M a pruned prompt has a few hundred rows, and one product twice as wide fills more of the
+    GPU's multiprocessors than two. Run it after loading and moving the model. Returns the model."""
+    for layer in model.layers:
+        m = layer.mlp
+        if isinstance(m, FusedMLP):
+            continue
+        m.w_gate_up = fused_views((m.w_gate, m.w_up))
+        m.__class__ = FusedMLP  # the same module, its gate and up now the one matmul above
     return model
 
 
@@ -91,9 +122,10 @@ def compile_blocks(model, mode=None):
 
 
 def prepare(model, compile: bool = True):
-    """What the fast path changes in a model on a GPU, once per process: fuse_qkv, and with `compile`
-    compile_blocks. `python -m minivtp eval` does both on CUDA, `answer` only the first. Returns the model."""
-    fuse_qkv(model)
+    """What the fast path changes in a model on a GPU, once per process: fuse_qkv and fuse_gate_up, and with
+    `compile` compile_blocks. `python -m minivtp eval` does all of it on CUDA, `answer` the fusing only (its
+    prefill runs once; its decode step is compiled apart, FastDecoder(compile=True)). Returns the model."""
+    fuse_gate_up(fuse_qkv(model))
     return compile_blocks(model) if compile else model
 
 
@@ -179,6 +211,39 @@ def tuned_step(model, token, pos, caches):
     return model.head(x)[0, -1]
 
 
+@torch.no_grad()
+def triton_step(model, token, pos, caches):
+    """static_step with the element-wise work of each block in three Triton kernels (minivtp/triton_kernels.py):
+    the residual add and RMSNorm as one, RoPE, the cache write and the step's mask as one, SwiGLU as one. The products stay
+    PyTorch's (cuBLAS). What it saves is kernels, not bytes: at Vicuna-7B shape on the H200 the uncompiled step
+    is about 46 kernels a layer, this one about 12, and unlike tuned_step nothing is traced or compiled by torch,
+    so a one-shot process pays no compile (Triton compiles the three kernels once per machine and keeps them on
+    disk). Needs fuse_qkv and fuse_gate_up (fast.prepare) and StaticKVCaches.
+
+    The same computation as Block.forward, regrouped: each layer begins by adding the previous layer's MLP output
+    to the residual stream (h = x + mlp), where Block ends with it."""
+    from minivtp import triton_kernels as K
+
+    x, r = model.embed(token.view(1, 1)), None  # (1, 1, C); r: what the previous block adds to x
+    cos, sin = model.rope(pos)  # (1, D)
+    for block, cache in zip(model.layers, caches):
+        a, mlp = block.attn, block.mlp
+        if not (isinstance(a, FusedQKVAttention) and isinstance(mlp, FusedMLP)):
+            raise ValueError("triton_step needs fused q+k+v and gate+up products: fast.prepare(model, compile=False)")
+        x, y = K.add_rms_norm(x, r, block.attn_norm.weight, block.attn_norm.eps)
+        q, bias = K.rope_to_cache(F.linear(y, *a.wqkv), cos, sin, cache, pos, a.n_heads, a.n_kv_heads, a.head_dim)
+        n_rep = a.n_heads // a.n_kv_heads
+        k, v = repeat_kv(cache.k, n_rep), repeat_kv(cache.v, n_rep)  # the whole static buffer, EMPTY slots masked
+        if a.fused:  # the kernel's 0 / -inf mask, which SDPA adds as it is
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (1, H, 1, D)
+        else:
+            out = attention_manual(q, k, v, causal_mask(pos, cache.pos))
+        x, y = K.add_rms_norm(x, a.wo(out.view(1, 1, -1)), block.mlp_norm.weight, block.mlp_norm.eps)
+        r = mlp.w_down(K.swiglu(F.linear(y, *mlp.w_gate_up)))
+    x, y = K.add_rms_norm(x, r, model.norm.weight, model.norm.eps)
+    return model.output(y).float()[0, -1]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # CUDA graphs
 
@@ -205,15 +270,19 @@ class GraphDecode:
     the replay makes anyway. On a CPU there are no graphs and it simply calls the step.
     """
 
-    def __init__(self, model, caches, token, pos: int, step: int = 0, compile=False):  # caches: StaticKVCaches
-        dev = caches[0].k.device
-        self.run = tuned_step if compile else static_step
+    def __init__(self, model, caches, token, pos: int, step: int = 0, compile=False, triton=False):
+        dev = caches[0].k.device  # caches: StaticKVCaches
+        self.run = tuned_step if compile else triton_step if triton else static_step
         self.model, self.caches = model, caches
         self.token = token.view(1).clone()
         self.pos = torch.tensor([pos], device=dev)
         self.step = torch.tensor([step], device=dev)
         for cache in caches:  # one step tensor for every layer's cache, set before each replay
             cache.step = self.step
+            if compile:  # the cache's length a symbol from the first compile: one compile serves every size
+                import torch._dynamo as dynamo
+                for t, dim in ((cache.k, 2), (cache.v, 2), (cache.pos, 0)):
+                    dynamo.maybe_mark_dynamic(t, dim)
         self.graph = None
         if dev.type == "cuda":
             self.graph, self.logits = capture(lambda: self.run(model, self.token, self.pos, caches))
@@ -287,19 +356,31 @@ class FastDecoder:
     `bucket`, so questions of about the same length share a graph. The price: a step reads its whole static
     cache, masked, so up to bucket - 1 empty rows per layer more than the exact size (a few percent of the
     weights' bytes at 7B). bucket=1 gives exact sizes and a capture for every new size. compile=True decodes
-    through tuned_block (compiled, and autotuned on a GPU, once per process).
+    through tuned_block (compiled, and autotuned on a GPU, once per process); triton=True through triton_step
+    (three Triton kernels, nothing traced by torch: answer's, where a compile would cost more than the answer).
     The pruned prefill's rows after layer M are rounded up to a multiple of `prefill_bucket` (PrefillTail): the
     fewer padding rows the faster (16 beat 64 in every setting on an H100), but each new row count is a capture
     and 0.44 MB of cache per row at 7B. prefill_bucket=0 leaves those layers to the readable loop, as a one-shot
     question should (a capture costs more than it saves once): FastDecoder(model, bucket=1, prefill_bucket=0).
     """
 
-    def __init__(self, model, bucket: int = 256, compile: bool = False, prefill_bucket: int = 16):
+    def __init__(self, model, bucket: int = 256, compile: bool = False, prefill_bucket: int = 16,
+                 triton: bool = False):
+        if compile and triton:
+            raise ValueError("FastDecoder: compile=True (tuned_step) and triton=True (triton_step) are two ways of "
+                             "decoding; choose one")
+        if triton:  # fail here, in one line, not at the first decode step
+            if not all(isinstance(b.attn, FusedQKVAttention) and isinstance(b.mlp, FusedMLP) for b in model.layers):
+                raise ValueError("FastDecoder(triton=True) needs fused products: fast.prepare(model, compile=False)")
+            if not model.embed.weight.is_cuda:
+                raise ValueError("FastDecoder(triton=True) decodes with CUDA kernels; the model is on "
+                                 f"{model.embed.weight.device}")
+            from minivtp import triton_kernels  # noqa: F401  (its ImportError says what to install)
         if bucket < 1:
             raise ValueError(f"bucket={bucket} must be >= 1")
         if prefill_bucket < 0:
             raise ValueError(f"prefill_bucket={prefill_bucket} must be >= 0 (0: no prefill graphs)")
-        self.model, self.bucket, self.compile, self.graphs = model, bucket, compile, {}
+        self.model, self.bucket, self.compile, self.triton, self.graphs = model, bucket, compile, triton, {}
         self.prefill_bucket, self.tails = prefill_bucket, {}
         self.pool = torch.cuda.graph_pool_handle() if model.embed.weight.is_cuda else None  # shared by the tails
 
@@ -332,7 +413,7 @@ class FastDecoder:
         sizes = tuple(-(-(c.length + new_tokens) // b) * b for c in caches)  # rounded up to the bucket
         if sizes not in self.graphs:
             static = [StaticKVCache.from_cache(c, n) for c, n in zip(caches, sizes)]
-            self.graphs[sizes] = GraphDecode(self.model, static, token, pos, 0, compile=self.compile)
+            self.graphs[sizes] = GraphDecode(self.model, static, token, pos, 0, self.compile, self.triton)
         else:
             for s, c in zip(self.graphs[sizes].caches, caches):
                 s.load(c)

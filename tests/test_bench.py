@@ -71,9 +71,10 @@ def test_floors_tiny_fast_path_gives_the_eager_tokens(tmp_path):
     assert all(check[k]["logits_rel_err"] < 1e-4 for k in common.PAPER_SETTINGS if k != "none")
     assert res["copy_bytes_per_s"] > 0
     assert res["decode plain"]["eager_ms"] > 0 and res["decode plain"]["floor_ms"] > 0
-    assert res["decode fused q+k+v"]["graph_ms"] > 0 and res["decode fused q+k+v"]["answer_ms"] > 0
+    fused = res["decode fused q+k+v, gate+up"]
+    assert fused["graph_ms"] > 0 and fused["answer_ms"] > 0 and fused["answer_no_compile_ms"] > 0
     assert "decode fused+compiled" not in res  # skipped on a CPU, with a printed reason
-    for variant in ("plain", "fused q+k+v"):
+    for variant in ("plain", "fused q+k+v, gate+up"):
         table = res[f"prefill {variant}"]
         assert set(common.PAPER_SETTINGS) <= set(table)
         assert table["none"]["flops_ratio"] == 1
@@ -110,3 +111,4 @@ def test_oneshot_tiny_times_whole_commands(tmp_path):
     # the checkpoint is reused, not rewritten, by a second run on the same folder
     again = common.write_checkpoint(tmp_path / "ckpt", S)
     assert again.shards == res["checkpoint"]["shards"]
+
