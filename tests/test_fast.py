@@ -281,6 +281,52 @@ def test_fast_decode_with_unequal_cache_lengths_equals_eager(ckpt):
 # ---- on a GPU: the graphs captured and replayed ------------------------------------------------------------------
 
 
+def check_kernels_bf16(device):
+    """In bf16, against model.py's functions: the residual add and RoPE bit for bit (each product and sum rounded
+    where torch rounds), k and v in the slot start + step and nowhere else, the step's mask as causal_mask's;
+    RMSNorm and SwiGLU within one bf16 step (2^-7 relative: a float32 sum in another order, another exp) in under
+    1% of the elements. On CUDA (TestOnGPU) and in Triton's interpreter on a CPU."""
+    from minivtp import triton_kernels as K
+    from minivtp.model import apply_rope, causal_mask, rms_norm, swiglu
+    torch.manual_seed(3)
+    bf = dict(device=device, dtype=torch.bfloat16)
+
+    def within_one_step(got, want):
+        diff = (got.float() - want.float()).abs()
+        assert (diff <= want.float().abs() * 2**-7 + 1e-30).all(), diff.max()
+        assert (diff > 0).float().mean() < 0.01
+
+    x, r, w = (torch.randn(1, 1, 4096, **bf) * 3), (torch.randn(1, 1, 4096, **bf) * 3), torch.randn(4096, **bf)
+    h, y = K.add_rms_norm(x, r, w, 1e-5)
+    assert torch.equal(h, x + r)
+    within_one_step(y, rms_norm(x + r, w, 1e-5))
+    h, y = K.add_rms_norm(x, None, w, 1e-6)
+    assert h is x
+    within_one_step(y, rms_norm(x, w, 1e-6))
+    H, Hkv, D, slots = 8, 2, 128, 20
+    qkv = torch.randn(1, 1, (H + 2 * Hkv) * D, **bf) * 2
+    cos, sin = torch.rand(1, D, **bf) * 2 - 1, torch.rand(1, D, **bf) * 2 - 1
+    cache = StaticKVCache(1, Hkv, slots, D, torch.bfloat16, device)
+    cache.start.fill_(5)
+    cache.step.fill_(2)
+    q, mask = K.rope_to_cache(qkv, cos, sin, cache, torch.tensor([9], device=device), H, Hkv, D)
+    qs, ks, vs = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+    heads = lambda t, n: t.view(1, 1, n, D).transpose(1, 2)  # noqa: E731
+    assert torch.equal(q, apply_rope(heads(qs, H), cos, sin))
+    assert torch.equal(cache.k[:, :, 7:8], apply_rope(heads(ks, Hkv), cos, sin))
+    assert torch.equal(cache.v[:, :, 7:8], heads(vs, Hkv))
+    others = [i for i in range(slots) if i != 7]
+    assert not cache.k[:, :, others].any() and not cache.v[:, :, others].any()
+    assert cache.pos[7].item() == 9 and (cache.pos[others] == EMPTY).all()
+    cache.pos[:3] = torch.tensor([0, 4, 12])  # earlier rows, one of them after position 9
+    q, mask = K.rope_to_cache(qkv, cos, sin, cache, torch.tensor([9], device=device), H, Hkv, D)
+    want = torch.zeros(1, slots, **bf).masked_fill(~causal_mask(torch.tensor([9], device=device), cache.pos),
+                                                   float("-inf"))
+    assert torch.equal(mask, want) and mask[0, :3].isfinite().tolist() == [True, True, False]
+    gu = torch.randn(1, 1, 2 * 11008, **bf) * 3
+    within_one_step(K.swiglu(gu), swiglu(gu[..., :11008], gu[..., 11008:]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; on a CPU the tests above check the logic")
 class TestOnGPU:
     """In float32 on CUDA, the fast path as eval and answer run it gives the eager path's tokens, its logits to
@@ -326,6 +372,9 @@ class TestOnGPU:
         assert all(isinstance(layer.mlp, fast.FusedMLP) for layer in fused.layers)
         for method in self.SETTINGS:
             self.check(gpu_model, fused, decoder, method)
+
+    def test_triton_kernels_round_as_the_readable_code_in_bf16(self):
+        check_kernels_bf16("cuda")
 
     @pytest.mark.filterwarnings("ignore::DeprecationWarning")
     def test_eval_s_compiled_path(self, gpu_model):
@@ -389,6 +438,86 @@ def test_triton_step_is_the_static_step_in_triton_s_interpreter(tmp_path, seed, 
                        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert p.returncode == 0, p.stderr[-3000:]
     assert float(p.stdout.split()[-1]) < 1e-5
+
+
+ROUND_ON_CPU = r"""
+import os, torch
+os.environ["TRITON_INTERPRET"] = "1"
+import triton, triton.language as tl
+from minivtp.triton_kernels import _round
+
+@triton.jit
+def rounded(X, Y, n, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    tl.store(Y + i, _round(tl.load(X + i, mask=i < n), tl.bfloat16), mask=i < n)
+
+torch.manual_seed(0)
+x = torch.cat([torch.randn(4000) * 10 ** torch.randint(-8, 8, (4000,)).float(),
+               torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1 + 2**-8 + 2**-20, 0.0, -0.0, 65504.0])])
+y = torch.empty_like(x)
+rounded[(1,)](x, y, x.numel(), BLOCK=8192)
+exact = y.view(torch.int32) == x.bfloat16().float().view(torch.int32)
+print(int(exact.sum()), x.numel())
+"""
+
+
+def test_triton_s_bf16_rounding_is_torch_s(tmp_path):
+    """triton_kernels._round rounds float32 to bfloat16 on the bits: to nearest, ties to even, as torch's
+    .bfloat16() does, for random magnitudes from 1e-8 to 1e8, exact ties either way, both zeros."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    script = tmp_path / "round_on_cpu.py"
+    script.write_text(ROUND_ON_CPU)
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 0, p.stderr[-3000:]
+    same, n = map(int, p.stdout.split()[-2:])
+    assert same == n == 4007
+
+
+def test_rope_kernel_rounds_each_product_when_compiled_for_a_gpu():
+    """The bug this guards against: RoPE's x*cos and rotate_half(x)*sin, each rounded to bf16 by torch before they
+    are summed, written as x.to(bf16).to(float32) in Triton, compiled to two fused multiply-adds (the round
+    trips folded away: one bf16 step off torch on an H200). Compiled here for an sm_90 target (no GPU needed),
+    the kernel's PTX has no FMA left; the other two kernels compile for it as well."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from minivtp import triton_kernels as K
+    sig = {"QKV": "*bf16", "COS": "*bf16", "SIN": "*bf16", "Q": "*bf16", "K": "*bf16", "V": "*bf16", "P": "*i64",
+           "MASK": "*bf16", "START": "*i64", "STEP": "*i64", "POS": "*i64", "n_heads": "i32", "n_kv": "i32",
+           "slots": "i32", "HALF": "constexpr", "D": "constexpr", "BLOCK_S": "constexpr"}
+    try:
+        kernel = triton.compile(ASTSource(fn=K._rope_to_cache, signature=sig,
+                                          constexprs={"HALF": 64, "D": 128, "BLOCK_S": 1024}),
+                                target=GPUTarget("cuda", 90, 32))
+    except Exception as e:  # a Triton without its CUDA backend's tools
+        pytest.skip(f"Triton cannot compile for sm_90 here: {e!r}"[:300])
+    ptx = kernel.asm["ptx"]
+    assert "mul.rn.f32" in ptx or "mul.f32" in ptx  # the products are there ...
+    assert "fma." not in ptx  # ... and none is fused with the sum
+    target = GPUTarget("cuda", 90, 32)  # and the other two kernels compile for that GPU too
+    for has_r in (True, False):
+        sig = {"X": "*bf16", "R": "*bf16", "H": "*bf16", "W": "*bf16", "Y": "*bf16", "C": "i32", "eps": "fp32",
+               "HAS_R": "constexpr", "BLOCK": "constexpr"}
+        assert triton.compile(ASTSource(fn=K._add_rms_norm, signature=sig,
+                                        constexprs={"HAS_R": has_r, "BLOCK": 4096}), target=target).asm["ptx"]
+    sig = {"GU": "*bf16", "OUT": "*bf16", "F": "i32", "BLOCK": "constexpr"}
+    assert triton.compile(ASTSource(fn=K._swiglu, signature=sig, constexprs={"BLOCK": 1024}), target=target).asm["ptx"]
+
+
+def test_triton_kernels_round_as_the_readable_code_in_bf16_in_the_interpreter():
+    """check_kernels_bf16 on the CPU, in Triton's interpreter (a process of its own): what TestOnGPU checks on CUDA."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    tests = Path(__file__).resolve().parent
+    code = ("import os, sys; os.environ['TRITON_INTERPRET'] = '1'; sys.path.insert(0, sys.argv[1]); "
+            "from test_fast import check_kernels_bf16; check_kernels_bf16('cpu'); print('ok')")
+    p = subprocess.run([sys.executable, "-c", code, str(tests)], capture_output=True, text=True, timeout=300,
+                       cwd=tests.parent)
+    assert p.returncode == 0 and p.stdout.split()[-1] == "ok", p.stderr[-3000:]
 
 
 def test_fast_decoder_with_triton_says_what_it_needs(ckpt):
