@@ -112,3 +112,16 @@ def test_oneshot_tiny_times_whole_commands(tmp_path):
     again = common.write_checkpoint(tmp_path / "ckpt", S)
     assert again.shards == res["checkpoint"]["shards"]
 
+
+@ON_CPU
+def test_attention_tiny_checks_every_kernel_it_times(tmp_path):
+    from bench import attention
+    assert attention.main(["--tiny", "--out", str(tmp_path)]) == 0
+    res = read(tmp_path / "attention.json")
+    rows = res["attention"]
+    assert set(rows) == {"L64 used50", "L50 used50"}
+    for row in rows.values():  # every kernel that ran here gives float32 math's answer to bf16 rounding
+        timed = [k[:-3] for k in row if k.endswith("_ms")]
+        assert {"sdpa_default", "sdpa_math", "default_exact_nomask"} <= set(timed)
+        assert all(row[k + "_err"] < 0.05 for k in timed), row
+    assert all(r["us"] > 0 for M in res["gemm"].values() for r in M.values())
