@@ -93,18 +93,26 @@ def one_shot_decoder(llm, args):
     """answer's decoder: the static cache and CUDA graph wherever there is a GPU (or with --fast-decode), the
     readable path otherwise (None: generate's default; on a CPU there are no graphs to gain from).
 
-    On CUDA the step's element-wise work runs in three Triton kernels (fast.triton_step): nothing is traced or
-    compiled by torch, which would cost a one-shot process more than the whole answer (bench/RESULTS.md: the
-    compiled step, warm from torch's on-disk cache, still added 11 s to a 14 s command). --no-compile: the graph
-    of the plain step, no Triton."""
+    On CUDA the step's element-wise work runs in three Triton kernels (fast.triton_step): 4.4 ms a token instead
+    of 6.4 at 7B on an H200, and nothing traced or compiled by torch, which would cost a one-shot process more
+    than the whole answer (bench/RESULTS.md: the compiled step, warm from torch's on-disk cache, still added 11 s
+    to a 14 s command). What a process pays once for the kernels (Triton finding them on disk, their first
+    launches, measured as decode time beyond the steps) is about 0.5 s: a 72-token answer decodes about 0.4 s
+    slower than with --no-compile (the graph of the plain step, no Triton); from some 250 tokens, or over a loop
+    of questions, the kernels gain."""
     from minivtp import fast
     cuda = torch.device(args.device).type == "cuda"
     if args.eager or not (cuda or args.fast_decode):
         return fast.EagerOnGPU(llm) if args.eager and cuda else None
+    triton = cuda and not args.no_compile
+    if triton and not fast.triton_fits(llm):
+        print(f"note: head_dim {llm.cfg.head_dim} is not a power of two, which the Triton step's RoPE kernel needs: "
+              "decoding with the graph of the plain step (as --no-compile does)", file=sys.stderr)
+        triton = False
     if cuda:
         fast.prepare(llm, compile=False)  # q+k+v and gate+up as one matmul each
     # one question: a graph for the decode, none for the prefill
-    return fast.FastDecoder(llm, bucket=1, prefill_bucket=0, triton=cuda and not args.no_compile)
+    return fast.FastDecoder(llm, bucket=1, prefill_bucket=0, triton=triton)
 
 
 def decode_name(decoder, args) -> str:

@@ -124,7 +124,8 @@ def compile_blocks(model, mode=None):
 def prepare(model, compile: bool = True):
     """What the fast path changes in a model on a GPU, once per process: fuse_qkv and fuse_gate_up, and with
     `compile` compile_blocks. `python -m minivtp eval` does all of it on CUDA, `answer` the fusing only (its
-    prefill runs once; its decode step is compiled apart, FastDecoder(compile=True)). Returns the model."""
+    prefill runs once; its decode step runs through three Triton kernels, FastDecoder(triton=True)). Returns the
+    model."""
     fuse_gate_up(fuse_qkv(model))
     return compile_blocks(model) if compile else model
 
@@ -209,6 +210,12 @@ def tuned_step(model, token, pos, caches):
     for block, cache in zip(model.layers, caches):
         x = run(block, x, cos, sin, pos, cache)
     return model.head(x)[0, -1]
+
+
+def triton_fits(model) -> bool:
+    """Whether triton_step's kernels take this model's shapes: RoPE's kernel a power-of-two head_dim."""
+    D = model.cfg.head_dim
+    return D % 2 == 0 and D & (D - 1) == 0
 
 
 @torch.no_grad()
@@ -372,6 +379,9 @@ class FastDecoder:
         if triton:  # fail here, in one line, not at the first decode step
             if not all(isinstance(b.attn, FusedQKVAttention) and isinstance(b.mlp, FusedMLP) for b in model.layers):
                 raise ValueError("FastDecoder(triton=True) needs fused products: fast.prepare(model, compile=False)")
+            if not triton_fits(model):
+                raise ValueError(f"FastDecoder(triton=True): its RoPE kernel takes a power-of-two head_dim, this "
+                                 f"model's is {model.cfg.head_dim} (answer --no-compile decodes it without the kernels)")
             if not model.embed.weight.is_cuda:
                 raise ValueError("FastDecoder(triton=True) decodes with CUDA kernels; the model is on "
                                  f"{model.embed.weight.device}")

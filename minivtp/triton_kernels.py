@@ -26,6 +26,23 @@ except ImportError as e:  # pragma: no cover - depends on the installation
                       "install; `pip install triton`, or decode without it (answer --no-compile)") from e
 
 
+# Each kernel is launched with Triton's fused multiply-adds off: a product torch rounds before a sum must not be
+# fused into it (float16 and float32 too; bfloat16 also rounds on the bits below, which no fusion can undo)
+EXACT = dict(enable_fp_fusion=False)
+
+
+def one_row(name: str, *tensors):
+    """The kernels read one row of contiguous memory: say so in one line for anything else."""
+    for t in tensors:
+        if t is None:
+            continue
+        if not t.is_contiguous():
+            raise ValueError(f"{name}: takes contiguous tensors, got one of shape {tuple(t.shape)} and strides "
+                             f"{t.stride()}")
+        if t.dim() != 3 or t.shape[:2] != (1, 1):
+            raise ValueError(f"{name}: takes one row, shape (1, 1, n), got {tuple(t.shape)} (a decode step, batch 1)")
+
+
 @triton.jit
 def _round(x, dtype: tl.constexpr):  # x rounded to `dtype` and back: where torch's op in that dtype rounds
     if dtype == tl.bfloat16:
@@ -35,7 +52,7 @@ def _round(x, dtype: tl.constexpr):  # x rounded to `dtype` and back: where torc
         # done on the bits, where nothing can fold it away
         b = x.to(tl.uint32, bitcast=True)
         b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
-        return b.to(tl.float32, bitcast=True)
+        return tl.where(x == x, b.to(tl.float32, bitcast=True), x)  # NaN stays NaN (its bits would carry over)
     return x.to(dtype).to(tl.float32)
 
 
@@ -56,11 +73,12 @@ def _add_rms_norm(X, R, H, W, Y, C, eps, HAS_R: tl.constexpr, BLOCK: tl.constexp
 
 def add_rms_norm(x, r, weight, eps: float):
     """(h, y): h = x + r (x itself when r is None), y = rms_norm(h, weight, eps). x, r: (1, 1, C)."""
+    one_row("add_rms_norm", x, r)
     C = x.shape[-1]
     y = torch.empty_like(x, dtype=torch.promote_types(x.dtype, weight.dtype))
     h = x if r is None else torch.empty_like(x)
     _add_rms_norm[(1,)](x, x if r is None else r, h, weight, y, C, eps, HAS_R=r is not None,
-                        BLOCK=triton.next_power_of_2(C), num_warps=8)
+                        BLOCK=triton.next_power_of_2(C), num_warps=8, **EXACT)
     return h, y
 
 
@@ -111,12 +129,18 @@ def rope_to_cache(qkv, cos, sin, cache, pos, n_heads: int, n_kv: int, head_dim: 
     qkv: (1, 1, (H + 2 Hkv) D), the fused projection; cos, sin: (1, D); pos: (1,)."""
     if head_dim % 2 or head_dim & (head_dim - 1):
         raise ValueError(f"rope_to_cache takes a power-of-two head_dim, not {head_dim}")
+    one_row("rope_to_cache", qkv)
+    if cache.k.shape[0] != 1 or not (cache.k.is_contiguous() and cache.v.is_contiguous()):
+        raise ValueError(f"rope_to_cache: takes a contiguous StaticKVCache of batch 1, got {tuple(cache.k.shape)}")
+    if qkv.shape[-1] != (n_heads + 2 * n_kv) * head_dim or cos.numel() != head_dim or sin.numel() != head_dim:
+        raise ValueError(f"rope_to_cache: qkv {tuple(qkv.shape)}, cos {tuple(cos.shape)}, sin {tuple(sin.shape)} do "
+                         f"not fit {n_heads} + 2 x {n_kv} heads of {head_dim}")
     slots = cache.k.shape[2]
     q = torch.empty(1, n_heads, 1, head_dim, dtype=qkv.dtype, device=qkv.device)
     mask = torch.empty(1, slots, dtype=qkv.dtype, device=qkv.device)
     _rope_to_cache[(n_heads + 2 * n_kv + 1,)](qkv, cos, sin, q, cache.k, cache.v, cache.pos, mask, cache.start,
                                               cache.step, pos, n_heads, n_kv, slots, HALF=head_dim // 2, D=head_dim,
-                                              BLOCK_S=1024)
+                                              BLOCK_S=1024, **EXACT)
     return q, mask
 
 
@@ -133,8 +157,9 @@ def _swiglu(GU, OUT, F, BLOCK: tl.constexpr):
 
 def swiglu(gate_up):
     """(1, 1, 2F) gate then up, as the fused product gives them -> (1, 1, F): silu(gate) * up."""
+    one_row("swiglu", gate_up)
     F = gate_up.shape[-1] // 2
     out = torch.empty(*gate_up.shape[:-1], F, dtype=gate_up.dtype, device=gate_up.device)
     BLOCK = 1024
-    _swiglu[(triton.cdiv(F, BLOCK),)](gate_up, out, F, BLOCK=BLOCK)
+    _swiglu[(triton.cdiv(F, BLOCK),)](gate_up, out, F, BLOCK=BLOCK, **EXACT)
     return out

@@ -303,26 +303,34 @@ def check_kernels_bf16(device):
     h, y = K.add_rms_norm(x, None, w, 1e-6)
     assert h is x
     within_one_step(y, rms_norm(x, w, 1e-6))
-    H, Hkv, D, slots = 8, 2, 128, 20
+    small = x * 1e-3  # where eps counts: mean of squares about 1e-5
+    within_one_step(K.add_rms_norm(small, None, w, 1e-5)[1], rms_norm(small, w, 1e-5))
+    H, Hkv, D, slots = 8, 2, 128, 1100  # more slots than the mask's block of 1,024
     qkv = torch.randn(1, 1, (H + 2 * Hkv) * D, **bf) * 2
     cos, sin = torch.rand(1, D, **bf) * 2 - 1, torch.rand(1, D, **bf) * 2 - 1
     cache = StaticKVCache(1, Hkv, slots, D, torch.bfloat16, device)
-    cache.start.fill_(5)
+    cache.start.fill_(1035)
     cache.step.fill_(2)
     q, mask = K.rope_to_cache(qkv, cos, sin, cache, torch.tensor([9], device=device), H, Hkv, D)
     qs, ks, vs = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
     heads = lambda t, n: t.view(1, 1, n, D).transpose(1, 2)  # noqa: E731
     assert torch.equal(q, apply_rope(heads(qs, H), cos, sin))
-    assert torch.equal(cache.k[:, :, 7:8], apply_rope(heads(ks, Hkv), cos, sin))
-    assert torch.equal(cache.v[:, :, 7:8], heads(vs, Hkv))
-    others = [i for i in range(slots) if i != 7]
+    assert torch.equal(cache.k[:, :, 1037:1038], apply_rope(heads(ks, Hkv), cos, sin))
+    assert torch.equal(cache.v[:, :, 1037:1038], heads(vs, Hkv))
+    others = [i for i in range(slots) if i != 1037]
     assert not cache.k[:, :, others].any() and not cache.v[:, :, others].any()
-    assert cache.pos[7].item() == 9 and (cache.pos[others] == EMPTY).all()
-    cache.pos[:3] = torch.tensor([0, 4, 12])  # earlier rows, one of them after position 9
+    assert cache.pos[1037].item() == 9 and (cache.pos[others] == EMPTY).all()
+    cache.pos[:3] = torch.tensor([0, 4, 12])  # earlier rows, one of them after position 9,
+    cache.pos[1030:1033] = torch.tensor([1, 12, 3])  # and some in the mask's second block
     q, mask = K.rope_to_cache(qkv, cos, sin, cache, torch.tensor([9], device=device), H, Hkv, D)
     want = torch.zeros(1, slots, **bf).masked_fill(~causal_mask(torch.tensor([9], device=device), cache.pos),
                                                    float("-inf"))
     assert torch.equal(mask, want) and mask[0, :3].isfinite().tolist() == [True, True, False]
+    assert mask[0, 1030:1038].isfinite().tolist() == [True, False, True, False, False, False, False, True]
+    with pytest.raises(ValueError, match="takes one row"):
+        K.swiglu(torch.randn(1, 3, 64, **bf))
+    with pytest.raises(ValueError, match="takes contiguous tensors"):
+        K.add_rms_norm(torch.randn(1, 1, 128, **bf)[..., ::2], None, w[:64], 1e-5)
     gu = torch.randn(1, 1, 2 * 11008, **bf) * 3
     within_one_step(K.swiglu(gu), swiglu(gu[..., :11008], gu[..., 11008:]))
 
@@ -453,11 +461,15 @@ def rounded(X, Y, n, BLOCK: tl.constexpr):
 
 torch.manual_seed(0)
 x = torch.cat([torch.randn(4000) * 10 ** torch.randint(-8, 8, (4000,)).float(),
-               torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1 + 2**-8 + 2**-20, 0.0, -0.0, 65504.0])])
+               torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1 + 2**-8 + 2**-20, 0.0, -0.0, 65504.0]),
+               torch.tensor([float("inf"), -float("inf")])])
+nans = torch.tensor([0x7FFFFFFF, -1, 0x7F800001], dtype=torch.int32).view(torch.float32)  # NaNs a GPU may make
 y = torch.empty_like(x)
 rounded[(1,)](x, y, x.numel(), BLOCK=8192)
 exact = y.view(torch.int32) == x.bfloat16().float().view(torch.int32)
-print(int(exact.sum()), x.numel())
+z = torch.empty_like(nans)
+rounded[(1,)](nans, z, nans.numel(), BLOCK=8192)
+print(int(exact.sum()) + int(z.isnan().sum()), x.numel() + nans.numel())
 """
 
 
@@ -473,38 +485,43 @@ def test_triton_s_bf16_rounding_is_torch_s(tmp_path):
                        cwd=Path(__file__).resolve().parents[1])
     assert p.returncode == 0, p.stderr[-3000:]
     same, n = map(int, p.stdout.split()[-2:])
-    assert same == n == 4007
+    assert same == n == 4012
 
 
 def test_rope_kernel_rounds_each_product_when_compiled_for_a_gpu():
     """The bug this guards against: RoPE's x*cos and rotate_half(x)*sin, each rounded to bf16 by torch before they
     are summed, written as x.to(bf16).to(float32) in Triton, compiled to two fused multiply-adds (the round
     trips folded away: one bf16 step off torch on an H200). Compiled here for an sm_90 target (no GPU needed),
-    the kernel's PTX has no FMA left; the other two kernels compile for it as well."""
+    the kernel's PTX has no FMA left, in bfloat16, float16 and float32 alike (the kernels launch with Triton's
+    fused multiply-adds off, triton_kernels.EXACT); the other two kernels compile for it as well."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from minivtp import triton_kernels as K
-    sig = {"QKV": "*bf16", "COS": "*bf16", "SIN": "*bf16", "Q": "*bf16", "K": "*bf16", "V": "*bf16", "P": "*i64",
-           "MASK": "*bf16", "START": "*i64", "STEP": "*i64", "POS": "*i64", "n_heads": "i32", "n_kv": "i32",
-           "slots": "i32", "HALF": "constexpr", "D": "constexpr", "BLOCK_S": "constexpr"}
-    try:
-        kernel = triton.compile(ASTSource(fn=K._rope_to_cache, signature=sig,
-                                          constexprs={"HALF": 64, "D": 128, "BLOCK_S": 1024}),
-                                target=GPUTarget("cuda", 90, 32))
-    except Exception as e:  # a Triton without its CUDA backend's tools
-        pytest.skip(f"Triton cannot compile for sm_90 here: {e!r}"[:300])
-    ptx = kernel.asm["ptx"]
-    assert "mul.rn.f32" in ptx or "mul.f32" in ptx  # the products are there ...
-    assert "fma." not in ptx  # ... and none is fused with the sum
-    target = GPUTarget("cuda", 90, 32)  # and the other two kernels compile for that GPU too
+    target = GPUTarget("cuda", 90, 32)
+    for dt in ("bf16", "fp16", "fp32"):
+        sig = {"QKV": f"*{dt}", "COS": f"*{dt}", "SIN": f"*{dt}", "Q": f"*{dt}", "K": f"*{dt}", "V": f"*{dt}",
+               "P": "*i64", "MASK": f"*{dt}", "START": "*i64", "STEP": "*i64", "POS": "*i64", "n_heads": "i32",
+               "n_kv": "i32", "slots": "i32", "HALF": "constexpr", "D": "constexpr", "BLOCK_S": "constexpr"}
+        try:
+            kernel = triton.compile(ASTSource(fn=K._rope_to_cache, signature=sig,
+                                              constexprs={"HALF": 64, "D": 128, "BLOCK_S": 1024}),
+                                    target=target, options=K.EXACT)
+        except Exception as e:  # a Triton without its CUDA backend's tools
+            pytest.skip(f"Triton cannot compile for sm_90 here: {e!r}"[:300])
+        ptx = kernel.asm["ptx"]
+        assert "mul.rn.f" in ptx or "mul.f" in ptx, dt  # the products are there ...
+        assert "fma." not in ptx, dt  # ... and none is fused with the sum
+    # and the other two kernels compile for that GPU too
     for has_r in (True, False):
         sig = {"X": "*bf16", "R": "*bf16", "H": "*bf16", "W": "*bf16", "Y": "*bf16", "C": "i32", "eps": "fp32",
                "HAS_R": "constexpr", "BLOCK": "constexpr"}
         assert triton.compile(ASTSource(fn=K._add_rms_norm, signature=sig,
-                                        constexprs={"HAS_R": has_r, "BLOCK": 4096}), target=target).asm["ptx"]
+                                        constexprs={"HAS_R": has_r, "BLOCK": 4096}), target=target,
+                              options=K.EXACT).asm["ptx"]
     sig = {"GU": "*bf16", "OUT": "*bf16", "F": "i32", "BLOCK": "constexpr"}
-    assert triton.compile(ASTSource(fn=K._swiglu, signature=sig, constexprs={"BLOCK": 1024}), target=target).asm["ptx"]
+    assert triton.compile(ASTSource(fn=K._swiglu, signature=sig, constexprs={"BLOCK": 1024}), target=target,
+                          options=K.EXACT).asm["ptx"]
 
 
 def test_triton_kernels_round_as_the_readable_code_in_bf16_in_the_interpreter():
@@ -529,3 +546,9 @@ def test_fast_decoder_with_triton_says_what_it_needs(ckpt):
         FastDecoder(model, triton=True)
     with pytest.raises(ValueError, match="decodes with CUDA kernels; the model is on cpu"):
         FastDecoder(fast.prepare(copy.deepcopy(model), compile=False), triton=True)
+    from minivtp import model as model_py
+    odd = fast.prepare(model_py.Transformer(model_py.Config(vocab_size=20, dim=48, n_layers=1, n_heads=2,
+                                                            n_kv_heads=2, hidden_dim=64)), compile=False)  # head_dim 24
+    assert not fast.triton_fits(odd) and fast.triton_fits(model)
+    with pytest.raises(ValueError, match="power-of-two head_dim, this model's is 24 .*--no-compile"):
+        FastDecoder(odd, triton=True)
