@@ -127,12 +127,28 @@ HF_TO_OURS = [
 DERIVED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
-def hf_to_ours(name: str):
-    for pattern, repl in HF_TO_OURS:
+def apply_rules(name: str, rules):
+    """`name` renamed by the first of `rules`, (pattern, replacement) pairs, whose pattern matches at its start;
+    None if none does. Every host's names go through it."""
+    for pattern, repl in rules:
         ours, n = re.subn("^" + pattern, repl, name)
         if n:
             return ours
     return None
+
+
+def build_on_meta(path, make, what: str):
+    """make() on the meta device (no memory; load_staged fills it), or one CheckpointError naming the config.json
+    that could not build `what`."""
+    try:
+        with torch.device("meta"):
+            return make()
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}/config.json: cannot build {what} ({e})") from None
+
+
+def hf_to_ours(name: str):
+    return apply_rules(name, HF_TO_OURS)
 
 
 def hf_names(cfg: Config) -> list:
@@ -181,11 +197,8 @@ def llava_to_ours(name: str):
         rest = re.sub(r"^vision_tower\.(vision_model\.)?", "", name)
         if rest == "embeddings.position_ids":
             return ""  # arange(P + 1), a buffer in old checkpoints
-        for pattern, repl in VISION_TO_OURS:
-            ours, n = re.subn("^" + pattern, repl, rest)
-            if n:
-                return "vision." + ours
-        return None
+        ours = apply_rules(rest, VISION_TO_OURS)
+        return None if ours is None else "vision." + ours
     if name.startswith("multi_modal_projector."):
         return "projector." + name[len("multi_modal_projector."):]
     if name.startswith("language_model."):

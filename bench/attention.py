@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench import common
+from minivtp import fast
 
 PARTS = ("attention", "gemm")
 
@@ -36,15 +37,8 @@ def graph_ms(fn, reps=20):
     """Median ms of fn() captured in a CUDA graph and replayed (on a CPU: fn() itself, timed)."""
     if not torch.cuda.is_available():
         return common.median_ms(fn, "cpu", warmup=1, reps=3)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    fn()  # a first call (a compile, a kernel's plan), then fast.capture's two warm-ups and the capture
+    g, _ = fast.capture(fn)
     g.replay()
     torch.cuda.synchronize()
     a, b = torch.cuda.Event(True), torch.cuda.Event(True)

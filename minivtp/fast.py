@@ -286,8 +286,9 @@ class GraphDecode:
         self.step = torch.tensor([step], device=dev)
         for cache in caches:  # one step tensor for every layer's cache, set before each replay
             cache.step = self.step
-            if compile:  # the cache's length a symbol from the first compile: one compile serves every size
-                import torch._dynamo as dynamo
+        if compile:  # the caches' length a symbol from the first compile: one compile serves every size
+            import torch._dynamo as dynamo
+            for cache in caches:
                 for t, dim in ((cache.k, 2), (cache.v, 2), (cache.pos, 0)):
                     dynamo.maybe_mark_dynamic(t, dim)
         self.graph = None

@@ -152,10 +152,9 @@ def hf_to_ours(name: str):
         (r"language_projection\.", "projector."),
     ] + [(p.replace("QF", r"qformer\."), r) for p, r in QFORMER_RULES]
     name = re.sub(r"^model\.(?=vision_model|qformer|query_tokens|language_projection|language_model)", "", name)
-    for pattern, repl in rules:
-        ours, n = re.subn("^" + pattern, repl, name)
-        if n:
-            return ours + "_stored" if ours in SQUEEZE else ours  # loaded at their stored shape, then squeezed
+    ours = weights.apply_rules(name, rules)
+    if ours is not None:
+        return ours + "_stored" if ours in SQUEEZE else ours  # loaded at their stored shape, then squeezed
     if name == "qformer.embeddings.position_ids":
         return ""
     return weights.llava_to_ours(name)  # language_model.* and lm_head.*, in every layout transformers wrote
@@ -206,11 +205,7 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> QFormerVideo
     import weights
 
     path, hf, files, index = weights.open_checkpoint(path)
-    try:
-        with torch.device("meta"):
-            model = QFormerVideoLLM.from_hf(hf)
-    except (KeyError, TypeError) as e:
-        raise weights.CheckpointError(f"{path}/config.json: cannot build an InstructBLIP-Video model ({e})") from None
+    model = weights.build_on_meta(path, lambda: QFormerVideoLLM.from_hf(hf), "an InstructBLIP-Video model")
     info = weights.load_staged(model, files, hf_to_ours, dtype, device, index, progress, squeezed(model, SQUEEZE))
     if model.llm.cfg.tie_embeddings:
         model.llm.output.weight = model.llm.embed.weight

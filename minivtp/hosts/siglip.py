@@ -27,7 +27,6 @@ A worked example of the grid arithmetic, on a tiny tower (30 px, 7 px patches: 4
 Dimensions: T frames, P = grid * grid patches per frame, Cv the tower's width.
 """
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +35,7 @@ from einops import rearrange
 from torch import nn
 
 from minivtp.vision import ACTIVATIONS, VisionBlock
-from weights import VISION_TO_OURS
+from weights import VISION_TO_OURS, apply_rules
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)  # LLaVA-NeXT's SigLipImageProcessor, and transformers' SiglipImageProcessor
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -112,11 +111,7 @@ def siglip_to_ours(rest: str):
     """A SigLIP tensor name after `vision_model.` -> our SiglipTower name; "" for derived buffers; None if unknown."""
     if rest == "embeddings.position_ids":
         return ""  # arange(P), a buffer some checkpoints store
-    for pattern, repl in SIGLIP_TO_OURS:
-        ours, n = re.subn("^" + pattern, repl, rest)
-        if n:
-            return ours
-    return None
+    return apply_rules(rest, SIGLIP_TO_OURS)
 
 
 def preprocess(frames, size: int, mean=SIGLIP_MEAN, std=SIGLIP_STD):

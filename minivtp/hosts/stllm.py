@@ -185,11 +185,7 @@ def stllm_to_ours(name: str):
         rest = name[len("model.stllm_model."):]
         if any(re.fullmatch(p, rest) for p in SKIPPED):
             return ""
-        for pattern, repl in LAVIS_RULES:
-            ours, n = re.subn("^" + pattern, repl, rest)
-            if n:
-                return ours
-        return None
+        return weights.apply_rules(rest, LAVIS_RULES)
     if weights.DERIVED.fullmatch(name):
         return ""
     ours = weights.hf_to_ours(name)  # model.layers.* etc., LlamaForCausalLM's names
@@ -234,11 +230,7 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> STLLM:
     from minivtp.hosts.instructblip import squeezed
 
     path, hf, files, index = weights.open_checkpoint(path)
-    try:
-        with torch.device("meta"):
-            model = from_config(hf)
-    except (KeyError, TypeError) as e:
-        raise weights.CheckpointError(f"{path}/config.json: cannot build ST-LLM ({e})") from None
+    model = weights.build_on_meta(path, lambda: from_config(hf), "ST-LLM")
     stages = squeezed(model, ("qformer.query", "vision.vit.cls", "vision.vit.pos", "vision.adapter.cls"))
     info = weights.load_staged(model, files, stllm_to_ours, dtype, device, index, progress,
                                stages + qkv_bias_stages(model))

@@ -102,10 +102,9 @@ def videochat2_to_ours(name: str):
 
     if re.fullmatch(r"qformer\.bert\.embeddings\.position_ids", name):
         return ""
-    for pattern, repl in LAVIS_RULES:
-        ours, n = re.subn("^" + pattern, repl, name)
-        if n:
-            return ours
+    ours = weights.apply_rules(name, LAVIS_RULES)
+    if ours is not None:
+        return ours
     if name.startswith("llama_model."):
         rest = re.sub(r"^llama_model\.(base_model\.model\.)?", "", name)
         rest = re.sub(r"\.base_layer\.", ".", rest)  # newer PEFT keeps the frozen weight as X.base_layer.weight
@@ -124,11 +123,7 @@ def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None
     from minivtp.hosts.stllm import qkv_bias_stages
 
     path, hf, files, index = weights.open_checkpoint(path)
-    try:
-        with torch.device("meta"):
-            model = from_config(hf)
-    except (KeyError, TypeError) as e:
-        raise weights.CheckpointError(f"{path}/config.json: cannot build VideoChat2 ({e})") from None
+    model = weights.build_on_meta(path, lambda: from_config(hf), "VideoChat2")
     Cq = model.qformer.cfg.dim
     main, extra = model.n_query_parts
     queries = (["qformer.query"], {"qformer.query_main": (1, main, Cq), "qformer.query_extra": (1, extra, Cq)},
