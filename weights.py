@@ -1,300 +1,32 @@
-"""Load Hugging Face checkpoints (safetensors only) into minivtp: LLaMA / Vicuna, and the video LLMs built on
-them (LLaVA, PLLaVA, Tarsier).
+"""Load Hugging Face checkpoints (safetensors only) into minivtp: the one entry that knows every kind.
 
-    model = weights.load("path/to/vicuna-7b-v1.5", dtype=torch.bfloat16, device="cuda")
-    model = weights.load_video_llm("path/to/pllava-7b", dtype=torch.bfloat16, device="cuda")
+    model = weights.load("path/to/vicuna-7b-v1.5", dtype=torch.bfloat16, device="cuda")    # a LLaMA / Qwen2 decoder
+    vm = weights.load_video_llm("path/to/pllava-7b", dtype=torch.bfloat16, device="cuda")  # any video LLM host
     python weights.py path/to/checkpoint        # what is in it, or one line saying what is wrong
 
-Read top to bottom: opening a directory (config, shards, the index) -> how Hugging Face's tensor names map to
-ours -> loading into a model built on the meta device -> merging LoRA adapters -> the command line. Other
-model kinds (minivtp.toy) use the same pieces: `open_checkpoint`, `load_into` and a rename function.
-
-The directory is what `save_pretrained` writes: `config.json` plus either `model.safetensors` or shards listed
-in `model.safetensors.index.json`. The loader is loud on purpose: every tensor in the files must map to a
-parameter, every parameter must be filled, every shape must match, and each error names the tensor and the
-file. Pickle checkpoints (`pytorch_model.bin`) are refused: unpickling runs code from the file.
-
-The model is built on the meta device (no memory), then filled shard by shard, tensor by tensor, so a 7B
-checkpoint never exists twice in memory.
+config.json's model_type picks the host (HOSTS below); each host's tensor names and loader live in its own file in
+minivtp/hosts/, and what every loader shares for reading a directory (the shards, the index, renaming by rules,
+filling a meta-device model strictly) in minivtp/checkpoint.py. The toy loads with minivtp.lab.toy.load.
 """
 
-import json
-import re
 import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from torch import nn
 
+from minivtp.checkpoint import (DERIVED, CheckpointError, hf_to_ours, load_into, open_checkpoint, open_shard,
+                                read_config)
 from minivtp.hf_config import config_from_hf
-from minivtp.model import Config, Transformer
-from minivtp.vision import VideoLLM
+from minivtp.hosts import instructblip, llava, llava_onevision, stllm, videochat2
+from minivtp.model import Transformer
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Opening a checkpoint directory
-
-
-class CheckpointError(ValueError):
-    pass
-
-
-PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "consolidated.00.pth")
-
-
-def read_config(path: Path) -> dict:
-    f = path / "config.json"
-    if not f.is_file():
-        raise CheckpointError(f"{path}: no config.json (is this a Hugging Face checkpoint directory?)")
-    return read_json(f)
-
-
-def read_json(f: Path) -> dict:
-    """A JSON object from a file, or a CheckpointError naming the file (not UTF-8, not JSON, not an object)."""
-    try:
-        d = json.loads(f.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{f}: holds a JSON {type(d).__name__}, not an object")
-    return d
-
-
-def open_checkpoint(path):
-    """(directory, parsed config.json, safetensors files in load order, the index's weight_map or None).
-    Refuses what is not a directory, and pickle-only directories."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a directory")
-    hf = read_config(path)
-    files, weight_map = shard_files(path)
-    return path, hf, files, weight_map
-
-
-def shard_files(path: Path):
-    """(the safetensors files of a checkpoint in load order, the index's weight_map or None)."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not weight_map:
-            raise CheckpointError(f"{index}: no weight_map")
-        files = sorted(set(weight_map.values()))
-        for name in files:
-            if not (path / name).is_file():
-                raise CheckpointError(f"{index}: lists shard {name}, which is not in {path}")
-        return [path / name for name in files], weight_map
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single], None
-    pickles = [n for n in PICKLE_NAMES if (path / n).exists()] + [p.name for p in path.glob("*.bin")]
-    if pickles:
-        raise CheckpointError(
-            f"{path}: only pickle checkpoints ({', '.join(sorted(set(pickles)))}); minivtp loads safetensors only, "
-            "because unpickling can run code. Convert once with transformers: "
-            "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(new_dir, safe_serialization=True)")
-    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
-
-
-def open_shard(file: Path):
-    try:
-        return safe_open(str(file), framework="pt", device="cpu")
-    except Exception as e:  # safetensors raises its own error type for truncated / corrupt files
-        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Names: Hugging Face's -> ours
-
-
-# How Hugging Face names map to ours. {i} is the layer index; .weight / .bias follow.
-HF_TO_OURS = [
-    (r"model\.embed_tokens\.", "embed."),
-    (r"model\.layers\.(\d+)\.self_attn\.q_proj\.", r"layers.\1.attn.wq."),
-    (r"model\.layers\.(\d+)\.self_attn\.k_proj\.", r"layers.\1.attn.wk."),
-    (r"model\.layers\.(\d+)\.self_attn\.v_proj\.", r"layers.\1.attn.wv."),
-    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.", r"layers.\1.attn.wo."),
-    (r"model\.layers\.(\d+)\.mlp\.gate_proj\.", r"layers.\1.mlp.w_gate."),
-    (r"model\.layers\.(\d+)\.mlp\.up_proj\.", r"layers.\1.mlp.w_up."),
-    (r"model\.layers\.(\d+)\.mlp\.down_proj\.", r"layers.\1.mlp.w_down."),
-    (r"model\.layers\.(\d+)\.input_layernorm\.", r"layers.\1.attn_norm."),
-    (r"model\.layers\.(\d+)\.post_attention_layernorm\.", r"layers.\1.mlp_norm."),
-    (r"model\.norm\.", "norm."),
-    (r"lm_head\.", "output."),
-]
-# Old conversions stored RoPE's inverse frequencies as tensors. They are a function of the config, which
-# is where I take them from; these keys are recognised and deliberately not loaded.
-DERIVED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
-
-
-def apply_rules(name: str, rules):
-    """`name` renamed by the first of `rules`, (pattern, replacement) pairs, whose pattern matches at its start;
-    None if none does. Every host's names go through it."""
-    for pattern, repl in rules:
-        ours, n = re.subn("^" + pattern, repl, name)
-        if n:
-            return ours
-    return None
-
-
-def build_on_meta(path, make, what: str):
-    """make() on the meta device (no memory; load_staged fills it), or one CheckpointError naming the config.json
-    that could not build `what`."""
-    try:
-        with torch.device("meta"):
-            return make()
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}/config.json: cannot build {what} ({e})") from None
-
-
-def hf_to_ours(name: str):
-    return apply_rules(name, HF_TO_OURS)
-
-
-def hf_names(cfg: Config) -> list:
-    """Every tensor name a Hugging Face LlamaForCausalLM (or Qwen2ForCausalLM) with this config saves."""
-    names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if cfg.tie_embeddings else ["lm_head.weight"])
-    for i in range(cfg.n_layers):
-        p = f"model.layers.{i}."
-        for proj in ("q", "k", "v", "o"):
-            bias = cfg.attention_bias or (cfg.qkv_bias and proj != "o")
-            names += [p + f"self_attn.{proj}_proj.weight"] + ([p + f"self_attn.{proj}_proj.bias"] if bias else [])
-        for proj in ("gate", "up", "down"):
-            names += [p + f"mlp.{proj}_proj.weight"] + ([p + f"mlp.{proj}_proj.bias"] if cfg.mlp_bias else [])
-        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
-    return names
-
-
-# LLaVA-family checkpoints: where each part's tensors live, in the layouts transformers has written over time.
-#   language model   language_model.model.* + language_model.lm_head.*   (<= v4.51, and v5's save_pretrained)
-#                    model.language_model.* + lm_head.*                    (v4.52 .. v4.5x)
-#                    language_model.base_model.model.model.*               (a PEFT-wrapped model saved whole)
-#   vision tower     vision_tower.vision_model.*  or  vision_tower.*  (each possibly under "model.")
-#   projector        multi_modal_projector.linear_1 / linear_2
-VISION_TO_OURS = [
-    (r"embeddings\.patch_embedding\.", "patch."),
-    (r"embeddings\.class_embedding$", "cls"),
-    (r"embeddings\.position_embedding\.", "pos."),
-    (r"pre_layrnorm\.", "pre_norm."),
-    (r"post_layernorm\.", "post_norm."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.q_proj\.", r"layers.\1.wq."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.k_proj\.", r"layers.\1.wk."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.v_proj\.", r"layers.\1.wv."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"layers.\1.wo."),
-    (r"encoder\.layers\.(\d+)\.layer_norm1\.", r"layers.\1.norm1."),
-    (r"encoder\.layers\.(\d+)\.layer_norm2\.", r"layers.\1.norm2."),
-    (r"encoder\.layers\.(\d+)\.mlp\.fc1\.", r"layers.\1.fc1."),
-    (r"encoder\.layers\.(\d+)\.mlp\.fc2\.", r"layers.\1.fc2."),
-]
-LORA = re.compile(r"(.*)\.lora_([AB])(?:\.default)?\.weight")
-
-
-def llava_to_ours(name: str):
-    """A LLaVA-family tensor name -> our VideoLLM parameter name; "" for derived buffers; None if unknown.
-    LoRA tensors are not parameters and are handled by the caller."""
-    name = re.sub(r"^model\.(?=vision_tower|multi_modal_projector|language_model)", "", name)
-    if name.startswith("vision_tower."):
-        rest = re.sub(r"^vision_tower\.(vision_model\.)?", "", name)
-        if rest == "embeddings.position_ids":
-            return ""  # arange(P + 1), a buffer in old checkpoints
-        ours = apply_rules(rest, VISION_TO_OURS)
-        return None if ours is None else "vision." + ours
-    if name.startswith("multi_modal_projector."):
-        return "projector." + name[len("multi_modal_projector."):]
-    if name.startswith("language_model."):
-        rest = name[len("language_model."):]
-        rest = re.sub(r"^base_model\.model\.", "", rest)  # PEFT wrapper
-        rest = re.sub(r"\.base_layer\.", ".", rest)  # PEFT keeps the frozen weight as X.base_layer.weight
-        if re.match(r"(layers|embed_tokens|norm)\b", rest):
-            rest = "model." + rest  # the v4.52 layout drops the inner "model."
-        if DERIVED.fullmatch(rest):
-            return ""
-        ours = hf_to_ours(rest)
-        return None if ours is None else "llm." + ours
-    if name.startswith("lm_head."):  # the v4.52 layout keeps the head at the top level
-        return "llm." + hf_to_ours(name)
-    return None
-
-
-# The Q-Former video LLMs (minivtp/hosts/), by config.json's model_type: their names and loaders live there.
+# config.json's model_type -> the host file whose load(path, dtype, device, progress, lora_alpha) builds it
+HOSTS = {
+    "llava": llava, "pllava": llava, "tarsier": llava,  # the paper's hosts: CLIP tower, LLaMA decoder
+    "llava_onevision": llava_onevision, "llava_qwen": llava_onevision,  # transformers' / LLaVA-NeXT's layout
+    "instructblipvideo": instructblip, "st_llm_hf": stllm, "videochat2": videochat2,  # the Q-Former hosts (Tab. 8)
+}
 QFORMER_HOSTS = ("instructblipvideo", "st_llm_hf", "videochat2")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Loading: fill a meta-device model, strictly
-
-
-def set_parameter(model: nn.Module, name: str, tensor: torch.Tensor):
-    module_name, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(module_name), leaf, nn.Parameter(tensor, requires_grad=False))
-
-
-def load_into(model: nn.Module, files: list, rename, dtype, device, index: dict = None, progress=None) -> dict:
-    """Fill a meta-device `model` from safetensors `files`, strictly.
-
-    `rename(hf_name)` gives our parameter name, None for a tensor we do not know, or "" for one that is
-    recognised and deliberately skipped. Returns {"stored_dtypes": {...}, "n_tensors": int}.
-    """
-    expected = dict(model.named_parameters())  # ties appear once
-    filled, stored = {}, {}
-    for i, file in enumerate(files):
-        if progress:
-            progress(i, len(files), file)
-        with open_shard(file) as f:
-            for hf_name in f.keys():
-                ours = rename(hf_name)
-                if ours == "":
-                    continue
-                if ours is None or ours not in expected:
-                    raise CheckpointError(f"{file.name}: tensor {hf_name} does not belong to this model "
-                                          f"(no parameter {ours or '?'} in it)")
-                if index is not None and index.get(hf_name) != file.name:
-                    raise CheckpointError(f"{file.name}: tensor {hf_name} is not listed for this shard in the index")
-                if ours in filled:
-                    raise CheckpointError(f"{file.name}: tensor {hf_name} also appears in {filled[ours]}")
-                shape = tuple(f.get_slice(hf_name).get_shape())
-                want = tuple(expected[ours].shape)
-                if shape != want:
-                    raise CheckpointError(f"{file.name}: tensor {hf_name} has shape {list(shape)}, "
-                                          f"the config says {list(want)}")
-                kind = f.get_slice(hf_name).get_dtype()  # "BF16", "F32", ... as the file says
-                stored[kind] = stored.get(kind, 0) + 1
-                if str(device) == "meta":  # a structural check: shapes and names only, no data read
-                    t = torch.empty(shape, dtype=dtype or torch.float32, device="meta")
-                else:
-                    t = f.get_tensor(hf_name).to(device=device, dtype=dtype)
-                set_parameter(model, ours, t)
-                filled[ours] = file.name
-    missing = [name for name in expected if name not in filled]
-    if missing:
-        raise CheckpointError(f"{files[0].parent}: {len(missing)} parameter(s) not in any file, "
-                              f"first: {missing[0]}")
-    return {"stored_dtypes": stored, "n_tensors": len(filled)}
-
-
-def load_staged(model: nn.Module, files: list, rename, dtype, device, index=None, progress=None, stages=()) -> dict:
-    """`load_into`, for checkpoints that store some parameters in another shape or in pieces (the Q-Former hosts:
-    transformers' (1, Nq, Cq) queries, LAVIS's q_bias and v_bias beside a bias-free qkv).
-
-    Each stage is (our names, {stored name: stored shape}, make): while loading, the stored names are
-    parameters of `model` in place of ours, so `load_into` checks their shapes and that every one is filled; then
-    make({stored name: tensor}) returns the tensors for our names, in order."""
-    for ours, stored, _ in stages:
-        for name in ours:
-            module, _, leaf = name.rpartition(".")
-            delattr(model.get_submodule(module), leaf)
-        for name, shape in stored.items():
-            set_parameter(model, name, torch.empty(shape, device="meta"))
-    info = load_into(model, files, rename, dtype, device, index, progress)
-    for ours, stored, make in stages:
-        got = {}
-        for name in stored:
-            module, _, leaf = name.rpartition(".")
-            got[name] = model.get_parameter(name).data
-            delattr(model.get_submodule(module), leaf)
-        for name, t in zip(ours, make(got)):
-            set_parameter(model, name, t)
-    return info
 
 
 def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
@@ -326,103 +58,20 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
     return model.eval()
 
 
-HOST_TYPES = ("llava_onevision", "llava_qwen")  # minivtp/hosts/llava_onevision.py: transformers' / LLaVA-NeXT's
-
-
 def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None):
-    """A video LLM directory -> minivtp.vision.VideoLLM (LLaVA, PLLaVA, Tarsier), or a host of minivtp/hosts/
-    (LLaVA-OneVision, LLaVA-Video: minivtp.hosts.llava_onevision.LlavaOnevision; InstructBLIP-Video, ST-LLM,
-    VideoChat2: the Q-Former hosts, their loaders there). The toy loads with minivtp.toy.load.
-
-    Unmerged LoRA adapters (X.lora_A / X.lora_B beside X's weight) are merged at load time:
-    W = W + (lora_alpha / r) * B @ A. PLLaVA's released weights need this; its inference scripts pass
-    --lora_alpha 4 with r = 128 (docs/checkpoints.md). lora_alpha comes from, in order: the argument,
-    adapter_config.json in the directory, "lora_alpha" in config.json; with adapters and none of these, an error.
-    """
-    path, hf, files, index = open_checkpoint(path)
+    """A video LLM directory -> its host (minivtp/hosts/), with the contract every host keeps (hosts/__init__.py).
+    A config.json without a model_type of HOSTS but with a vision_config is read as plain LLaVA."""
+    path = Path(path)
+    hf = read_config(path) if path.is_dir() else open_checkpoint(path)  # open_checkpoint: "not a directory"
     kind = hf.get("model_type")
-    if kind in HOST_TYPES:  # LLaVA-OneVision / LLaVA-Video: their names and layouts live in their own file
-        from minivtp.hosts import llava_onevision
-        if lora_alpha is not None:
-            raise CheckpointError(f"{path}: --lora-alpha is for PLLaVA's adapters; a {kind} checkpoint has none")
-        return llava_onevision.load(path, hf, files, index, dtype, device, progress)
     if kind == "minivtp-toy":
-        raise CheckpointError(f"{path}: this is minivtp's toy video LLM, which answers through python -m minivtp.demo "
-                              "(from Python: minivtp.toy.load(path))")
-    if kind == "instructblipvideo":  # the Q-Former hosts: their loaders live with them, in minivtp/hosts/
-        from minivtp.hosts import instructblip
-        return instructblip.load(path, dtype, device, progress)
-    if kind == "st_llm_hf":
-        from minivtp.hosts import stllm
-        return stllm.load(path, dtype, device, progress)
-    if kind == "videochat2":
-        from minivtp.hosts import videochat2
-        return videochat2.load(path, dtype, device, progress, lora_alpha)
-    if kind not in ("llava", "pllava", "tarsier") and "vision_config" not in hf:
+        raise CheckpointError(f"{path}: this is minivtp's toy video LLM, which answers through python -m minivtp demo "
+                              "(from Python: minivtp.lab.toy.load(path))")
+    host = HOSTS.get(kind, llava if "vision_config" in hf else None)
+    if host is None:
         raise CheckpointError(f"{path}: model_type {kind!r} is not a video LLM minivtp knows "
-                              "(llava, pllava, tarsier)")
-    with torch.device("meta"):
-        model = VideoLLM.from_hf(hf)
-    lora = {}  # target parameter -> {"A": (file, name), "B": (file, name)}
-    current = {}
-
-    def rename(name):
-        m = LORA.fullmatch(name)
-        if m:
-            target = llava_to_ours(m.group(1) + ".weight")
-            if target is None:
-                raise CheckpointError(f"{current['file'].name}: LoRA tensor {name} adapts nothing this model has")
-            lora.setdefault(target, {})[m.group(2)] = (current["file"], name)
-            return ""
-        return llava_to_ours(name)
-
-    def track(i, n, file):
-        current["file"] = file
-        if progress:
-            progress(i, n, file)
-
-    info = load_into(model, files, rename, dtype, device, index, progress=track)
-    if model.llm.cfg.tie_embeddings:
-        model.llm.output.weight = model.llm.embed.weight
-    if lora:
-        info["lora_merged"] = merge_lora(model, lora, path, hf, lora_alpha, device)
-    model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)
-    return model.eval()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# LoRA: adapters merged into the weights they adapt
-
-
-def merge_lora(model, lora: dict, path: Path, hf: dict, lora_alpha, device) -> dict:
-    alpha = lora_alpha
-    adapter = path / "adapter_config.json"
-    if alpha is None and adapter.is_file():
-        alpha = json.loads(adapter.read_text()).get("lora_alpha")
-    if alpha is None:
-        alpha = hf.get("lora_alpha")
-    if alpha is None:
-        raise CheckpointError(f"{path}: holds unmerged LoRA adapters but no lora_alpha (give --lora-alpha on the "
-                              "command line or lora_alpha=... to load_video_llm; PLLaVA's scripts use 4)")
-    params = dict(model.named_parameters())
-    ranks = set()
-    for target, pair in sorted(lora.items()):
-        if set(pair) != {"A", "B"}:
-            raise CheckpointError(f"{path}: LoRA for {target} has only lora_{''.join(pair)}")
-        if str(device) == "meta":
-            continue
-        (fa, na), (fb, nb) = pair["A"], pair["B"]
-        A = open_shard(fa).get_tensor(na).float()  # (r, in)
-        B = open_shard(fb).get_tensor(nb).float()  # (out, r)
-        W = params[target]
-        if A.shape[1] != W.shape[1] or B.shape[0] != W.shape[0] or A.shape[0] != B.shape[1]:
-            raise CheckpointError(f"{fa.name}: LoRA {na} {list(A.shape)} / {nb} {list(B.shape)} do not fit "
-                                  f"{target} {list(W.shape)}")
-        r = A.shape[0]
-        ranks.add(r)
-        with torch.no_grad():  # subtle: merge in float32, then round once to the model's dtype
-            W.copy_((W.float() + (alpha / r) * (B.to(W.device) @ A.to(W.device))).to(W.dtype))
-    return dict(targets=len(lora), lora_alpha=alpha, ranks=sorted(ranks))
+                              f"({', '.join(sorted(HOSTS))})")
+    return host.load(path, dtype, device, progress, lora_alpha)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -486,7 +135,7 @@ def main(argv=None):
     try:
         # A structural check on the meta device: every name, shape and file, without reading 13 GB of data.
         hf = read_config(Path(argv[0])) if Path(argv[0]).is_dir() else {}
-        video_kinds = ("llava", "pllava", "tarsier", "minivtp-toy", *HOST_TYPES) + QFORMER_HOSTS
+        video_kinds = ("minivtp-toy", *HOSTS)
         if "vision_config" in hf or hf.get("model_type") in video_kinds:
             model = load_video_llm(argv[0], device="meta")
             print(describe_video(model))

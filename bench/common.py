@@ -30,7 +30,7 @@ import torch
 
 from minivtp.generate import Method, decode_one_token, prefill
 from minivtp.model import Config, Transformer
-from minivtp.vision import VideoLLM, VisionConfig
+from minivtp.hosts.llava import VideoLLM, VisionConfig
 from minivtp.vtp import VideoSpan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -605,7 +605,7 @@ def hf_models(text: dict, vision: dict, device, dtype, init=True):
 def hf_answer(clip, projector, llm, pixels, ids, n_new: int, pooling, image_token: int, **gen):
     """One question through transformers: CLIP (layer -2, no CLS), the projector, PLLaVA's pooling, the prompt
     spliced around the video, LlamaForCausalLM.generate (greedy, exactly n_new tokens). Returns the new ids."""
-    from minivtp.vision import pllava_pool
+    from minivtp.hosts.llava import pllava_pool
     dtype = next(llm.parameters()).dtype
     grid = clip.config.image_size // clip.config.patch_size
     h = clip(pixels.to(dtype), output_hidden_states=True).hidden_states[-2][:, 1:]  # (T, P, Cv)

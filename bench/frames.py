@@ -25,17 +25,17 @@ CHILD = """
 import resource, time
 t = time.perf_counter()
 if {how!r} == "minivtp":
-    from minivtp.vision import read_frames
+    from minivtp.hosts.frames import read_frames
     frames, _ = read_frames({path!r}, 16)
 else:
     import av, torch
-    from minivtp.vision import sample_indices
+    from minivtp.hosts.frames import sample_indices
     with av.open({path!r}) as c:
         every = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     frames = [torch.from_numpy(every[i]) for i in sample_indices(len(every), 16)]
 print(len(frames), time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
-BASELINE = "import resource; import torch, av, minivtp.vision; " \
+BASELINE = "import resource; import torch, av, minivtp.hosts.llava; " \
            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
 
 

@@ -24,7 +24,7 @@ Parts (--parts):
   transformers         the same question through transformers in a fresh process (`python -m bench.oneshot
                        --transformers-child`): the same shards loaded into CLIPVisionModel, PLLaVA's projector and
                        LlamaForCausalLM (LoRA merged as PEFT merges it), the same frames and preprocessing
-                       (minivtp.vision.preprocess), the prompt through `tokenizers`, CLIP, pooling, generate
+                       (minivtp.hosts.llava.preprocess), the prompt through `tokenizers`, CLIP, pooling, generate
                        (greedy, exactly N tokens, its default cache)
   transformers-static  the same with cache_implementation="static" (compiles the decode step: cold vs warm cache)
   eval-cache           python -m minivtp eval on --questions (3) questions of that video, compiled (eval's
@@ -175,8 +175,8 @@ def transformers_child(args):
     from safetensors.torch import load_file
     from tokenizers import Tokenizer
 
-    from minivtp.prompts import build_prompt
-    from minivtp.vision import pllava_pool, preprocess
+    from minivtp.hosts.prompts import build_prompt
+    from minivtp.hosts.llava import pllava_pool, preprocess
     import_s = time.perf_counter() - t
 
     t = time.perf_counter()

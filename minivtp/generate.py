@@ -16,7 +16,8 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from minivtp import baselines, vtp
+from minivtp import vtp
+from minivtp.rivals import baselines
 
 PAPER_LAYER = 10  # M used for PLLaVA and Tarsier multiple-choice runs (Sec. 4.3)
 METHODS = ("llm-vtp", "random", "complement", "fastv", "look-m")
@@ -210,7 +211,7 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
     The pruning is a Method, or its keywords (alpha=, layer=, head_pool=, ranking=, scores=, ...); alpha=1 keeps
     every video token, video=None skips scoring. Greedy unless temperature > 0.
 
-    `decoder` is where the fast path plugs in (minivtp/fast.py's FastDecoder, made for this model): an object
+    `decoder` is where the fast path plugs in (minivtp/fast/__init__.py's FastDecoder, made for this model): an object
     with `model`, `rest(x, cos, sin, pos, caches, start)` in place of model.forward_layers for layers M+1..L,
     and `steps(caches, new_tokens)`, a function (token, position) -> logits in place of decode_one_token. The
     same numbers, faster on a GPU. None: the functions of this file, as written.

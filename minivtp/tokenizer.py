@@ -32,7 +32,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from weights import read_json
+from minivtp.checkpoint import read_json
 
 SPACE = "\u2581"  # ▁
 BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")

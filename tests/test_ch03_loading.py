@@ -25,7 +25,7 @@ def test_name_table_maps_every_llama_tensor():
     assert weights.hf_to_ours("model.layers.1.self_attn.q_norm.weight") is None
 
 
-# ---- the attention look (minivtp/text_frames.py) against transformers' own attention weights -----------------
+# ---- the attention look (minivtp/lab/text_frames.py) against transformers' own attention weights -----------------
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def smol(smollm2):
 
 
 def test_the_frames_prompt_is_the_whole_text_encoded_and_its_rows_are_right(smol):
-    from minivtp import text_frames
+    from minivtp.lab import text_frames
     _, _, tok = smol
     for target in (0, 5):
         ids, rows = text_frames.frames_prompt(tok, target)
@@ -56,7 +56,7 @@ def test_the_frames_prompt_is_the_whole_text_encoded_and_its_rows_are_right(smol
 def test_the_attention_look_equals_transformers_attention_weights(smol):
     import torch
 
-    from minivtp import text_frames
+    from minivtp.lab import text_frames
     ours, hf, tok = smol
 
     def hf_attention(model, ids, rows):  # the twin of question_attention, from transformers' returned weights

@@ -3,7 +3,7 @@
 import torch
 from tutorial import run_chapter
 
-from minivtp import toy
+from minivtp.lab import toy
 from minivtp.vtp import layer_attention
 
 

@@ -3,7 +3,7 @@
 import torch
 from tutorial import run_chapter
 
-from minivtp.vision import pllava_pool
+from minivtp.hosts.llava import pllava_pool
 
 
 def test_chapter_runs_and_prints_what_it_shows():

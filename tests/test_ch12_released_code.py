@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tutorial import run_chapter
 
-from minivtp import toy
-from minivtp.experiments import ALPHAS, RULES, measure, table
+from minivtp.lab import toy
+from minivtp.lab.experiments import ALPHAS, RULES, measure, table
 from minivtp.generate import Method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_the_table_is_the_measurement_of_each_rule(chapter):
 
 
 def test_experiments_prints_the_variant_table_from_the_same_function(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "minivtp.experiments", "--n", "4", "--seed", "3", "--json",
+    run = subprocess.run([sys.executable, "-m", "minivtp", "experiments", "--n", "4", "--seed", "3", "--json",
                           "--variant", "released", "--plot", str(tmp_path / "p.png")], capture_output=True, text=True,
                          cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr

@@ -1,5 +1,5 @@
 """python -m minivtp eval: MVBench's format and letter rule, resumable, one process or two (torchrun, gloo), bad
-questions recorded instead of crashing, and the exported toy benchmark agreeing with python -m minivtp.experiments."""
+questions recorded instead of crashing, and the exported toy benchmark agreeing with python -m minivtp.lab.experiments."""
 
 import json
 from pathlib import Path
@@ -10,8 +10,9 @@ from safetensors.torch import save_file
 
 from conftest import eval_cmd
 
-from minivtp import evaluate, toy
-from minivtp.experiments import measure
+from minivtp.evaluation import loop as evaluate
+from minivtp.lab import toy
+from minivtp.lab.experiments import measure
 from minivtp.generate import Method
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from minivtp import baselines, explore, toy, vtp
+from minivtp import vtp
+from minivtp.rivals import baselines
+from minivtp.lab import explore, toy
 from minivtp.flops import prefill_flops
 from minivtp.generate import Method, generate
 
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     out = tmp_path_factory.mktemp("explore") / "explore.html"
-    run = subprocess.run([sys.executable, "-m", "minivtp.explore", "--out", str(out), "--seed", "77"],
+    run = subprocess.run([sys.executable, "-m", "minivtp", "explore", "--out", str(out), "--seed", "77"],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr
     html = out.read_text()
@@ -150,14 +152,14 @@ def test_the_page_for_a_video_llm_checkpoint(llava, tmp_path):
     frames = tmp_path / "clip.safetensors"
     save_file({"frames": torch.randint(0, 256, (6, 32, 40, 3), dtype=torch.uint8)}, frames)
     out = tmp_path / "p.html"
-    run = subprocess.run([sys.executable, "-m", "minivtp.explore", "--weights", str(llava[1]), "--video", str(frames),
+    run = subprocess.run([sys.executable, "-m", "minivtp", "explore", "--weights", str(llava[1]), "--video", str(frames),
                           "--question", "What is it?", "--device", "cpu", "--out", str(out)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stderr
     data = json.loads(re.search(r"const data = (\{.*?\});\n", out.read_text(), re.S).group(1).replace("<\\/", "</"))
     assert data["T"] == 2 and data["Nv"] == 4 and data["grid"] == [2, 2] and len(data["frames"]) == 2
     assert len(data["scores"]["max"]) == 3 and len(data["scores"]["max"][0]) == 8
-    bad = subprocess.run([sys.executable, "-m", "minivtp.explore", "--weights", str(llava[1]), "--out", str(out)],
+    bad = subprocess.run([sys.executable, "-m", "minivtp", "explore", "--weights", str(llava[1]), "--out", str(out)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --weights needs --video and --question"
 

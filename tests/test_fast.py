@@ -1,4 +1,4 @@
-"""The fast path (minivtp/fast.py) against the readable one: the same tokens and logits.
+"""The fast path (minivtp/fast/__init__.py) against the readable one: the same tokens and logits.
 
 On a CPU the graphs are not captured (GraphDecode and PrefillTail run their functions directly), so the tests
 here check the logic: static slots, positions after pruning, padded prefill tails, compiles. The class at the
@@ -286,7 +286,7 @@ def check_kernels_bf16(device):
     where torch rounds), k and v in the slot start + step and nowhere else, the step's mask as causal_mask's;
     RMSNorm and SwiGLU within one bf16 step (2^-7 relative: a float32 sum in another order, another exp) in under
     1% of the elements. On CUDA (TestOnGPU) and in Triton's interpreter on a CPU."""
-    from minivtp import triton_kernels as K
+    from minivtp.fast import triton_kernels as K
     from minivtp.model import apply_rope, causal_mask, rms_norm, swiglu
     torch.manual_seed(3)
     bf = dict(device=device, dtype=torch.bfloat16)
@@ -452,7 +452,7 @@ ROUND_ON_CPU = r"""
 import os, torch
 os.environ["TRITON_INTERPRET"] = "1"
 import triton, triton.language as tl
-from minivtp.triton_kernels import _round
+from minivtp.fast.triton_kernels import _round
 
 @triton.jit
 def rounded(X, Y, n, BLOCK: tl.constexpr):
@@ -497,7 +497,7 @@ def test_rope_kernel_rounds_each_product_when_compiled_for_a_gpu():
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from minivtp import triton_kernels as K
+    from minivtp.fast import triton_kernels as K
     target = GPUTarget("cuda", 90, 32)
     for dt in ("bf16", "fp16", "fp32"):
         sig = {"QKV": f"*{dt}", "COS": f"*{dt}", "SIN": f"*{dt}", "Q": f"*{dt}", "K": f"*{dt}", "V": f"*{dt}",

@@ -53,7 +53,7 @@ def test_pllava_preset_against_the_paper():
 
 
 def test_cli_json():
-    out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", "pllava-7b", "--alpha", "0.2",
+    out = subprocess.run([sys.executable, "-m", "minivtp", "flops", "--preset", "pllava-7b", "--alpha", "0.2",
                           "--layer", "5", "--json"], capture_output=True, text=True, check=True)
     d = json.loads(out.stdout)
     assert {"flops_full", "flops_pruned", "ratio"} <= d.keys()
@@ -61,7 +61,7 @@ def test_cli_json():
 
 
 def test_cli_rejects_bad_layer():
-    out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--layer", "40"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "minivtp", "flops", "--layer", "40"], capture_output=True, text=True)
     assert out.returncode != 0 and "layer=40 is outside 1..32" in out.stderr
 
 
@@ -94,11 +94,11 @@ def test_rivals_against_the_paper_tab3():
 
 
 def test_cli_method_and_bad_keep():
-    out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--method", "prumerge+", "--keep", "0.365", "--json"],
+    out = subprocess.run([sys.executable, "-m", "minivtp", "flops", "--method", "prumerge+", "--keep", "0.365", "--json"],
                          capture_output=True, text=True, check=True)
     d = json.loads(out.stdout)
     assert d["method"] == "prumerge+" and d["kept_video_rows"] == round(0.365 * 2304)
-    bad = subprocess.run([sys.executable, "-m", "minivtp.flops", "--method", "prumerge+", "--keep", "1.5"],
+    bad = subprocess.run([sys.executable, "-m", "minivtp", "flops", "--method", "prumerge+", "--keep", "1.5"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "keep=1.5 is outside (0, 1]" in bad.stderr
 
@@ -129,11 +129,11 @@ def test_host_presets_have_the_hosts_own_shapes(preset, pool, rows):
                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6,
                     max_position_embeddings=32768, rms_norm_eps=1e-6, use_sliding_window=False, sliding_window=None)
     assert config_from_hf(qwen2_7b) == p["cfg"]
-    out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", preset, "--json"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "minivtp", "flops", "--preset", preset, "--json"], capture_output=True,
                          text=True)
     d = json.loads(out.stdout)
     assert d["video_rows"] == p["frames"] * rows and d["prompt_rows"] == 14 + p["frames"] * rows + p["question"]
-    bad = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", preset, "--method", "prumerge+"],
+    bad = subprocess.run([sys.executable, "-m", "minivtp", "flops", "--preset", preset, "--method", "prumerge+"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "has none" in bad.stderr
 
@@ -147,7 +147,7 @@ def test_readme_tab8_rows_are_what_the_command_prints():
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         args = cells[0].strip("`").split()
-        out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", *args, "--alpha", "0.1", "--layer",
+        out = subprocess.run([sys.executable, "-m", "minivtp", "flops", "--preset", *args, "--alpha", "0.1", "--layer",
                               "10", "--json"], capture_output=True, text=True, check=True)
         d = json.loads(out.stdout)
         assert cells[1].startswith(str(d["prompt_rows"]))
@@ -170,6 +170,6 @@ def test_qformer_presets_layout_and_the_bound_the_paper_sits_on():
 
 
 def test_prumerge_on_a_qformer_preset_is_an_error():
-    out = subprocess.run([sys.executable, "-m", "minivtp.flops", "--preset", "st-llm", "--method", "prumerge+"],
+    out = subprocess.run([sys.executable, "-m", "minivtp", "flops", "--preset", "st-llm", "--method", "prumerge+"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "PruMerge+ does not apply to st-llm" in out.stderr and "[CLS]" in out.stderr

@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 import weights
-from minivtp import png
-from minivtp.vision import preprocess, preprocess_one, read_frames, sample_indices
+from minivtp.lab import png
+from minivtp.hosts.frames import read_frames, sample_indices
+from minivtp.hosts.llava import preprocess, preprocess_one
 
 av = pytest.importorskip("av", reason="PyAV reads video files: pip install -e .[test]")
 

@@ -6,7 +6,7 @@ import torch
 from conftest import write_llama, write_llama_tokenizer
 
 from minivtp.__main__ import main
-from minivtp.prompts import VICUNA_SYSTEM, chat_prompt
+from minivtp.hosts.prompts import VICUNA_SYSTEM, chat_prompt
 from minivtp.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")

@@ -45,14 +45,14 @@ def test_the_import_graph_has_no_circle():
 
     for node in graph:
         visit(node, [])
-    assert "weights" in graph["minivtp.toy"]  # the toy loads through the loader's pieces, not the other way
+    assert "minivtp.checkpoint" in graph["minivtp.lab.toy"]  # the toy loads through the loader's pieces, not the other way
 
 
 def test_the_lower_rooms_do_not_know_the_upper_ones():
     # model.py knows nothing of the method, vtp.py nothing of generation, weights.py no model kind but its own
     assert local_imports(ROOT / "minivtp/model.py") == set()
     assert local_imports(ROOT / "minivtp/vtp.py") <= {"minivtp.model"}
-    assert not {m for m in local_imports(ROOT / "weights.py")} & {"minivtp.toy", "minivtp.generate", "minivtp.demo"}
+    assert not {m for m in local_imports(ROOT / "weights.py")} & {"minivtp.lab.toy", "minivtp.generate", "minivtp.lab.demo"}
 
 
 def test_demo_and_answer_print_no_warning_even_without_numpy(tmp_path):
@@ -61,7 +61,7 @@ def test_demo_and_answer_print_no_warning_even_without_numpy(tmp_path):
     import sys
     block_numpy = "import sys, runpy; sys.modules['numpy'] = None; sys.argv = {argv!r}; runpy.run_module({mod!r}, run_name='__main__')"
     demo = subprocess.run([sys.executable, "-c", block_numpy.format(argv=["demo", "--out", str(tmp_path / "d.png")],
-                                                                   mod="minivtp.demo")],
+                                                                   mod="minivtp.lab.demo")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert demo.returncode == 0, demo.stderr
     assert demo.stderr == "", demo.stderr
@@ -72,7 +72,7 @@ def test_demo_and_answer_print_no_warning_even_without_numpy(tmp_path):
 
 
 def test_the_readable_core_knows_nothing_of_the_fast_path():
-    # model.py and generate.py hold what the paper says; minivtp/fast.py plugs in at generate's `decoder` only
+    # model.py and generate.py hold what the paper says; minivtp/fast/__init__.py plugs in at generate's `decoder` only
     core = ("model", "generate", "vtp", "baselines")
     for name in core:
         assert not {m for m in local_imports(ROOT / f"minivtp/{name}.py") if m.startswith("minivtp.fast")}, name

@@ -396,7 +396,7 @@ def test_explore_page_places_each_video_token_on_the_pooled_grid(onevision, clip
         w = llava_next_layout(d, tmp_path / "video", mm_newline_position="grid", mm_spatial_pool_mode="average",
                               num_frames=2)
     out = tmp_path / "p.html"
-    r = subprocess.run([sys.executable, "-m", "minivtp.explore", "--weights", str(w), "--video", str(clip),
+    r = subprocess.run([sys.executable, "-m", "minivtp", "explore", "--weights", str(w), "--video", str(clip),
                         "--question", "What is it?", "--device", "cpu", "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -410,7 +410,7 @@ def test_explore_page_places_each_video_token_on_the_pooled_grid(onevision, clip
 
 
 def test_cli_heatmap_on_llava_video_grid_layout(onevision, clip, tmp_path):
-    from minivtp import png
+    from minivtp.lab import png
     nxt = llava_next_layout(onevision[0], tmp_path / "video", mm_newline_position="grid",
                             mm_spatial_pool_mode="average", num_frames=2)
     out = run("answer", "--weights", nxt, "--video", clip, "--question", "What?", "--alpha", 0.5, "--layer", 2,
@@ -423,7 +423,7 @@ def test_cli_heatmap_on_llava_video_grid_layout(onevision, clip, tmp_path):
 
 def test_the_worked_examples_in_the_host_files_run():
     import doctest
-    from minivtp import prompts
+    from minivtp.hosts import prompts
     from minivtp.hosts import llava_onevision
     for module in (siglip, llava_onevision, prompts):
         result = doctest.testmod(module)

@@ -226,7 +226,7 @@ def test_answer_with_the_released_variant_says_when_a_frame_keeps_nothing(llava,
 
 
 def test_eval_with_the_released_variant_answers_as_generate_does(tmp_path):
-    from minivtp import toy
+    from minivtp.lab import toy
     bench = tmp_path / "bench"
     toy.export_mvbench(bench, n=12, seed=99)
     model = toy.load()

@@ -13,7 +13,7 @@ from test_tokenizer import BYTE_LEVEL_TEXTS
 
 import weights
 from minivtp.generate import Method, generate
-from minivtp.prompts import chat_prompt
+from minivtp.hosts.prompts import chat_prompt
 from minivtp.tokenizer import Tokenizer
 from minivtp.vtp import VideoSpan, n_keep
 
@@ -142,7 +142,7 @@ def fake_conversion(tmp_path, monkeypatch):
     """smollm2.checkpoint with a stand-in conversion: two of them meet halfway, or one fails there."""
     import threading
 
-    from minivtp import smollm2 as real
+    from minivtp.lab import smollm2 as real
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
     monkeypatch.setattr(real, "gguf_file", lambda: gguf)
@@ -185,7 +185,7 @@ def test_a_conversion_that_breaks_leaves_nothing_half_written(fake_conversion):
 def test_without_the_package_the_reason_says_how_to_get_it(monkeypatch):
     import importlib.metadata
 
-    from minivtp import smollm2 as real
+    from minivtp.lab import smollm2 as real
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)

@@ -267,7 +267,7 @@ def test_cli_answer_and_prumerge_on_st_llm(stllm, tmp_path):
 def test_weights_cli_and_the_explorer_on_st_llm(stllm, tmp_path):
     from test_qformer_hosts import run_main
 
-    from minivtp import explore
+    from minivtp.lab import explore
     d, _, _ = stllm
     out = run_main(weights.main, d)  # python weights.py DIR
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import weights
-from minivtp import png, toy
+from minivtp.lab import png, toy
 from minivtp.generate import Method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_the_claim_on_a_fresh_seed(shipped):
     # 2024 and 7) give all tokens 1.000, LLM-VTP at alpha 0.1 0.99-1.00 (the named patch kept in 99-100%), random
     # about 0.4 and the complement below random. The margins here are wider than those numbers need, for 100
     # questions' noise: a binomial standard error at 100 is at most 0.05.
-    from minivtp.experiments import measure
+    from minivtp.lab.experiments import measure
     g = torch.Generator().manual_seed(31337)
     samples = [toy.make_sample(g) for _ in range(100)]
     M = toy.DEFAULT_LAYER
@@ -103,13 +103,13 @@ def test_the_claim_on_a_fresh_seed(shipped):
 def test_toy_checkpoint_is_refused_by_the_other_loaders_with_a_clear_error():
     with pytest.raises(ValueError, match="model_type 'minivtp-toy' is not a LLaMA or Qwen2 decoder"):
         weights.load(toy.ASSETS)
-    with pytest.raises(ValueError, match=r"toy video LLM.*minivtp.toy.load"):
+    with pytest.raises(ValueError, match=r"toy video LLM.*minivtp.lab.toy.load"):
         weights.load_video_llm(toy.ASSETS)
 
 
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo.png"
-    run = subprocess.run([sys.executable, "-m", "minivtp.demo", "--out", str(out), "--seed", "40"],
+    run = subprocess.run([sys.executable, "-m", "minivtp", "demo", "--out", str(out), "--seed", "40"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
@@ -122,7 +122,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_demo_bad_value_is_one_line(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "minivtp.demo", "--layer", "9", "--out", str(tmp_path / "x.png")],
+    run = subprocess.run([sys.executable, "-m", "minivtp", "demo", "--layer", "9", "--out", str(tmp_path / "x.png")],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 2 and run.stderr.strip() == "error: layer=9 is outside 1..4 (M counts decoder layers " \
         "from 1, as in the paper)"
@@ -142,7 +142,7 @@ def test_png_writer_roundtrip(tmp_path):
 
 def test_experiments_json_and_plot(tmp_path):
     plot = tmp_path / "acc.png"
-    run = subprocess.run([sys.executable, "-m", "minivtp.experiments", "--n", "8", "--seed", "5", "--json",
+    run = subprocess.run([sys.executable, "-m", "minivtp", "experiments", "--n", "8", "--seed", "5", "--json",
                           "--plot", str(plot)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stderr
     res = __import__("json").loads(run.stdout)
@@ -150,6 +150,6 @@ def test_experiments_json_and_plot(tmp_path):
     assert {"llm-vtp", "random", "complement"} <= set(res["alpha_0.1"])
     assert res["alpha_0.1"]["llm-vtp"] == res["grid"][f"llm-vtp a=0.1 M={toy.DEFAULT_LAYER}"]
     assert png.read_png_size(plot) == (460, 300)
-    bad = subprocess.run([sys.executable, "-m", "minivtp.experiments", "--n", "0"], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "minivtp", "experiments", "--n", "0"], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --n 0 must be at least 1"

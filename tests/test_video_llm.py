@@ -15,8 +15,8 @@ from conftest import GRID, transformers
 from safetensors.torch import load_file, save_file
 
 import weights
-from minivtp import png
-from minivtp.vision import pllava_pool, preprocess, tarsier_layout
+from minivtp.lab import png
+from minivtp.hosts.llava import pllava_pool, preprocess, tarsier_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,9 +163,9 @@ def test_cli_answers_with_llm_vtp(llava, tmp_path):
     assert "loading shard 1/1" in out.stderr
     # the answer is the one generate() gives in this process for the same frames, prompt and method, decoded
     from minivtp.generate import generate
-    from minivtp.prompts import build_prompt
+    from minivtp.hosts.prompts import build_prompt
     from minivtp.tokenizer import Tokenizer
-    from minivtp.vision import read_frames
+    from minivtp.hosts.frames import read_frames
     model, tok = weights.load_video_llm(pllava), Tokenizer.from_file(pllava)
     frames, _ = read_frames(video, model.frames)
     ids = torch.tensor(tok.encode(build_prompt(model.arrangement, "What is the man doing?")))
@@ -239,7 +239,7 @@ def test_weights_cli_describes_a_video_llm(llava):
 
 
 def test_video_file_without_pyav_names_the_extra(tmp_path, monkeypatch):
-    from minivtp.vision import read_frames
+    from minivtp.hosts.frames import read_frames
     monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"\x00" * 64)

@@ -10,7 +10,7 @@ either a test is missing or the change means nothing (an equivalent mutant). Eac
 What it mutates, and why only that:
 - minivtp/vtp.py, all of it: the paper's Eq. 4-8.
 - minivtp/generate.py, all of it: Method, choose, prefill, decode_one_token, pick, generate. (The GPU machinery,
-  CUDA graphs and compiled steps, lives in minivtp/fast.py and is left out: it runs only on a GPU or under
+  CUDA graphs and compiled steps, lives in minivtp/fast/__init__.py and is left out: it runs only on a GPU or under
   torch.compile, which the fast subset leaves out, so its mutants would survive for want of a GPU.)
 - minivtp/model.py's rms_norm and RMSNorm: the norm the numerics rule is about.
 

@@ -32,8 +32,12 @@ from minivtp.hosts.eva_vit import EvaConfig, EvaViT
 from minivtp.hosts.qformer import QFormer, QFormerConfig, WordPiece
 from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
-from minivtp.vision import preprocess, sample_indices
+from minivtp.hosts.frames import sample_indices
+from minivtp.hosts.llava import preprocess
+from minivtp.hosts.prompts import ANSWER_PROMPT, POST_QUERY
 from minivtp.vtp import VideoSpan
+from minivtp import checkpoint
+from minivtp.hosts import llava
 
 PRUMERGE_ERROR = ("PruMerge+ cannot run on a Q-Former host: it ranks patches by the vision tower's [CLS] attention, "
                   "and what this LLM reads are the Q-Former's query tokens, none of which is a [CLS] (paper, Sec. 4.2 "
@@ -122,7 +126,6 @@ class QFormerVideoLLM(nn.Module):
     def prompt_ids(self, tok, question: str, mvbench: bool = False) -> list:
         """transformers' processor: the video first, then <s> and the text as it is. InstructBLIP has no MVBench
         template of its own: for `eval`, PLLaVA's post-query and answer prompt follow the question (our choice)."""
-        from minivtp.evaluate import ANSWER_PROMPT, POST_QUERY
         return [self.image_token] + tok.encode(question + (POST_QUERY + "\n" + ANSWER_PROMPT if mvbench else ""))
 
     def qformer_text(self, question: str, mvbench: bool = False) -> str:
@@ -137,7 +140,6 @@ def hf_to_ours(name: str):
     """An InstructBlipVideo tensor name -> our parameter name; "" for a derived buffer; None if unknown."""
     import re
 
-    import weights
 
     rules = [
         (r"vision_model\.embeddings\.class_embedding$", "vision.cls"),
@@ -152,12 +154,12 @@ def hf_to_ours(name: str):
         (r"language_projection\.", "projector."),
     ] + [(p.replace("QF", r"qformer\."), r) for p, r in QFORMER_RULES]
     name = re.sub(r"^model\.(?=vision_model|qformer|query_tokens|language_projection|language_model)", "", name)
-    ours = weights.apply_rules(name, rules)
+    ours = checkpoint.apply_rules(name, rules)
     if ours is not None:
         return ours + "_stored" if ours in SQUEEZE else ours  # loaded at their stored shape, then squeezed
     if name == "qformer.embeddings.position_ids":
         return ""
-    return weights.llava_to_ours(name)  # language_model.* and lm_head.*, in every layout transformers wrote
+    return llava.llava_to_ours(name)  # language_model.* and lm_head.*, in every layout transformers wrote
 
 
 # The Q-Former's names, transformers' ("attention.attention") and LAVIS's ("attention.self", ST-LLM) alike;
@@ -199,14 +201,14 @@ QKV = {"query": "wq", "key": "wk", "value": "wv"}
 SQUEEZE = ("qformer.query", "vision.cls", "vision.pos")
 
 
-def load(path, dtype=torch.float32, device="cpu", progress=None) -> QFormerVideoLLM:
+def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None) -> QFormerVideoLLM:
     """A directory transformers' InstructBlipVideoForConditionalGeneration.save_pretrained wrote -> QFormerVideoLLM.
     A `qformer_tokenizer/vocab.txt` beside it (the processor's save_pretrained) gives the Q-Former's tokenizer."""
-    import weights
 
-    path, hf, files, index = weights.open_checkpoint(path)
-    model = weights.build_on_meta(path, lambda: QFormerVideoLLM.from_hf(hf), "an InstructBLIP-Video model")
-    info = weights.load_staged(model, files, hf_to_ours, dtype, device, index, progress, squeezed(model, SQUEEZE))
+    path, hf, files, index = checkpoint.open_checkpoint(path)
+    checkpoint.no_lora(path, hf, lora_alpha)
+    model = checkpoint.build_on_meta(path, lambda: QFormerVideoLLM.from_hf(hf), "an InstructBLIP-Video model")
+    info = checkpoint.load_staged(model, files, hf_to_ours, dtype, device, index, progress, squeezed(model, SQUEEZE))
     if model.llm.cfg.tie_embeddings:
         model.llm.output.weight = model.llm.embed.weight
     if (Path(path) / "qformer_tokenizer" / "vocab.txt").is_file():
@@ -216,7 +218,7 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> QFormerVideo
 
 
 def squeezed(model, names) -> list:
-    """weights.load_staged's stages for tensors stored with leading 1s: (1, Nq, Cq) fills our (Nq, Cq), nothing else."""
+    """checkpoint.load_staged's stages for tensors stored with leading 1s: (1, Nq, Cq) fills our (Nq, Cq), nothing else."""
     stages = []
     for name in names:
         shape = tuple(model.get_parameter(name).shape)

@@ -39,12 +39,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-import weights
+from minivtp import checkpoint
 from minivtp.hosts.siglip import SIGLIP_MEAN, SIGLIP_STD, SiglipConfig, SiglipTower, preprocess, siglip_to_ours
 from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
-from minivtp.vision import Projector
+from minivtp.hosts.llava import Projector
 from minivtp.vtp import VideoSpan
+from minivtp.hosts import llava
 
 POOL_MODES = ("bilinear", "average", "max")
 NEWLINES = ("one_token", "grid", "frame", "no_token")
@@ -208,7 +209,7 @@ def transformers_to_ours(name: str):
         return ours and "vision." + ours  # "" stays "", None stays None
     if name.startswith("multi_modal_projector."):
         return "projector." + name[len("multi_modal_projector."):]
-    return weights.llava_to_ours(name)  # language_model.* and lm_head.*, every transformers layout
+    return llava.llava_to_ours(name)  # language_model.* and lm_head.*, every transformers layout
 
 
 def llava_next_to_ours(name: str):
@@ -222,14 +223,16 @@ def llava_next_to_ours(name: str):
         return f"projector.linear_{1 if m.group(1) == '0' else 2}.{m.group(2)}"
     if name == "model.image_newline":
         return "image_newline"
-    if weights.DERIVED.fullmatch(name):
+    if checkpoint.DERIVED.fullmatch(name):
         return ""
-    ours = weights.hf_to_ours(name)
+    ours = checkpoint.hf_to_ours(name)
     return None if ours is None else "llm." + ours
 
 
-def load(path, hf: dict, files, index, dtype=torch.float32, device="cpu", progress=None) -> LlavaOnevision:
-    """A ready host from an opened checkpoint directory (weights.load_video_llm calls this)."""
+def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None) -> LlavaOnevision:
+    """A ready host from its checkpoint directory (weights.load_video_llm calls this)."""
+    path, hf, files, index = checkpoint.open_checkpoint(path)
+    checkpoint.no_lora(path, hf, lora_alpha)
     original = hf.get("model_type") == "llava_qwen"
     # the normalisation the processor saved beside the weights (video first: that is what videos go through)
     pre = next((f for f in (path / "video_preprocessor_config.json", path / "preprocessor_config.json") if f.is_file()),
@@ -239,11 +242,11 @@ def load(path, hf: dict, files, index, dtype=torch.float32, device="cpu", progre
             if original:
                 model = LlavaOnevision.from_llava_next(hf)
             else:
-                model = LlavaOnevision.from_transformers(hf, weights.read_json(pre) if pre else None)
+                model = LlavaOnevision.from_transformers(hf, checkpoint.read_json(pre) if pre else None)
         except ValueError as e:
-            raise weights.CheckpointError(f"{path / 'config.json'}: {e}") from None
+            raise checkpoint.CheckpointError(f"{path / 'config.json'}: {e}") from None
     rename = llava_next_to_ours if original else transformers_to_ours
-    info = weights.load_into(model, files, rename, dtype, device, index, progress)
+    info = checkpoint.load_into(model, files, rename, dtype, device, index, progress)
     if model.llm.cfg.tie_embeddings:
         model.llm.output.weight = model.llm.embed.weight
     model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)

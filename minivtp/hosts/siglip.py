@@ -13,7 +13,7 @@ The tokens of one frame, row by row of the patch grid (what the host pools and p
     ...
     row 26       p(26,0)          ...  p(26,26)
 
-How it differs from CLIP (minivtp/vision.py), each a place where reusing the CLIP tower would be silently wrong:
+How it differs from CLIP (minivtp/hosts/llava.py), each a place where reusing the CLIP tower would be silently wrong:
 no class token (so "drop CLS" must not happen, and PruMerge+'s class attention has nothing to read), no
 pre-norm, a patch conv with a bias, LayerNorm eps 1e-6, tanh-approximated GELU, and the image resized to a
 square with no centre crop. The blocks themselves are CLIP's (vision.VisionBlock) with that activation.
@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minivtp.vision import ACTIVATIONS, VisionBlock
-from weights import VISION_TO_OURS, apply_rules
+from minivtp.hosts.llava import ACTIVATIONS, VISION_TO_OURS, VisionBlock
+from minivtp.checkpoint import apply_rules
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)  # LLaVA-NeXT's SigLipImageProcessor, and transformers' SiglipImageProcessor
 SIGLIP_STD = (0.5, 0.5, 0.5)

@@ -43,9 +43,10 @@ from einops import rearrange
 from torch import nn
 
 from minivtp.hosts.eva_vit import EvaAttention, EvaBlock, EvaConfig, EvaViT
-from minivtp.hosts.instructblip import QFORMER_RULES, QFormerVideoLLM, lavis_block_rules
+from minivtp.hosts.instructblip import QFORMER_RULES, QFormerVideoLLM, lavis_block_rules, squeezed
 from minivtp.hosts.qformer import QFormerConfig, WordPiece
 from minivtp.hf_config import config_from_hf
+from minivtp import checkpoint
 
 # The MVBench prompt of ST-LLM's mv_bench.py (system_llm is on by default: its flag is store_false)
 SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement "
@@ -179,16 +180,15 @@ def stllm_to_ours(name: str):
     """An ST-LLM tensor name -> our parameter name; "" for what is deliberately skipped; None if unknown."""
     import re
 
-    import weights
 
     if name.startswith("model.stllm_model."):
         rest = name[len("model.stllm_model."):]
         if any(re.fullmatch(p, rest) for p in SKIPPED):
             return ""
-        return weights.apply_rules(rest, LAVIS_RULES)
-    if weights.DERIVED.fullmatch(name):
+        return checkpoint.apply_rules(rest, LAVIS_RULES)
+    if checkpoint.DERIVED.fullmatch(name):
         return ""
-    ours = weights.hf_to_ours(name)  # model.layers.* etc., LlamaForCausalLM's names
+    ours = checkpoint.hf_to_ours(name)  # model.layers.* etc., LlamaForCausalLM's names
     return None if ours is None else "llm." + ours
 
 
@@ -222,17 +222,16 @@ def qkv_bias_stages(model: STLLM) -> list:
     return stages
 
 
-def load(path, dtype=torch.float32, device="cpu", progress=None) -> STLLM:
+def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None) -> STLLM:
     """An ST-LLM directory (its released weights converted to safetensors, docs/checkpoints.md) -> STLLM."""
     from pathlib import Path
 
-    import weights
-    from minivtp.hosts.instructblip import squeezed
-
-    path, hf, files, index = weights.open_checkpoint(path)
-    model = weights.build_on_meta(path, lambda: from_config(hf), "ST-LLM")
+    
+    path, hf, files, index = checkpoint.open_checkpoint(path)
+    checkpoint.no_lora(path, hf, lora_alpha)
+    model = checkpoint.build_on_meta(path, lambda: from_config(hf), "ST-LLM")
     stages = squeezed(model, ("qformer.query", "vision.vit.cls", "vision.vit.pos", "vision.adapter.cls"))
-    info = weights.load_staged(model, files, stllm_to_ours, dtype, device, index, progress,
+    info = checkpoint.load_staged(model, files, stllm_to_ours, dtype, device, index, progress,
                                stages + qkv_bias_stages(model))
     if model.llm.cfg.tie_embeddings:
         model.llm.output.weight = model.llm.embed.weight

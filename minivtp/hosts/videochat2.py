@@ -36,6 +36,8 @@ from minivtp.hosts.qformer import QFormerConfig, WordPiece
 from minivtp.hosts.umt import UMT, UMTConfig
 from minivtp.hf_config import config_from_hf
 from minivtp.vtp import VideoSpan
+from minivtp import checkpoint
+from minivtp.hosts import llava
 
 SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement "
           "of objects, and the action and pose of persons. Based on your observations, select the best option that "
@@ -98,19 +100,18 @@ LAVIS_RULES = [
 def videochat2_to_ours(name: str):
     import re
 
-    import weights
 
     if re.fullmatch(r"qformer\.bert\.embeddings\.position_ids", name):
         return ""
-    ours = weights.apply_rules(name, LAVIS_RULES)
+    ours = checkpoint.apply_rules(name, LAVIS_RULES)
     if ours is not None:
         return ours
     if name.startswith("llama_model."):
         rest = re.sub(r"^llama_model\.(base_model\.model\.)?", "", name)
         rest = re.sub(r"\.base_layer\.", ".", rest)  # newer PEFT keeps the frozen weight as X.base_layer.weight
-        if weights.DERIVED.fullmatch(rest):
+        if checkpoint.DERIVED.fullmatch(rest):
             return ""
-        ours = weights.hf_to_ours(rest)
+        ours = checkpoint.hf_to_ours(rest)
         return None if ours is None else "llm." + ours
     return None
 
@@ -119,11 +120,10 @@ def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None
     """A VideoChat2 directory (one safetensors state dict, config.json) -> VideoChat2, LoRA merged."""
     from pathlib import Path
 
-    import weights
     from minivtp.hosts.stllm import qkv_bias_stages
 
-    path, hf, files, index = weights.open_checkpoint(path)
-    model = weights.build_on_meta(path, lambda: from_config(hf), "VideoChat2")
+    path, hf, files, index = checkpoint.open_checkpoint(path)
+    model = checkpoint.build_on_meta(path, lambda: from_config(hf), "VideoChat2")
     Cq = model.qformer.cfg.dim
     main, extra = model.n_query_parts
     queries = (["qformer.query"], {"qformer.query_main": (1, main, Cq), "qformer.query_extra": (1, extra, Cq)},
@@ -131,11 +131,11 @@ def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None
     lora, current = {}, {}
 
     def rename(name):
-        m = weights.LORA.fullmatch(name)
+        m = llava.LORA.fullmatch(name)
         if m:
             target = videochat2_to_ours(m.group(1) + ".weight")
             if target is None:
-                raise weights.CheckpointError(f"{current['file'].name}: LoRA tensor {name} adapts nothing here")
+                raise checkpoint.CheckpointError(f"{current['file'].name}: LoRA tensor {name} adapts nothing here")
             lora.setdefault(target, {})[m.group(2)] = (current["file"], name)
             return ""
         return videochat2_to_ours(name)
@@ -145,13 +145,13 @@ def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None
         if progress:
             progress(i, n, file)
 
-    info = weights.load_staged(model, files, rename, dtype, device, index, track,
+    info = checkpoint.load_staged(model, files, rename, dtype, device, index, track,
                                [queries] + qkv_bias_stages(model))
     if model.llm.cfg.tie_embeddings:
         model.llm.output.weight = model.llm.embed.weight
     if lora:  # VideoChat2's stage-3 LoRA: lora_alpha 32 unless config.json or the caller says otherwise
         hf_alpha = dict(hf, lora_alpha=hf.get("lora_alpha", 32))
-        info["lora_merged"] = weights.merge_lora(model, lora, path, hf_alpha, lora_alpha, device)
+        info["lora_merged"] = llava.merge_lora(model, lora, path, hf_alpha, lora_alpha, device)
     if (Path(path) / "qformer_tokenizer" / "vocab.txt").is_file():
         model.wordpiece = WordPiece.from_dir(path)
     model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)

@@ -1,7 +1,7 @@
 """The main demo: a question that random pruning gets wrong and LLM-VTP gets right, on the toy video LLM.
 
-    python -m minivtp.demo                 # no download, no GPU, a few seconds
-    python -m minivtp.demo --seed 7 --alpha 0.2 --out demo.png
+    python -m minivtp demo                 # no download, no GPU, a few seconds
+    python -m minivtp demo --seed 7 --alpha 0.2 --out demo.png
 
 From --seed on, it looks for a held-out video whose question the model answers right with all tokens and with
 LLM-VTP, and wrong when the same number of tokens per frame is kept at random. It prints the three answers,
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from minivtp import png, toy
+from minivtp.lab import png, toy
 from minivtp.flops import prefill_flops
 from minivtp.generate import Method
 
@@ -67,7 +67,7 @@ def find_example(model, seed: int, alpha: float, layer: int):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minivtp.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m minivtp demo", description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=3, help="where to start looking for a video")
     p.add_argument("--alpha", type=float, default=0.1, help="fraction of each frame's tokens kept, in (0, 1]")
     p.add_argument("--layer", type=int, default=toy.DEFAULT_LAYER, help="M, the layer whose attention prunes, 1..4")

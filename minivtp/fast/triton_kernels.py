@@ -1,4 +1,4 @@
-"""Three Triton kernels for the decode step of minivtp/fast.py (fast.triton_step): a decode step is one row, so
+"""Three Triton kernels for the decode step of minivtp/fast/__init__.py (fast.triton_step): a decode step is one row, so
 what costs is not arithmetic but the number of kernels, and these three do in one launch each what the readable
 block does in many (its RMSNorm alone is seven element-wise kernels).
 

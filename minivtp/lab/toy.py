@@ -23,7 +23,7 @@ rows together look at only a handful of patches. With the three rows of "name a 
 heads) a model trained the same way sometimes named an object no question row had looked at in layer 1 (it knew
 of it through a later video row), and LLM-VTP then dropped the patch the second word needed. Real prompts end in
 template words ("ASSISTANT:"); with four of them here (7 question rows) the looks cover the objects.
-`python -m minivtp.experiments` reports, beside each accuracy, how often the named object's patch was kept.
+`python -m minivtp experiments` reports, beside each accuracy, how often the named object's patch was kept.
 
 The model. A patch's features (shape and colour channels, frame and cell one-hots, an objectness channel,
 clutter noise) go through one linear projector to the width of `minivtp.model.Transformer`, used unchanged
@@ -31,9 +31,9 @@ as the language model:
 
     <s> USER: [8 x 9 video rows] name a shape in the video ASSISTANT:   ->  triangle red
 
-    OMP_NUM_THREADS=1 python -m minivtp.toy train   # how the shipped weights were made, bit for bit: 6,000 steps,
+    OMP_NUM_THREADS=1 python -m minivtp toy train   # how the shipped weights were made, bit for bit: 6,000 steps,
                                                     # 10-12 minutes (minivtp/assets/toy/, train_log.txt)
-    python -m minivtp.toy export-mvbench DIR        # held-out questions as a benchmark for python -m minivtp eval
+    python -m minivtp toy export-mvbench DIR        # held-out questions as a benchmark for python -m minivtp eval
 
 Training is teacher-forced on one object drawn at random from the video, so the first word learns "any object
 that is there" and the second "that object's other attribute". A short curriculum (one object, then two, then
@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import weights
+from minivtp import checkpoint
 from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
@@ -69,8 +69,8 @@ N_NOISE = 8
 P = len(SHAPES) + len(COLOURS) + T + ROWS + COLS + 1 + N_NOISE  # patch feature size (1: objectness)
 KINDS = ("shape", "colour")  # "name a shape ...", "name a colour ..."
 TEMPLATE = ["in", "the", "video", "ASSISTANT:"]  # the rows after the question word, as a chat template ends
-DEFAULT_LAYER = 1  # M for the toy: the layer whose question attention finds the objects (python -m minivtp.experiments)
-ASSETS = Path(__file__).parent / "assets" / "toy"
+DEFAULT_LAYER = 1  # M for the toy: the layer whose question attention finds the objects (python -m minivtp experiments)
+ASSETS = Path(__file__).parents[1] / "assets" / "toy"
 
 
 @dataclass
@@ -307,31 +307,31 @@ def save(model, out: Path, info: dict):
 def hf_names(llm: Transformer) -> dict:
     """Our parameters under Hugging Face LLaMA names, so the toy checkpoint loads through the same mapping."""
     ours = dict(llm.named_parameters())
-    return {hf: ours[weights.hf_to_ours(hf)] for hf in weights.hf_names(llm.cfg)}
+    return {hf: ours[checkpoint.hf_to_ours(hf)] for hf in checkpoint.hf_names(llm.cfg)}
 
 
 def load(path=ASSETS, dtype=torch.float32, device="cpu", progress=None) -> "ToyVideoLLM":
     """The toy checkpoint in `path` (the shipped one by default), loaded as strictly as any other: the
     language model's tensors under Hugging Face LLaMA names, the projector under its own."""
-    path, hf, files, index = weights.open_checkpoint(path)
+    path, hf, files, index = checkpoint.open_checkpoint(path)
     if hf.get("model_type") != "minivtp-toy":
-        raise weights.CheckpointError(f"{path}: model_type {hf.get('model_type')!r} is not the minivtp toy")
+        raise checkpoint.CheckpointError(f"{path}: model_type {hf.get('model_type')!r} is not the minivtp toy")
     with torch.device("meta"):
         model = ToyVideoLLM(config_from_hf(hf["text_config"]))
 
     def rename(name):
         if name.startswith("projector."):
             return name
-        ours = weights.hf_to_ours(name)
+        ours = checkpoint.hf_to_ours(name)
         return None if ours is None else "llm." + ours
 
-    info = weights.load_into(model, files, rename, dtype, device, index, progress=progress)
+    info = checkpoint.load_into(model, files, rename, dtype, device, index, progress=progress)
     model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)
     return model.eval()
 
 
 def export_mvbench(out, n: int = 300, seed: int = 2024):
-    """The held-out questions of `python -m minivtp.experiments --n N --seed S` as an MVBench-format benchmark
+    """The held-out questions of `python -m minivtp experiments --n N --seed S` as an MVBench-format benchmark
     for `python -m minivtp eval`: out/questions.json and out/videos/<id>.safetensors (the patch features).
 
     Options are two-word answers: every right one (one per object, in the question's order) and wrong ones up
@@ -362,7 +362,7 @@ def export_mvbench(out, n: int = 300, seed: int = 2024):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minivtp.toy")
+    p = argparse.ArgumentParser(prog="python -m minivtp toy")
     sub = p.add_subparsers(dest="cmd", required=True)
     x = sub.add_parser("export-mvbench", help="write held-out questions as a benchmark for python -m minivtp eval")
     x.add_argument("out", type=Path)

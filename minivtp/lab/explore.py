@@ -1,7 +1,7 @@
-"""python -m minivtp.explore: one HTML page to play with LLM-VTP's choice, every layer, alpha and M as sliders.
+"""python -m minivtp explore: one HTML page to play with LLM-VTP's choice, every layer, alpha and M as sliders.
 
-    python -m minivtp.explore --out explore.html          # the shipped toy, a held-out question: seconds on a CPU
-    python -m minivtp.explore --weights pllava-7b --video clip.mp4 --question "What is he doing?" \\
+    python -m minivtp explore --out explore.html          # the shipped toy, a held-out question: seconds on a CPU
+    python -m minivtp explore --weights pllava-7b --video clip.mp4 --question "What is he doing?" \\
         --device cuda --dtype bfloat16 --out explore.html
 
 One unpruned prefill keeps, at every layer, the question rows' attention to every video token (Eq. 4 averaged
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from minivtp import png, toy, vtp
+from minivtp import vtp
+from minivtp.lab import png, toy
 from minivtp.generate import Method
 
 ALPHAS = [round(0.05 * i, 2) for i in range(1, 21)]  # the alpha slider: 0.05 .. 1.0
@@ -106,9 +107,9 @@ def checkpoint_page(args):
 
     import weights
     from minivtp.cli import DTYPES, check_device, encode_prompt
-    from minivtp.prompts import build_prompt
+    from minivtp.hosts.prompts import build_prompt
     from minivtp.tokenizer import Tokenizer
-    from minivtp.vision import read_frames
+    from minivtp.hosts.frames import read_frames
 
     check_device(args.device)
     hf = weights.read_config(Path(args.weights)) if Path(args.weights).is_dir() else {}
@@ -321,7 +322,7 @@ update();
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minivtp.explore", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m minivtp explore", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("explore.html"))
     p.add_argument("--seed", type=int, default=2025, help="the toy's held-out video (without --weights)")
     p.add_argument("--weights", help="a PLLaVA / Tarsier / LLaVA directory (default: the shipped toy)")

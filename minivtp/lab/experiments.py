@@ -1,7 +1,7 @@
 """The paper's comparisons, on the toy video LLM: does the LLM's own attention keep the tokens that matter?
 
-    python -m minivtp.experiments                      # ~5.5 minutes on 2 CPU cores; table + accuracy_vs_alpha.png
-    python -m minivtp.experiments --n 100 --seed 7 --json
+    python -m minivtp experiments                      # ~5.5 minutes on 2 CPU cores; table + accuracy_vs_alpha.png
+    python -m minivtp experiments --n 100 --seed 7 --json
 
 On held-out questions: accuracy with all tokens, with LLM-VTP, with random tokens (the same count per frame), with
 the complement (every token LLM-VTP drops, Tab. 10), and with the rivals FastV (the last row's attention at the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from minivtp import png, toy
+from minivtp.lab import png, toy
 from minivtp.generate import Method
 from minivtp.vtp import n_keep
 
@@ -173,7 +173,7 @@ def plot(res, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minivtp.experiments", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m minivtp experiments", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=300, help="held-out questions")
     p.add_argument("--seed", type=int, default=2024, help="which held-out questions")
     p.add_argument("--weights", type=Path, default=toy.ASSETS)

@@ -1,6 +1,6 @@
 """The paper's benchmarks as they are downloaded: where each one keeps its questions and videos, which frames are
 read, the prompt and how an answer becomes a letter. `python -m minivtp eval --benchmark NAME --data DIR` reads
-them through `load` and `read_clip`; minivtp/evaluate.py asks the questions.
+them through `load` and `read_clip`; minivtp/evaluation/loop.py asks the questions.
 
     benchmark   DIR holds (as downloaded)                                     scored here
     mvbench     json/<task>.json (20 files), video/<source>/... (MVBench)    accuracy per task and overall
@@ -35,7 +35,7 @@ at least 1 and end_idx at most the number of files (read_frame, lines 366-373): 
 Sources (file and line, read at magic-research/PLLaVA 6f49fd2 unless named otherwise):
 - MVBench's task table: tasks/eval/mvbench/__init__.py, MVBenchDataset.data_list_info, lines 68-90.
 - Its prompt and letter: mvbench/__init__.py qa_template (161-172) and check_ans (10-27); pllava_eval_mvbench.py
-  run() (post_query_prompt, answer_prompt "Best option:(", lines 178 and 225). minivtp/evaluate.py has them.
+  run() (post_query_prompt, answer_prompt "Best option:(", lines 178 and 225). minivtp/evaluation/loop.py has them.
 - Open-ended QA: tasks/eval/videoqabench/__init__.py, VideoQABenchDataset.data_list_info (210-257: files, video
   folders, extensions; ActivityNet's names get a "v_" prefix, line 290), the judge's input (save_results, 156-157:
   inference_results.json, a list of {pred, gt, task_type, question, video_path}); pllava_eval_videoqabench.py
@@ -67,6 +67,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from minivtp.hosts.prompts import ANSWER_PROMPT, POST_QUERY  # noqa: F401 (MVBench's, as PLLaVA writes them)
 
 BENCHMARKS = ("mvbench", "videomme", "egoschema", "videoqa", "vcgbench")
 OPEN_ENDED = ("videoqa", "vcgbench")  # scored by a GPT judge that we cannot call here
@@ -135,10 +137,7 @@ TASK_NAMES = {"mvbench": [t.name for t in MVBENCH], "videomme": ["short", "mediu
               "vcgbench": [t.name for t in VCGBENCH]}
 
 
-# MVBench's prompt pieces (pllava_eval_mvbench.py run(), lines 178 and 225) and option letters (qa_template)
-POST_QUERY = "\nOnly give the best option."
-ANSWER_PROMPT = "Best option:("
-LETTERS = "ABCDEFG"
+LETTERS = "ABCDEFG"  # MVBench's option letters (qa_template); its prompt pieces live with the templates
 
 
 def qa_text(q: dict) -> str:
@@ -180,7 +179,7 @@ def read_clip(q: dict, data, n: int):
     names the file."""
     import torch
 
-    from minivtp.vision import decode_frames, optional
+    from minivtp.hosts.frames import decode_frames, optional
     path = Path(data) / q["video"]
     if not path.exists():
         raise ValueError(f"{path}: no such {'folder' if q['data_type'] == 'frame' else 'file'}")

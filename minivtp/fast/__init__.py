@@ -23,7 +23,7 @@ commits that measured them):
   kernels around the matmuls (one compile serves all L layers: the same code on weights of the same shapes).
 - tuned_block: the decode step's blocks compiled apart, with Inductor's autotuned matrix-vector products
   (1.31-1.34x -> 1.17-1.25x of the bandwidth floor on an H100; 1.29x on an H200). eval's decode step.
-- triton_step: the decode step with its element-wise work in three Triton kernels (minivtp/triton_kernels.py),
+- triton_step: the decode step with its element-wise work in three Triton kernels (minivtp/fast/triton_kernels.py),
   the products left to cuBLAS: 373 kernels a step instead of 1,468, 4.36 ms a token at Vicuna-7B shape on an
   H200 (1.34x the floor) against 6.45 uncompiled, and nothing for torch to trace. answer's decode step: compiled
   by torch instead, even warm from its on-disk cache, the command took 25 s where it takes 14.
@@ -220,7 +220,7 @@ def triton_fits(model) -> bool:
 
 @torch.no_grad()
 def triton_step(model, token, pos, caches):
-    """static_step with the element-wise work of each block in three Triton kernels (minivtp/triton_kernels.py):
+    """static_step with the element-wise work of each block in three Triton kernels (minivtp/fast/triton_kernels.py):
     the residual add and RMSNorm as one, RoPE, the cache write and the step's mask as one, SwiGLU as one. The products stay
     PyTorch's (cuBLAS). What it saves is kernels, not bytes: at Vicuna-7B shape on the H200 the uncompiled step
     is about 46 kernels a layer, this one about 12, and unlike tuned_step nothing is traced or compiled by torch,
@@ -229,7 +229,7 @@ def triton_step(model, token, pos, caches):
 
     The same computation as Block.forward, regrouped: each layer begins by adding the previous layer's MLP output
     to the residual stream (h = x + mlp), where Block ends with it."""
-    from minivtp import triton_kernels as K
+    from minivtp.fast import triton_kernels as K
 
     x, r = model.embed(token.view(1, 1)), None  # (1, 1, C); r: what the previous block adds to x
     cos, sin = model.rope(pos)  # (1, D)
@@ -386,7 +386,7 @@ class FastDecoder:
             if not model.embed.weight.is_cuda:
                 raise ValueError("FastDecoder(triton=True) decodes with CUDA kernels; the model is on "
                                  f"{model.embed.weight.device}")
-            from minivtp import triton_kernels  # noqa: F401  (its ImportError says what to install)
+            from minivtp.fast import triton_kernels  # noqa: F401  (its ImportError says what to install)
         if bucket < 1:
             raise ValueError(f"bucket={bucket} must be >= 1")
         if prefill_bucket < 0:

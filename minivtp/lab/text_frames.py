@@ -21,7 +21,7 @@ the frame that holds the answer, those of an average other frame, and the questi
 per frame); "picks most" is the frame a layer gives the most attention per token most often, over the eight
 questions. `look` does this for eight questions, one per frame, and `report` prints the table:
 
-    python -m minivtp.text_frames --weights "$(python -m minivtp.smollm2)"
+    python -m minivtp text-frames --weights "$(python -m minivtp smollm2)"
 """
 
 import sys
@@ -29,7 +29,7 @@ import sys
 import torch
 
 from minivtp import vtp
-from minivtp.prompts import chat_prompt
+from minivtp.hosts.prompts import chat_prompt
 
 FRAMES = ["a man slices tomatoes in a kitchen", "a dog chases a ball on the beach", "two children paint a fence red",
           "a woman reads a book on a train", "a cat sleeps on a warm car roof", "an old man feeds pigeons in a park",
@@ -127,7 +127,7 @@ def main(argv=None):
 
     import weights
     from minivtp.tokenizer import Tokenizer
-    p = argparse.ArgumentParser(prog="python -m minivtp.text_frames", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m minivtp text-frames", description=__doc__.splitlines()[0])
     p.add_argument("--weights", required=True, help="a LLaMA checkpoint whose tokenizer has ChatML (SmolLM2)")
     args = p.parse_args(argv)
     try:

@@ -8,16 +8,22 @@ Dimensions: T frames, P patches per frame (h x w), Cv vision width, C language w
 after pooling or layout.
 """
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minivtp import baselines
+from minivtp.rivals import baselines
+from minivtp.checkpoint import (DERIVED, CheckpointError, apply_rules, hf_to_ours, load_into, open_checkpoint,
+                                open_shard)
 from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
+from minivtp.hosts.frames import sample_indices
 from minivtp.vtp import VideoSpan
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -287,121 +293,126 @@ def preprocess_one(frame, size: int, mean=CLIP_MEAN, std=CLIP_STD):  # (H, W, 3)
     return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-def sample_indices(n_available: int, n: int):
-    """Uniform sampling: the middle frame of each of n equal segments (how PLLaVA's loaders pick frames)."""
-    if n_available < 1:
-        raise ValueError("the video has no frames")
-    seg = n_available / n
-    return [min(n_available - 1, int(seg / 2 + seg * i)) for i in range(n)]
+# --------------------------------------------------------------------------------------------------------------
+# Loading: LLaVA-family names -> ours, LoRA adapters merged
+
+# LLaVA-family checkpoints: where each part's tensors live, in the layouts transformers has written over time.
+#   language model   language_model.model.* + language_model.lm_head.*   (<= v4.51, and v5's save_pretrained)
+#                    model.language_model.* + lm_head.*                    (v4.52 .. v4.5x)
+#                    language_model.base_model.model.model.*               (a PEFT-wrapped model saved whole)
+#   vision tower     vision_tower.vision_model.*  or  vision_tower.*  (each possibly under "model.")
+#   projector        multi_modal_projector.linear_1 / linear_2
+VISION_TO_OURS = [
+    (r"embeddings\.patch_embedding\.", "patch."),
+    (r"embeddings\.class_embedding$", "cls"),
+    (r"embeddings\.position_embedding\.", "pos."),
+    (r"pre_layrnorm\.", "pre_norm."),
+    (r"post_layernorm\.", "post_norm."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.q_proj\.", r"layers.\1.wq."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.k_proj\.", r"layers.\1.wk."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.v_proj\.", r"layers.\1.wv."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"layers.\1.wo."),
+    (r"encoder\.layers\.(\d+)\.layer_norm1\.", r"layers.\1.norm1."),
+    (r"encoder\.layers\.(\d+)\.layer_norm2\.", r"layers.\1.norm2."),
+    (r"encoder\.layers\.(\d+)\.mlp\.fc1\.", r"layers.\1.fc1."),
+    (r"encoder\.layers\.(\d+)\.mlp\.fc2\.", r"layers.\1.fc2."),
+]
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+LORA = re.compile(r"(.*)\.lora_([AB])(?:\.default)?\.weight")
 
 
-def read_frames(path, n: int, sample=None):
-    """n frames, each (H, W, 3) uint8 in a list, sampled uniformly, and a note when the video had fewer than n.
-
-    `sample(n_available, n)` picks the frame indices: PLLaVA's `sample_indices` unless a host gives its own.
-
-    `path` is a folder of images (sorted by name; needs Pillow), a video file (needs PyAV), or a .safetensors
-    file holding a "frames" tensor (T, H, W, 3) uint8. Only the n sampled frames are ever decoded and kept, so
-    memory does not grow with the video's length. With fewer frames than n, frames are repeated, as PLLaVA's
-    projector does, and the note says so. Anything unreadable is a ValueError that names the file."""
-    from pathlib import Path
-
-    path, sample = Path(path), sample or sample_indices
-    if not path.exists():
-        raise ValueError(f"{path}: no such file or folder")
-    if path.is_dir():
-        frames, available = read_image_folder(path, n, sample)
-    elif path.suffix == ".safetensors":
-        frames, available = read_frames_tensor(path, n, sample)
-    else:
-        frames, available = read_video_file(path, n, sample)
-    note = None
-    if available < n:
-        note = f"the video has {available} frames, fewer than the model's {n}: frames are repeated"
-    return frames, note
-
-
-def read_image_folder(path, n: int, sample=sample_indices):
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    Image = optional("PIL.Image", "pillow", "reading a folder of images")
-    frames = []
-    for i in sample(len(files), n):
-        try:
-            img = Image.open(files[i]).convert("RGB")
-        except (OSError, ValueError) as e:  # Pillow: truncated, empty or not an image at all
-            raise ValueError(f"{files[i]}: cannot read this image ({e})") from None
-        frames.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.size[1], img.size[0], 3))
-    return frames, len(files)
+def llava_to_ours(name: str):
+    """A LLaVA-family tensor name -> our VideoLLM parameter name; "" for derived buffers; None if unknown.
+    LoRA tensors are not parameters and are handled by the caller."""
+    name = re.sub(r"^model\.(?=vision_tower|multi_modal_projector|language_model)", "", name)
+    if name.startswith("vision_tower."):
+        rest = re.sub(r"^vision_tower\.(vision_model\.)?", "", name)
+        if rest == "embeddings.position_ids":
+            return ""  # arange(P + 1), a buffer in old checkpoints
+        ours = apply_rules(rest, VISION_TO_OURS)
+        return None if ours is None else "vision." + ours
+    if name.startswith("multi_modal_projector."):
+        return "projector." + name[len("multi_modal_projector."):]
+    if name.startswith("language_model."):
+        rest = name[len("language_model."):]
+        rest = re.sub(r"^base_model\.model\.", "", rest)  # PEFT wrapper
+        rest = re.sub(r"\.base_layer\.", ".", rest)  # PEFT keeps the frozen weight as X.base_layer.weight
+        if re.match(r"(layers|embed_tokens|norm)\b", rest):
+            rest = "model." + rest  # the v4.52 layout drops the inner "model."
+        if DERIVED.fullmatch(rest):
+            return ""
+        ours = hf_to_ours(rest)
+        return None if ours is None else "llm." + ours
+    if name.startswith("lm_head."):  # the v4.52 layout keeps the head at the top level
+        return "llm." + hf_to_ours(name)
+    return None
 
 
-def read_frames_tensor(path, n: int, sample=sample_indices):
-    """The sampled frames of a .safetensors "frames" tensor, read one by one: the file is never loaded whole."""
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            if "frames" not in f.keys():
-                raise ValueError(f"{path}: needs a 'frames' tensor (T, H, W, 3) uint8; it holds {sorted(f.keys())}")
-            frames = f.get_slice("frames")
-            shape, dtype = frames.get_shape(), frames.get_dtype()
-            if len(shape) != 4 or shape[-1] != 3 or dtype != "U8" or 0 in shape:
-                raise ValueError(f"{path}: 'frames' is {dtype} {list(shape)}; it must be (T, H, W, 3) uint8, "
-                                 "none of them 0")
-            return [frames[i : i + 1][0] for i in sample(shape[0], n)], shape[0]
-    except ValueError:
-        raise
-    except Exception as e:  # safetensors raises its own error types for truncated / corrupt files
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+def merge_lora(model, lora: dict, path: Path, hf: dict, lora_alpha, device) -> dict:
+    alpha = lora_alpha
+    adapter = path / "adapter_config.json"
+    if alpha is None and adapter.is_file():
+        alpha = json.loads(adapter.read_text()).get("lora_alpha")
+    if alpha is None:
+        alpha = hf.get("lora_alpha")
+    if alpha is None:
+        raise CheckpointError(f"{path}: holds unmerged LoRA adapters but no lora_alpha (give --lora-alpha on the "
+                              "command line or lora_alpha=... to load_video_llm; PLLaVA's scripts use 4)")
+    params = dict(model.named_parameters())
+    ranks = set()
+    for target, pair in sorted(lora.items()):
+        if set(pair) != {"A", "B"}:
+            raise CheckpointError(f"{path}: LoRA for {target} has only lora_{''.join(pair)}")
+        if str(device) == "meta":
+            continue
+        (fa, na), (fb, nb) = pair["A"], pair["B"]
+        A = open_shard(fa).get_tensor(na).float()  # (r, in)
+        B = open_shard(fb).get_tensor(nb).float()  # (out, r)
+        W = params[target]
+        if A.shape[1] != W.shape[1] or B.shape[0] != W.shape[0] or A.shape[0] != B.shape[1]:
+            raise CheckpointError(f"{fa.name}: LoRA {na} {list(A.shape)} / {nb} {list(B.shape)} do not fit "
+                                  f"{target} {list(W.shape)}")
+        r = A.shape[0]
+        ranks.add(r)
+        with torch.no_grad():  # subtle: merge in float32, then round once to the model's dtype
+            W.copy_((W.float() + (alpha / r) * (B.to(W.device) @ A.to(W.device))).to(W.dtype))
+    return dict(targets=len(lora), lora_alpha=alpha, ranks=sorted(ranks))
 
 
-def read_video_file(path, n: int, sample=sample_indices):
-    """The sampled frames of a video file, decoding it once and converting only the n frames it keeps.
+def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None) -> VideoLLM:
+    """A ready LLaVA / PLLaVA / Tarsier host from its checkpoint directory (weights.load_video_llm calls this).
 
-    The frame count comes first, from the container's packets (no decoding). Then one decoding pass keeps the
-    frames at the sampled indices and drops every other one as soon as it is decoded. If decoding finds another
-    count than the packets said (a container that lies), the indices are recomputed and the pass is repeated."""
-    av = optional("av", "av", "reading video files")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path}: has no video stream")
-            count = sum(1 for packet in container.demux(video=0) if packet.size)
-        for _ in range(2):
-            frames, decoded = decode_frames(av, path, sample(max(count, 1), n))
-            if decoded == 0:
-                raise ValueError(f"{path}: the video has no frames")
-            if decoded == count:
-                return frames, count
-            count = decoded
-    except ValueError:
-        raise
-    except Exception as e:  # PyAV raises its own error types for unreadable files
-        raise ValueError(f"{path}: cannot decode this video ({e})") from None
-    raise ValueError(f"{path}: decodes to a different number of frames each time")
+    Unmerged LoRA adapters (X.lora_A / X.lora_B beside X's weight) are merged at load time:
+    W = W + (lora_alpha / r) * B @ A. PLLaVA's released weights need this; its inference scripts pass
+    --lora_alpha 4 with r = 128 (docs/checkpoints.md). lora_alpha comes from, in order: the argument,
+    adapter_config.json in the directory, "lora_alpha" in config.json; with adapters and none of these, an error.
+    """
+    path, hf, files, index = open_checkpoint(path)
+    with torch.device("meta"):
+        model = VideoLLM.from_hf(hf)
+    lora = {}  # target parameter -> {"A": (file, name), "B": (file, name)}
+    current = {}
 
+    def rename(name):
+        m = LORA.fullmatch(name)
+        if m:
+            target = llava_to_ours(m.group(1) + ".weight")
+            if target is None:
+                raise CheckpointError(f"{current['file'].name}: LoRA tensor {name} adapts nothing this model has")
+            lora.setdefault(target, {})[m.group(2)] = (current["file"], name)
+            return ""
+        return llava_to_ours(name)
 
-def decode_frames(av, path, wanted: list):
-    """(the frames at the indices in `wanted`, in order and repeated where it repeats, (H, W, 3) uint8;
-    the number of frames decoded)."""
-    kept, decoded = {}, 0
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # decode with the cores there are
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted and i not in kept:
-                kept[i] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
-            decoded = i + 1
-    return [kept[i] for i in wanted if i in kept], decoded
+    def track(i, n, file):
+        current["file"] = file
+        if progress:
+            progress(i, n, file)
 
-
-def optional(module: str, package: str, purpose: str):
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ValueError(f"{purpose} needs the optional package '{package}': pip install {package}  "
-                         f"(or pip install -e .[video])") from None
+    info = load_into(model, files, rename, dtype, device, index, progress=track)
+    if model.llm.cfg.tie_embeddings:
+        model.llm.output.weight = model.llm.embed.weight
+    if lora:
+        info["lora_merged"] = merge_lora(model, lora, path, hf, lora_alpha, device)
+    model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)
+    return model.eval()
