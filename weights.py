@@ -14,8 +14,15 @@ from pathlib import Path
 
 import torch
 
-from minivtp.checkpoint import (DERIVED, CheckpointError, hf_to_ours, load_into, open_checkpoint, open_shard,
-                                read_config)
+from minivtp.checkpoint import (
+    DERIVED,
+    CheckpointError,
+    hf_to_ours,
+    load_into,
+    open_checkpoint,
+    open_shard,
+    read_config,
+)
 from minivtp.hf_config import config_from_hf
 from minivtp.hosts import instructblip, llava, llava_onevision, stllm, videochat2
 from minivtp.model import Transformer
@@ -114,7 +121,7 @@ def describe_video(model) -> str:
                         f"per frame")
     elif hasattr(model, "vision"):
         v = model.vision.cfg
-        tower = "SigLIP" if type(model).__module__.startswith("minivtp.hosts") else "CLIP ViT"
+        tower = "SigLIP" if type(model.vision).__name__ == "SiglipTower" else "CLIP ViT"
         lines.insert(2, f"vision       {tower}, {v.n_layers} layers, width {v.dim}, {v.image_size}px / {v.patch_size}px "
                         f"patches; features of layer {model.feature_layer}")
         lines.insert(3, f"video        {model.arrangement}: {model.frames} frames, {model.tokens_per_frame()} tokens "

@@ -32,6 +32,7 @@ from minivtp.generate import Method, decode_one_token, prefill
 from minivtp.model import Config, Transformer
 from minivtp.hosts.llava import VideoLLM, VisionConfig
 from minivtp.vtp import VideoSpan
+from minivtp.rivals import FastV, LookM
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW_TOKENS = (5, 72)  # a multiple-choice letter and a few words; an open-ended answer (Tab. 3)
@@ -114,8 +115,8 @@ QUESTION_SETTINGS = {
     "unpruned": (None, False),
     "llm-vtp a0.1 M10": (Method(alpha=0.1, layer=10), False),
     "llm-vtp a0.2 M5": (Method(alpha=0.2, layer=5), False),
-    "fastv a0.1 K10": (Method("fastv", alpha=0.1, layer=10), False),
-    "look-m 0.05+0.05": (Method("look-m", recent=0.05, important=0.05), False),
+    "fastv a0.1 K10": (FastV(alpha=0.1, layer=10), False),
+    "look-m 0.05+0.05": (LookM(recent=0.05, important=0.05), False),
     "prumerge+": (None, True),  # pruned in the vision tower: nothing for the LLM to prune
 }
 # the paper's four LLM-VTP settings for PLLaVA (alpha 0.2 / 0.1, M 5 / 10) and the unpruned prefill they are

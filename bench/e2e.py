@@ -17,13 +17,13 @@ Parts (--parts, in this order; the model changes from one to the next as eval an
              graphs, nothing compiled (`eval --no-compile`; `answer --no-compile` runs the same kernels with exact
              sizes and no prefill graphs)
   answer     `python -m minivtp answer`'s decoder on the same model: FastDecoder(bucket=1, prefill_bucket=0,
-             triton=True): the prefill uncompiled, no graph of it; the decode step's element-wise work in three Triton
+             step="triton"): the prefill uncompiled, no graph of it; the decode step's element-wise work in three Triton
              kernels (fast.triton_step)
   growth     8, 16, 32, 64 and 128 frames of 144 rows (128: 18,527 rows), unpruned against LLM-VTP alpha 0.1
              M 10, on the graphs' path: LLM prefill, decode, peak memory, KV bytes, and pruning's end-to-end gain
              for 5 and 72 tokens (vision + prefill + decode steps)
   compiled   `python -m minivtp eval`'s default on CUDA: fast.prepare (blocks compiled) and
-             FastDecoder(compile=True) (the decode step through the autotuned block)
+             FastDecoder(step="tuned") (the decode step through the autotuned block)
   hf         transformers: CLIPVisionModel + LlamaForCausalLM.generate on the same embeddings, its default cache
   hf-static  the same with cache_implementation="static" (which compiles the decode step)
 Settings: unpruned, LLM-VTP (alpha 0.1 M 10; alpha 0.2 M 5), FastV (alpha 0.1, K 10), Look-M (recent = important =
@@ -42,6 +42,7 @@ from bench import common
 from bench.common import LLM_VTP, QUESTION_SETTINGS, clock
 from minivtp import fast
 from minivtp.generate import generate
+from minivtp.rivals import PruMergePlus
 
 PARTS = ("eager", "graphs", "answer", "growth", "compiled", "hf", "hf-static")
 KINDS = {"eager": " eager", "graphs": "", "answer": " answer", "compiled": " compiled"}  # the old e2e.py's suffixes
@@ -52,7 +53,7 @@ def ask(model, s, pixels, ids, n_new, setting, decoder):
     method, merged = QUESTION_SETTINGS[setting]
     t0 = clock(s.device)
     with torch.no_grad():
-        embeds, video = model.prompt(ids, pixels, prumerge=merged)
+        embeds, video, _ = PruMergePlus().prompt(model, ids, pixels) if merged else model.prompt(ids, pixels)
         out = generate(model.llm, embeds, n_new, video=None if method is None else video, method=method,
                        decoder=decoder)
     t1 = clock(s.device)
@@ -75,12 +76,12 @@ def questions(model, s, pixels, ids, kind, settings, res, reps):
     elif kind == "graphs":
         fast.prepare(model.llm, compile=False)  # what answer and eval --no-compile do on CUDA
         decoder = fast.FastDecoder(model.llm)
-    elif kind == "answer":  # as minivtp/__main__.py's one_shot_decoder makes it
+    elif kind == "answer":  # as answer makes it (fast.decoder_for)
         fast.prepare(model.llm, compile=False)
-        decoder = fast.FastDecoder(model.llm, bucket=1, prefill_bucket=0, triton=common.cuda(s))
+        decoder = fast.FastDecoder(model.llm, bucket=1, prefill_bucket=0, step="triton" if common.cuda(s) else "plain")
     else:
         fast.prepare(model.llm, compile=True)
-        decoder = fast.FastDecoder(model.llm, compile=True)
+        decoder = fast.FastDecoder(model.llm, step="tuned")
     for n_new in s.new_tokens:
         for setting in settings:
             first, median = loop(lambda: ask(model, s, pixels, ids, n_new, setting, decoder)[0], reps)

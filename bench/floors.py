@@ -8,7 +8,7 @@ prefill against the FLOPs ratio, and a float32 check that the fast path gives th
 
 Parts (--parts):
   check    float32 (where rounding cannot flip a near-tie of a random model): 72 greedy tokens through the fast
-           path as eval prepares it on CUDA (fast.prepare, FastDecoder(compile=True)) against the eager path on the
+           path as eval prepares it on CUDA (fast.prepare, FastDecoder(step="tuned")) against the eager path on the
            model as loaded, in the paper's four settings, on a first question and a second reusing the graphs
   decode   the bandwidth floor of a decode step: the bytes it must read (every weight but the embedding table,
            once, and the KV rows) at the copy rate measured here (a 2 GiB device copy, bytes read + written); then
@@ -21,7 +21,7 @@ Parts (--parts):
              answer       `answer`'s default: the same with triton=True, the step's element-wise work in three
                           Triton kernels (fast.triton_step), nothing traced by torch
              answer_tuned the same with compile=True instead: the autotuned block, its cache length symbolic
-             graph_tuned  eval's default: FastDecoder(compile=True), the step through the autotuned block
+             graph_tuned  eval's default: FastDecoder(step="tuned"), the step through the autotuned block
   released the prefill of LLM-VTP's two rules on the model as loaded, in the paper's PLLaVA settings (alpha/M
            0.1/10, 0.2/10, 0.2/5): the paper's, the authors' released code's (Method(variant="released"): q and k
            before RoPE, no causal mask, so the keys are projected again from layer M's input and every question
@@ -82,7 +82,7 @@ def check_float32(s):
         common.skip("the compile in the float32 check", "eval compiles only on CUDA; checking the uncompiled fast path")
     t = time.perf_counter()
     fast.prepare(model, compile=compiled)  # as eval prepares a model on CUDA
-    decoder = fast.FastDecoder(model, compile=compiled)
+    decoder = fast.FastDecoder(model, step="tuned" if compiled else "plain")
     res = dict(compiled=compiled)
     for name, m in settings.items():
         runs = [generate(model, embeds, n, video=s.video, method=m, decoder=decoder) for _ in range(2)]
@@ -121,14 +121,14 @@ def decoder_for(name, model):
         return fast.EagerOnGPU(model) if model.embed.weight.is_cuda else None
     if name == "graph":
         return fast.FastDecoder(model)
-    if name == "answer_no_compile":  # as minivtp/__main__.py's one_shot_decoder makes it with --no-compile
+    if name == "answer_no_compile":  # as answer makes it with --no-compile (fast.decoder_for)
         return fast.FastDecoder(model, bucket=1, prefill_bucket=0)
     cuda = model.embed.weight.is_cuda  # Triton's kernels and the compile: on CUDA only
     if name == "answer":  # and without
-        return fast.FastDecoder(model, bucket=1, prefill_bucket=0, triton=cuda)
+        return fast.FastDecoder(model, bucket=1, prefill_bucket=0, step="triton" if cuda else "plain")
     if name == "answer_tuned":
-        return fast.FastDecoder(model, bucket=1, prefill_bucket=0, compile=cuda)
-    return fast.FastDecoder(model, compile=True)  # graph_tuned: eval's
+        return fast.FastDecoder(model, bucket=1, prefill_bucket=0, step="tuned" if cuda else "plain")
+    return fast.FastDecoder(model, step="tuned")  # graph_tuned: eval's
 
 
 @torch.no_grad()

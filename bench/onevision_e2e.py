@@ -31,6 +31,7 @@ from minivtp.generate import Method, generate
 from minivtp.hosts.llava_onevision import LlavaOnevision, transformers_to_ours
 from minivtp.hosts.siglip import SiglipConfig
 from minivtp.hf_config import config_from_hf
+from minivtp.rivals import FastV, LookM
 
 PREFIX, NQ = 14, 60
 SHAPES = {  # LLaVA-OneVision-7B (llava-hf config: Qwen2-7B, SigLIP so400m with 26 blocks), and a tiny twin
@@ -49,8 +50,8 @@ SETTINGS = {
     "unpruned": None,
     "llm-vtp a0.1 M10": Method(alpha=0.1, layer=10),
     "llm-vtp a0.2 M5": Method(alpha=0.2, layer=5),
-    "fastv a0.1 K10": Method("fastv", alpha=0.1, layer=10),
-    "look-m 0.05+0.05": Method("look-m", recent=0.05, important=0.05),
+    "fastv a0.1 K10": FastV(alpha=0.1, layer=10),
+    "look-m 0.05+0.05": LookM(recent=0.05, important=0.05),
 }
 
 
@@ -105,7 +106,7 @@ def ids_for(vocab: int, video_id: int, device):
 @torch.no_grad()
 def ask_minivtp(model, pixels, ids, n_new, method, decoder):
     t0 = sync(pixels.device)
-    embeds, video = model.prompt(ids, pixels)
+    embeds, video, _ = model.prompt(ids, pixels)
     out = generate(model.llm, embeds, n_new, video=None if method is None else video, method=method,
                    decoder=decoder)
     t1 = sync(pixels.device)

@@ -1,6 +1,7 @@
 """python -m minivtp answer: ask a video a question with a PLLaVA / Tarsier / LLaVA checkpoint, LLM-VTP on.
-python -m minivtp eval: a multiple-choice benchmark in MVBench's format (minivtp/evaluation/loop.py), or one of the paper's
-benchmarks as downloaded (--benchmark, minivtp/evaluation/benchmarks.py).
+python -m minivtp eval: a multiple-choice benchmark in MVBench's format (minivtp/evaluation/loop.py), or one of the
+paper's benchmarks as downloaded (--benchmark, minivtp/evaluation/benchmarks.py). Both answer through
+minivtp/evaluation/pipeline.py, the one path from a checkpoint and a video to an answer.
 python -m minivtp generate: text from any LLaMA checkpoint with our decoder and tokenizer (no video).
 
     python -m minivtp answer --weights pllava-7b --video clip.mp4 --question "What is he doing?" \\
@@ -19,108 +20,65 @@ from pathlib import Path
 
 import torch
 
-from minivtp.cli import (DTYPES, VARIANT_HELP, Parser, check_device, is_qformer_host, load_checkpoint, method_of,
-                         qformer_inputs, zero_count_note)
+from minivtp.cli import (
+    DTYPES,
+    Parser,
+    add_method_options,
+    add_model_options,
+    check_device,
+    decode_step,
+    method_of,
+)
 
 
 def answer(args):
+    from minivtp.evaluation.pipeline import Pipeline
+    from minivtp.hosts.prompts import PLLAVA_TEMPLATES
     from minivtp.lab import png
-    from minivtp.cli import encode_prompt
-    from minivtp.generate import generate
-    from minivtp.hosts.prompts import PLLAVA_TEMPLATES, build_prompt
-    from minivtp.hosts.frames import read_frames
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
-    merged, method = args.method == "prumerge+", method_of(args)  # PruMerge+ prunes in the vision tower
-    model, tok, load_s = load_checkpoint(args)
-    if args.template and model.arrangement in ("llava-onevision", "llava-video"):
-        raise ValueError(f"--template is PLLaVA's; a {model.arrangement} checkpoint has its own prompt")
-    frames, note = read_frames(args.video, model.frames, model.sample_indices)
+    method = method_of(args)
+    # one question: the Triton step on CUDA, no compile (bench/RESULTS.md: a compile costs more than the answer)
+    pipe = Pipeline.load(args.weights, args.dtype, args.device, args.lora_alpha, method, decode_step(args, "triton"))
+    if args.fast_decode and pipe.decoder is None:  # a static cache on a CPU too, as asked
+        from minivtp.fast import decoder_for
+        pipe.decoder = decoder_for(pipe.vm.llm, "plain")
+    frames, note = pipe.read(args.video)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    pixels = model.preprocess(frames).to(args.device)
-    extra = {}
-    if is_qformer_host(model):  # ST-LLM, InstructBLIP-Video: their own template, the question for the Q-Former too
-        if args.heatmap:
-            raise ValueError("--heatmap draws over a frame's patches; a Q-Former host's video tokens are queries, "
-                             "which have no place in the frame")
-        ids, extra = qformer_inputs(model, tok, args.question, args.device)
-    else:
-        text = build_prompt(model.arrangement, args.question, args.template, placeholder=model.placeholder)
-        ids = torch.tensor(encode_prompt(tok, text, model), device=args.device)
-    decoder = one_shot_decoder(model.llm, args)
-    t = time.perf_counter()
-    with torch.no_grad():
-        embeds, video = model.prompt(ids, pixels, prumerge=merged, **extra)  # vision tower, projector, ..., splice
-    if embeds.is_cuda:
-        torch.cuda.synchronize()
-    encode_s = time.perf_counter() - t
-    n_max = model.llm.cfg.max_seq_len
-    if embeds.shape[1] + args.max_new_tokens > n_max:
-        raise ValueError(f"the prompt is {embeds.shape[1]} rows ({video.end - video.start} of them video) and "
-                         f"--max-new-tokens {args.max_new_tokens} more would exceed the model's {n_max} positions")
-    note = zero_count_note(method, video)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    out = generate(model.llm, embeds, args.max_new_tokens, video=video if method else None, method=method,
-                   eos_id=tok.eos, decoder=decoder)
-    n_video = video.unpruned_rows if merged else video.end - video.start
-    kept = video.end - video.start if merged else int(out.kept.numel()) if method else n_video
-    text = tok.decode([t for t in out.tokens.tolist() if t != tok.eos], skip_special=True)
-    if getattr(model, "stop_text", None):  # ST-LLM, VideoChat2: the answer ends where the next "###" turn begins
-        text = text.split(model.stop_text)[0]
-    result = dict(answer=text.strip(),
-                  method=args.method if method or merged else None, alpha=args.alpha,
-                  layer=method.layer if method and method.name != "look-m" else None, video_tokens=n_video,
-                  kept_video_tokens=kept, kept_ratio=kept / n_video, decode=decode_name(decoder, args), prompt_rows=out.prompt_len, cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens,
-                  new_tokens=len(out.tokens), load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s,
-                  decode_s=out.decode_s, decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1),
-                  variant=method.variant if method else None)
-    if note:
-        result["note"] = note
+    if args.heatmap and pipe.vm.cells(pipe.vm.tokens_per_frame()) is None:  # said before the answer, not after
+        raise ValueError("--heatmap draws over a frame's patches; this host's video tokens have no place in the "
+                         "frame (a Q-Former's queries, a newline after every frame)")
+    a = pipe.answer(frames, args.question, method, args.max_new_tokens, args.template)
+    if a.note:
+        print(f"note: {a.note}", file=sys.stderr)
+    out, video = a.generation, a.prompt.video
+    result = dict(answer=a.text.strip(), method=args.method if method else None, alpha=args.alpha,
+                  layer=getattr(method, "layer", None), video_tokens=a.video_tokens, kept_video_tokens=a.kept,
+                  kept_ratio=a.kept_ratio, decode=decode_name(pipe.decoder, args), prompt_rows=out.prompt_len,
+                  cache_rows=out.cache_len, cache_rows_per_layer=out.cache_lens, new_tokens=len(out.tokens),
+                  load_s=pipe.load_s, encode_s=a.encode_s, prefill_s=out.prefill_s, decode_s=out.decode_s,
+                  decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1),
+                  variant=getattr(method, "variant", None))
+    if a.note:
+        result["note"] = a.note
     if args.heatmap:
-        if method is None or args.method in ("look-m", "random"):
+        if method is None or args.method in ("look-m", "random", "prumerge+"):
             raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
                              "--method llm-vtp, complement or fastv")
-        png.write_png(args.heatmap, heatmap(frames, out.pruning.scores.float().cpu(), out.kept.cpu(), video, model))
+        png.write_png(args.heatmap, heatmap(frames, out.pruning.scores.float().cpu(), out.kept.cpu(), video, pipe.vm))
         result["heatmap"] = str(args.heatmap)
     print(json.dumps(result) if args.json else report(result))
     return 0
 
 
-def one_shot_decoder(llm, args):
-    """answer's decoder: the static cache and CUDA graph wherever there is a GPU (or with --fast-decode), the
-    readable path otherwise (None: generate's default; on a CPU there are no graphs to gain from).
-
-    On CUDA the step's element-wise work runs in three Triton kernels (fast.triton_step): 4.4 ms a token instead
-    of 6.4 at 7B on an H200, and nothing traced or compiled by torch, which would cost a one-shot process more
-    than the whole answer (bench/RESULTS.md: the compiled step, warm from torch's on-disk cache, still added 11 s
-    to a 14 s command). What a process pays once for the kernels (Triton finding them on disk, their first
-    launches, measured as decode time beyond the steps) is about 0.5 s: a 72-token answer decodes about 0.4 s
-    slower than with --no-compile (the graph of the plain step, no Triton); from some 250 tokens, or over a loop
-    of questions, the kernels gain."""
-    from minivtp import fast
-    cuda = torch.device(args.device).type == "cuda"
-    if args.eager or not (cuda or args.fast_decode):
-        return fast.EagerOnGPU(llm) if args.eager and cuda else None
-    triton = cuda and not args.no_compile
-    if triton and not fast.triton_fits(llm):
-        print(f"note: head_dim {llm.cfg.head_dim} is not a power of two, which the Triton step's RoPE kernel needs: "
-              "decoding with the graph of the plain step (as --no-compile does)", file=sys.stderr)
-        triton = False
-    if cuda:
-        fast.prepare(llm, compile=False)  # q+k+v and gate+up as one matmul each
-    # one question: a graph for the decode, none for the prefill
-    return fast.FastDecoder(llm, bucket=1, prefill_bucket=0, triton=triton)
-
-
 def decode_name(decoder, args) -> str:
-    if decoder is None or args.eager:
+    if decoder is None or decode_step(args, "triton") == "eager":
         return "eager"
     if torch.device(args.device).type != "cuda":
         return "static cache"
-    return "static cache + CUDA graph" + ("" if args.no_compile else ", Triton step")
+    return "static cache + CUDA graph" + (", Triton step" if decoder.step == "triton" else "")
 
 
 def report(r: dict) -> str:
@@ -140,22 +98,19 @@ def heatmap(frames, scores, kept, video, model, size=168):
     from minivtp.lab import png
 
     T, Nv = video.frames, video.tokens_per_frame
-    if getattr(model, "newline", None) == "frame":
-        raise ValueError("--heatmap draws a frame's tokens on its grid; with a newline token after every frame "
-                         "(mm_newline_position 'frame') that layout is not drawn")
-    if model.arrangement in ("tarsier", "llava-video"):  # drop the newline (and separator) tokens: the grid is h x w
-        g = model.vision.cfg.grid if model.arrangement == "tarsier" else model.pooled()
-        keep_cols = torch.tensor([j for j in range(g * (g + 1)) if j % (g + 1) != g])
-        grid_scores = scores.view(T, Nv)[:, keep_cols].view(T, g, g)
-        kept_mask = torch.zeros(T * Nv, dtype=torch.bool)
-        kept_mask[kept - video.start] = True
-        grid_kept = kept_mask.view(T, Nv)[:, keep_cols].view(T, g, g)
-    else:
-        g = int(Nv**0.5)
-        grid_scores = scores.view(T, g, g)
-        kept_mask = torch.zeros(T * Nv, dtype=torch.bool)
-        kept_mask[kept - video.start] = True
-        grid_kept = kept_mask.view(T, g, g)
+    found = model.cells(Nv)  # (row, column) of each of a frame's tokens on its grid, None where it has no place
+    if found is None:
+        raise ValueError("--heatmap draws a frame's tokens on its grid; this host's layout has no such grid")
+    cells, (gh, gw) = found
+    grid_scores = torch.zeros(T, gh, gw)
+    grid_kept = torch.zeros(T, gh, gw, dtype=torch.bool)
+    kept_mask = torch.zeros(T * Nv, dtype=torch.bool)
+    kept_mask[kept - video.start] = True
+    for j, cell in enumerate(cells):
+        if cell is not None:
+            grid_scores[:, cell[0], cell[1]] = scores.view(T, Nv)[:, j]
+            grid_kept[:, cell[0], cell[1]] = kept_mask.view(T, Nv)[:, j]
+    g = max(gh, gw)
     # frames that PLLaVA pooled in time: show the first of each group
     pick = torch.linspace(0, len(frames) - 1, T).round().long().tolist()
     imgs = torch.cat([F.interpolate(frames[i].permute(2, 0, 1)[None].float(), size=(size, size), mode="bilinear",
@@ -240,63 +195,34 @@ def main(argv=None):
                "; ".join(f"{verb} ({what})" for verb, (_, what) in PROGRAMS.items()))
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("answer", help="ask a video a question")
-    a.add_argument("--weights", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")
+    add_model_options(a, "the decode step on CUDA: triton (default: three Triton kernels, nothing compiled), plain "
+                         "(the CUDA graph of model.py's step), tuned (compiled, autotuned), eager (the readable path)")
     a.add_argument("--video", required=True, help="video file (needs PyAV), folder of images (needs Pillow), "
                                                   "or .safetensors with a 'frames' tensor")
     a.add_argument("--question", required=True)
-    a.add_argument("--alpha", type=float, default=0.1, help="fraction of each frame's tokens kept, (0, 1]; 1 = no pruning")
-    a.add_argument("--layer", type=int, default=10, help="M, the layer that prunes, 1..L")
-    a.add_argument("--head-pool", default="max", choices=("max", "mean", "min"))
-    a.add_argument("--variant", default="paper", choices=("paper", "released"), help=VARIANT_HELP)
-    a.add_argument("--method", default="llm-vtp", choices=("llm-vtp", "fastv", "prumerge+", "look-m", "random",
-                                                           "complement"),
-                   help="how tokens are chosen: LLM-VTP (default); FastV (--alpha of the whole video, --layer K); "
-                        "PruMerge+ (in the vision tower, adaptive); Look-M (--recent, --important); baselines")
-    a.add_argument("--recent", type=float, default=0.05, help="Look-M: fraction of rows kept as the most recent")
-    a.add_argument("--important", type=float, default=0.05, help="Look-M: fraction kept by attention, text first")
-    a.add_argument("--merge", default="average", choices=("average", "pivotal", "none"), help="Look-M's merge")
+    add_method_options(a, alpha=0.1)
     a.add_argument("--max-new-tokens", type=int, default=128)
-    a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=sorted(DTYPES))
     a.add_argument("--template", default=None, help="PLLaVA conversation template (default 'plain')")
     a.add_argument("--heatmap", default=None, help="write the attention / kept-token picture here (PNG)")
     a.add_argument("--fast-decode", action="store_true", help="decode from a static cache with a CUDA graph "
-                   "(the default on CUDA; this flag asks for it on other devices too)")
-    a.add_argument("--eager", action="store_true", help="decode step by step in Python, the readable path")
-    a.add_argument("--no-compile", action="store_true", help="on CUDA, the CUDA graph of the plain decode step, "
-                   "without the Triton kernels of the default (which Triton compiles once per machine and keeps)")
-    a.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale for unmerged adapters when the directory "
-                   "has no adapter_config.json (PLLaVA's released weights: 4)")
+                   "(the default on CUDA; this flag asks for the static cache on other devices too)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     e = sub.add_parser("eval", help="a video QA benchmark: MVBench's format, or one as downloaded (--benchmark); "
                                     "torchrun for several GPUs")
-    e.add_argument("--weights", required=True, help="checkpoint directory (or a toy directory)")
+    add_model_options(e, "the decode step on CUDA: tuned (default: the blocks compiled once for the loop, the step "
+                         "with autotuned products), plain (CUDA graphs, nothing compiled), triton, eager")
     e.add_argument("--questions", default=None, help="MVBench-format JSON: a list of questions or task -> list")
     e.add_argument("--videos", default=None, help="folder the questions' video paths are relative to")
     e.add_argument("--benchmark", default=None, choices=("mvbench", "videomme", "egoschema", "videoqa", "vcgbench"),
                    help="read a benchmark as it is downloaded, from --data (instead of --questions and --videos)")
-    e.add_argument("--data", default=None, help="the folder a --benchmark was downloaded to (minivtp/evaluation/benchmarks.py)")
+    e.add_argument("--data", default=None, help="the folder a --benchmark was downloaded to "
+                   "(minivtp/evaluation/benchmarks.py)")
     e.add_argument("--tasks", default=None, help="some of the benchmark's tasks, comma-separated (MVBench: "
                    "'Action Sequence,Episodic Reasoning'; videomme: short,medium,long; videoqa: MSVD_QA,...)")
     e.add_argument("--out", required=True, help="JSON lines, one per question; a rerun skips the ids in it")
-    e.add_argument("--method", default="llm-vtp", choices=("llm-vtp", "fastv", "prumerge+", "look-m", "random",
-                                                           "complement"))
-    e.add_argument("--alpha", type=float, default=1.0, help="fraction kept, (0, 1]; 1 = no pruning")
-    e.add_argument("--layer", type=int, default=10)
-    e.add_argument("--head-pool", default="max", choices=("max", "mean", "min"))
-    e.add_argument("--variant", default="paper", choices=("paper", "released"), help=VARIANT_HELP)
-    e.add_argument("--recent", type=float, default=0.05)
-    e.add_argument("--important", type=float, default=0.05)
-    e.add_argument("--merge", default="average", choices=("average", "pivotal", "none"), help="Look-M's merge")
+    add_method_options(e, alpha=1.0)
     e.add_argument("--max-new-tokens", type=int, default=None, help="default 5 (the letter and a few words); 100 "
                    "for open-ended QA, as PLLaVA's scripts")
-    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    e.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=sorted(DTYPES))
-    e.add_argument("--lora-alpha", type=float, default=None)
-    e.add_argument("--eager", action="store_true", help="prefill and decode step by step in Python, the readable path")
-    e.add_argument("--no-compile", action="store_true", help="on CUDA, the CUDA graphs without torch.compile (the "
-                   "default compiles the decoder block once for the loop, fast.compile_blocks, and the "
-                   "decode step with autotuned products, fast.FastDecoder(compile=True))")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     g = sub.add_parser("generate", help="text from a LLaMA checkpoint (SmolLM2: python -m minivtp smollm2)")
     g.add_argument("--weights", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")
@@ -313,9 +239,9 @@ def main(argv=None):
         if args.command == "generate":
             return generate_text(args)
         if args.command == "eval":
-            from minivtp.evaluation import loop as evaluate
+            from minivtp.evaluation import loop
             check_device(args.device)
-            return evaluate.run(args)
+            return loop.run(args)
         return answer(args)
     except (ValueError, ImportError) as e:  # every expected problem: a message that names it (or the package)
         print(f"error: {e}", file=sys.stderr)

@@ -22,6 +22,7 @@ from torch import nn
 
 from minivtp.model import Config
 
+
 class CheckpointError(ValueError):
     pass
 

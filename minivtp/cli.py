@@ -1,13 +1,15 @@
 """What the command-line tools share: devices and dtypes checked in one line each, argparse errors as one line,
-and loading a checkpoint with its tokenizer (`python -m minivtp answer`, `eval`, `minivtp.lab.explore`)."""
+the options `answer`, `eval` and `explore` take (declared once here), the method names, and the method a command
+line asks for (a generate.Method, or a rival of minivtp/rivals/)."""
 
 import argparse
 import sys
-import time
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# --method: LLM-VTP, the rivals (minivtp/rivals/), and LLM-VTP's two baselines (vtp.py)
+METHODS = ("llm-vtp", "fastv", "prumerge+", "look-m", "random", "complement")
 
 
 def check_device(name: str):
@@ -38,75 +40,66 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def load_checkpoint(args):
-    """(VideoLLM, Tokenizer, seconds) from --weights, with a progress line per shard; one error if they disagree."""
-    import weights
-    from minivtp.tokenizer import Tokenizer
-
-    check_device(args.device)
-    check_prumerge_fits(args)
-    t = time.perf_counter()
-
-    def progress(i, n, file):
-        print(f"loading shard {i + 1}/{n}: {file.name}  ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
-
-    model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device, progress=progress,
-                                   lora_alpha=args.lora_alpha)
-    tok = Tokenizer.from_file(args.weights)
-    if is_qformer_host(model):  # they splice their placeholder id themselves: the tokenizer need not know it
-        return model, tok, time.perf_counter() - t
-    name = model.placeholder
-    if model.image_token >= 0:  # a vocabulary id (LLaVA-NeXT's -200 is spliced in by encode_prompt instead)
-        if tok.added.get(name) != model.image_token:
-            raise ValueError(f"{args.weights}: the tokenizer's {name} is {tok.added.get(name)}, the model's video "
-                             f"token is {model.image_token}")
-    return model, tok, time.perf_counter() - t
-
-
-def encode_prompt(tok, text: str, model) -> list:
-    """Token ids of a prompt with ONE video placeholder. A tokenizer that knows the placeholder encodes it; one that
-    does not need to: LLaVA-NeXT's id is -200, outside any vocabulary, and its tokenizer_image_token encodes the
-    text on each side and puts the id between. So do I."""
-    if model.image_token >= 0:
-        return tok.encode(text)
-    before, sep, after = text.partition(model.placeholder)
-    if not sep:
-        raise ValueError(f"the prompt holds no {model.placeholder}")
-    return tok.encode(before) + [model.image_token] + tok.encode(after, bos=False)
-
-
-def is_qformer_host(model) -> bool:
-    return hasattr(model, "qformer")
-
-
-def check_prumerge_fits(args):
-    """--method prumerge+ on a Q-Former host is one error line before a 7B checkpoint is read."""
-    import weights
-    from pathlib import Path
-    if getattr(args, "method", None) != "prumerge+" or not Path(args.weights).is_dir():
-        return
-    if weights.read_config(Path(args.weights)).get("model_type") in weights.QFORMER_HOSTS:
-        from minivtp.hosts.instructblip import PRUMERGE_ERROR
-        raise ValueError(PRUMERGE_ERROR)
-
-
-def qformer_inputs(model, tok, question: str, device, mvbench: bool = False):
-    """A Q-Former host's prompt (minivtp/hosts/): (ids with one placeholder, {"qformer_ids": the question's
-    BERT ids}), as `model.prompt(ids, pixels, **extra)` takes them."""
-    ids = torch.tensor(model.prompt_ids(tok, question, mvbench), device=device)
-    return ids, dict(qformer_ids=model.qformer_ids(model.qformer_text(question, mvbench), device))
-
-
 def method_of(args):
-    """The --method and its flags as a generate.Method; None when nothing is pruned inside the LLM."""
+    """The --method and its flags as what generate takes: a generate.Method (LLM-VTP, random, complement), a rival
+    of minivtp/rivals/ with its own options, or None when nothing is pruned (alpha 1)."""
     from minivtp.generate import Method
+    from minivtp.rivals import FastV, LookM, PruMergePlus
     from minivtp.vtp import check_alpha
     check_alpha(args.alpha)  # 1.5 is a mistake, not "keep everything"
-    if args.method == "prumerge+" or (args.alpha == 1 and args.method != "look-m"):
+    variant = getattr(args, "variant", "paper")
+    if args.method in ("fastv", "look-m", "prumerge+") and variant != "paper":
+        raise ValueError(f"variant and its switches (rope, causal, question_pool, count) are LLM-VTP's; "
+                         f"method={args.method!r} has its own rule")
+    if args.method == "prumerge+":
+        return PruMergePlus()
+    if args.method == "look-m":
+        return LookM(recent=args.recent, important=args.important, merge=args.merge)
+    if args.alpha == 1:
         return None
-    return Method(args.method, alpha=args.alpha, layer=None if args.method == "look-m" else args.layer,
-                  head_pool=args.head_pool, recent=args.recent, important=args.important,
-                  merge=args.merge, variant=getattr(args, "variant", "paper"))
+    if args.method == "fastv":
+        return FastV(alpha=args.alpha, layer=args.layer)
+    return Method(args.method, alpha=args.alpha, layer=args.layer, head_pool=args.head_pool, variant=variant)
+
+
+def add_model_options(p, decode_help: str):
+    """The options every command that loads a video LLM takes (answer, eval, explore): declared once."""
+    p.add_argument("--weights", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=sorted(DTYPES))
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale for unmerged adapters when the "
+                   "directory has no adapter_config.json (PLLaVA's released weights: 4)")
+    p.add_argument("--decode", default=None, choices=("eager", "plain", "tuned", "triton"), help=decode_help)
+    p.add_argument("--eager", action="store_true", help="the readable path, step by step in Python (--decode eager)")
+    p.add_argument("--no-compile", action="store_true", help="on CUDA, the CUDA graph of model.py's own decode step, "
+                   "nothing compiled (--decode plain)")
+
+
+def add_method_options(p, alpha: float):
+    """How the video tokens are chosen (answer and eval): the method's name and every method's options."""
+    p.add_argument("--method", default="llm-vtp", choices=METHODS,
+                   help="how tokens are chosen: LLM-VTP (default); FastV (--alpha of the whole video, --layer K); "
+                        "PruMerge+ (in the vision tower, adaptive); Look-M (--recent, --important); baselines")
+    p.add_argument("--alpha", type=float, default=alpha, help="fraction of each frame's tokens kept, (0, 1]; "
+                   "1 = no pruning")
+    p.add_argument("--layer", type=int, default=10, help="M, the layer that prunes, 1..L")
+    p.add_argument("--head-pool", default="max", choices=("max", "mean", "min"))
+    p.add_argument("--variant", default="paper", choices=("paper", "released"), help=VARIANT_HELP)
+    p.add_argument("--recent", type=float, default=0.05, help="Look-M: fraction of rows kept as the most recent")
+    p.add_argument("--important", type=float, default=0.05, help="Look-M: fraction kept by attention, text first")
+    p.add_argument("--merge", default="average", choices=("average", "pivotal", "none"), help="Look-M's merge")
+
+
+def decode_step(args, default: str):
+    """--decode, or its shorthands: --eager, --no-compile (plain); else `default` on CUDA, the readable path
+    elsewhere (fast.decoder_for takes the name)."""
+    if args.eager:
+        return "eager"
+    if args.no_compile:
+        return "plain"
+    if args.decode:
+        return args.decode
+    return default if torch.device(args.device).type == "cuda" else None
 
 
 VARIANT_HELP = ("LLM-VTP as the paper writes it (default) or as the authors' released code runs it: scores from q, k "
@@ -120,7 +113,7 @@ def zero_count_note(method, video):
     Not an error: the released code does it without a word (its torch.topk with k=0), and --variant released
     means running that rule, so the run goes on and says so."""
     from minivtp.vtp import VARIANTS, n_keep
-    if method is None or video is None or method.name in ("fastv", "look-m"):
+    if not hasattr(method, "variant") or video is None:  # not LLM-VTP's rule (nothing pruned, or a rival)
         return None
     count = method.count or VARIANTS[method.variant]["count"]
     Nv = video.tokens_per_frame if method.ranking == "frame" else video.frames * video.tokens_per_frame

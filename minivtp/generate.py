@@ -17,10 +17,9 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from minivtp import vtp
-from minivtp.rivals import baselines
 
 PAPER_LAYER = 10  # M used for PLLaVA and Tarsier multiple-choice runs (Sec. 4.3)
-METHODS = ("llm-vtp", "random", "complement", "fastv", "look-m")
+METHODS = ("llm-vtp", "random", "complement")  # LLM-VTP and its two baselines; the rivals: minivtp/rivals/
 HEAD_POOLS = ("max", "mean", "min")
 RANKINGS = ("frame", "sequence")
 SCORES = ("fast", "literal")
@@ -33,24 +32,19 @@ class Method:
         Method(alpha=0.1, layer=10)                 # LLM-VTP as the paper runs PLLaVA on multiple choice
         Method("random", alpha=0.1, layer=2)        # a baseline: the same count per frame, chosen at random
         Method(alpha=0.1, layer=2, ranking="sequence", head_pool="mean")   # the ablations of Tab. 5 and 6
-        Method("fastv", alpha=0.1, layer=2)         # FastV: the last row's attention at layer K=2 (baselines.py)
-        Method("look-m", recent=0.05, important=0.05)   # Look-M: every layer's cache, after a full prefill
         Method(alpha=0.1, variant="released")       # LLM-VTP as the authors' code runs it (vtp.VARIANTS)
         Method(alpha=0.1, rope="before")            # the paper's rule with one of the released code's switches
 
-    alpha=1 keeps every video token. `layer=None` means the paper's M=10 (Look-M uses no layer).
-    PruMerge+ prunes in the vision tower, before the LLM: VideoLLM.prompt(..., prumerge=True).
+    alpha=1 keeps every video token. `layer=None` means the paper's M=10. The rivals (FastV, Look-M, PruMerge+)
+    are methods of their own, with their own options, in minivtp/rivals/.
     """
 
     name: str = "llm-vtp"  # see METHODS: "random" keeps the same per-frame count, "complement" what LLM-VTP drops
-    alpha: float = 1.0  # fraction of the video's tokens kept, (0, 1]: per frame (LLM-VTP), over the video (FastV)
-    layer: int = None  # M (FastV's K), counted from 1
+    alpha: float = 1.0  # fraction of the video's tokens kept, (0, 1]: per frame (or over the video: ranking)
+    layer: int = None  # M, counted from 1
     head_pool: str = "max"  # how A^(M)'s heads become one matrix (Tab. 6)
     ranking: str = "frame"  # top ceil(alpha*Nv) per frame (Eq. 5), or over the whole video (Tab. 5)
     scores: str = "fast"  # "literal" materialises all of A^(M) and slices it as Eq. 4 writes
-    recent: float = 0.05  # Look-M: fraction of the prompt's rows kept as the most recent ones, [0, 1]
-    important: float = 0.05  # Look-M: fraction kept by received attention, text rows first, [0, 1]
-    merge: str = "average"  # Look-M: how evicted rows join kept ones: "average", "pivotal", "none"
     variant: str = "paper"  # LLM-VTP as the paper writes it or as its "released" code runs it (vtp.VARIANTS)
     rope: str = None  # scores from q, k with RoPE ("after") or without ("before"); None: the variant's
     causal: bool = None  # Eq. 3's causal mask on the scores (True) or none (False); None: the variant's
@@ -59,8 +53,8 @@ class Method:
 
     @classmethod
     def from_keywords(cls, method=None, **kw) -> "Method":
-        """generate's keywords as one Method: `method` is a Method (then no other keyword) or a name."""
-        if isinstance(method, Method):
+        """generate's keywords as one Method: `method` is a Method or a rival (then no other keyword), or a name."""
+        if method is not None and not isinstance(method, str):
             if kw:
                 raise ValueError(f"give either method=Method(...) or keywords ({', '.join(kw)}), not both")
             return method
@@ -72,10 +66,10 @@ class Method:
 
     def resolved(self, n_layers: int) -> "Method":
         """This method with M filled in and every field checked against a model of `n_layers` layers."""
-        baselines.check_method(self)  # what only a rival uses (PruMerge+, Look-M's fractions) is checked beside it
+        if self.name not in METHODS:
+            raise ValueError(f"method={self.name!r} must be one of {', '.join(map(repr, METHODS))} (the rivals FastV, "
+                             "Look-M and PruMerge+ are methods of their own: minivtp/rivals/)")
         layer = self.layer
-        if self.name == "look-m" and layer is None:
-            layer = 1  # Look-M has no pruning layer; any valid one keeps the checks below simple
         if layer is None:
             if n_layers < PAPER_LAYER:
                 raise ValueError(f"layer must be given: the default M={PAPER_LAYER} is outside 1..{n_layers}")
@@ -83,7 +77,7 @@ class Method:
         if not (isinstance(layer, int) and 1 <= layer <= n_layers):
             raise ValueError(f"layer={layer!r} is outside 1..{n_layers} (M counts decoder layers from 1, as in the paper)")
         vtp.check_alpha(self.alpha)
-        for name, value, allowed in (("method", self.name, METHODS), ("head_pool", self.head_pool, HEAD_POOLS),
+        for name, value, allowed in (("head_pool", self.head_pool, HEAD_POOLS),
                                      ("ranking", self.ranking, RANKINGS), ("scores", self.scores, SCORES)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} must be one of {', '.join(map(repr, allowed))}")
@@ -94,9 +88,6 @@ class Method:
         for name, value in switches.items():
             if value not in vtp.SWITCHES[name]:
                 raise ValueError(f"{name}={value!r} must be one of {', '.join(map(repr, vtp.SWITCHES[name]))}")
-        if self.name in ("fastv", "look-m") and switches != vtp.VARIANTS["paper"]:
-            raise ValueError(f"variant and its switches (rope, causal, question_pool, count) are LLM-VTP's; "
-                             f"method={self.name!r} has its own rule")
         return replace(self, layer=layer, **switches)
 
 
@@ -152,25 +143,16 @@ def prefill(model, embeds, caches, video=None, method=None, generator=None, deco
     if video is None:  # nothing to prune: every layer on every row
         x = model.forward_layers(embeds, cos, sin, pos, caches)
         return model.head(x[:, -1:])[0, -1], None
-    if method.name == "look-m":  # every layer's cache compressed after that layer, the hidden states go on whole
-        x, (S, rows, a_v) = baselines.look_m_prefill(model, embeds, cos, sin, pos, caches, video, method)
-        return model.head(x[:, -1:])[0, -1], Pruning(layer=None, kept=S, rows=rows, scores=a_v)
     M = method.layer
     x_in = model.forward_layers(embeds, cos, sin, pos, caches, stop=M - 1)  # layers 1..M-1 on the whole prompt
     x = model.forward_layers(x_in, cos, sin, pos, caches, start=M - 1, stop=M)  # layer M; x_in scores the video
     block, cache = model.layers[M - 1], caches[M - 1]
-    if method.name == "fastv":  # --- FastV at layer K: the last row decides; layers 1..K keep their caches
-        a_v = baselines.last_row_scores(block, x_in, cos, sin, pos, cache, video)  # (T*Nv,)
-        S = baselines.fastv_select(a_v, video, method.alpha)
-        rows = vtp.rows_to_keep(N, video, S)
-        x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, [], rows)
-    else:  # --- LLM-VTP at layer M (and its random and complement baselines) --------------------------------
-        score = vtp.scores_fast if method.scores == "fast" else vtp.scores_literal
-        a_v = score(block, x_in, cos, sin, pos, cache, video, method.head_pool, method.rope, method.causal,
-                    method.question_pool)  # Eq. 4; question_pool: the paper's mean or the released max
-        S = choose(method, a_v, video, generator)  # Eq. 5-6
-        rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
-        x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, caches[:M], rows)  # layers M+1..L; Eq. 7-8 on 1..M
+    score = vtp.scores_fast if method.scores == "fast" else vtp.scores_literal
+    a_v = score(block, x_in, cos, sin, pos, cache, video, method.head_pool, method.rope, method.causal,
+                method.question_pool)  # Eq. 4; question_pool: the paper's mean or the released max
+    S = choose(method, a_v, video, generator)  # Eq. 5-6
+    rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
+    x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, caches[:M], rows)  # layers M+1..L; Eq. 7-8 on 1..M
     rest = model.forward_layers if decoder is None else decoder.rest  # the same function, or its fast twin
     x = rest(x, cos, sin, pos, caches, M)  # layers M+1..L on the kept rows
     return model.head(x[:, -1:])[0, -1], Pruning(layer=M, kept=S, rows=rows, scores=a_v)  # (V,)
@@ -209,7 +191,8 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
         generate(model, embeds, 64, video=span, method=Method("random", alpha=0.1, layer=10))
 
     The pruning is a Method, or its keywords (alpha=, layer=, head_pool=, ranking=, scores=, ...); alpha=1 keeps
-    every video token, video=None skips scoring. Greedy unless temperature > 0.
+    every video token, video=None skips scoring. Greedy unless temperature > 0. A rival of minivtp/rivals/
+    (FastV, Look-M) is passed as `method` too, and brings its own prefill in place of this file's.
 
     `decoder` is where the fast path plugs in (minivtp/fast/__init__.py's FastDecoder, made for this model): an object
     with `model`, `rest(x, cos, sin, pos, caches, start)` in place of model.forward_layers for layers M+1..L,
@@ -220,7 +203,7 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
         raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
     N = embeds.shape[1]
     method = Method.from_keywords(method, **keywords)
-    if video is None and method.layer is None:
+    if video is None and isinstance(method, Method) and method.layer is None:
         method = replace(method, layer=1)  # nothing is pruned; any valid M will do
     method = method.resolved(model.cfg.n_layers)
     if isinstance(video, vtp.VideoSpan):
@@ -235,7 +218,11 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
     generator = torch.Generator().manual_seed(seed)
     caches = model.new_caches(batch=1, max_len=N + max_new_tokens)
     t0 = clock(embeds.device)
-    logits, pruning = prefill(model, embeds.to(model.embed.weight.dtype), caches, video, method, generator, decoder)
+    x = embeds.to(model.embed.weight.dtype)
+    if video is None or isinstance(method, Method):
+        logits, pruning = prefill(model, x, caches, video, method, generator, decoder)
+    else:  # a rival of minivtp/rivals/ brings its own prefill
+        logits, pruning = method.prefill(model, x, caches, video, generator, decoder)
     cache_len, cache_lens = caches[0].length, [c.length for c in caches]
     t1 = clock(embeds.device)
     if decoder is None:

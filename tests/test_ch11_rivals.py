@@ -4,6 +4,7 @@ import math
 
 import torch
 from tutorial import run_chapter
+from minivtp.rivals import FastV, LookM
 
 
 def test_chapter_runs_and_prints_what_it_shows():
@@ -17,9 +18,9 @@ def test_what_the_chapter_says_each_rule_keeps():
     _, vtp = toy.ask(model, sample, method=Method(alpha=0.2, layer=1))
     per_frame = [((vtp.kept - 2) // 9 == t).sum().item() for t in range(8)]
     assert per_frame == [2] * 8  # ceil(0.2 * 9) in every frame
-    _, fastv = toy.ask(model, sample, method=Method("fastv", alpha=0.2, layer=1))
+    _, fastv = toy.ask(model, sample, method=FastV(alpha=0.2, layer=1))
     assert fastv.kept.numel() == math.ceil(0.2 * 72)
-    _, look_m = toy.ask(model, sample, method=Method("look-m", recent=0.1, important=0.15))
+    _, look_m = toy.ask(model, sample, method=LookM(recent=0.1, important=0.15))
     rows = look_m.pruning.rows.tolist()
     assert {0, 1} <= set(rows)  # the prefix rows: text first
     N = look_m.prompt_len

@@ -30,29 +30,34 @@ def bench(tmp_path_factory):
     return d
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
 @pytest.mark.parametrize("device,eager,no_compile,want", [
-    ("cuda", False, False, "compiled"), ("cuda:0", False, True, "graphs"), ("cuda", True, False, "eager"),
-    ("cpu", False, False, "eager")])
-def test_eval_s_decoder_on_each_path(device, eager, no_compile, want, capsys):
-    """What eval decodes with (no GPU needed: preparing touches no device). On CUDA by default: q+k+v fused, the
-    blocks compiled and the decode step tuned (FastDecoder(compile=True)); --no-compile: fused, graphs only;
-    --eager: the readable path on the model as loaded (on CUDA without cuDNN's attention); a CPU: generate's
-    default."""
+    ("cuda", False, False, "tuned"), ("cuda:0", False, True, "plain"), ("cuda", True, False, "eager"),
+    ("cpu", False, False, None), ("cpu", False, True, "plain")])
+def test_eval_s_decode_step_on_each_path(device, eager, no_compile, want):
+    """Which decode step eval asks for (cli.decode_step): on CUDA the tuned one (the blocks compiled once for the
+    loop, the step autotuned); --no-compile the graph of model.py's plain step; --eager the readable path; on a
+    CPU generate's own functions unless a step is named. Each flag means the same in answer."""
+    from argparse import Namespace
+
+    from minivtp.cli import decode_step
+    assert decode_step(Namespace(device=device, eager=eager, no_compile=no_compile, decode=None), "tuned") == want
+
+
+def test_decoder_for_each_step_on_a_cpu_model():
+    """fast.decoder_for, the one place a command's step becomes a decoder: a loop of questions gets bucketed
+    caches and prefill graphs, one question exact sizes and none; a CPU model is never fused or compiled."""
     from minivtp import fast
     from minivtp.model import Config, Transformer
     llm = Transformer(Config(vocab_size=11, dim=16, n_layers=2, n_heads=2, n_kv_heads=2, hidden_dim=32, max_seq_len=32))
-    decoder = evaluate.fast_decoder(llm, device, eager, no_compile)
-    fused = [isinstance(layer.attn, fast.FusedQKVAttention) for layer in llm.layers]
-    compiled = [layer._compiled_call_impl is not None for layer in llm.layers]
-    if want == "eager":
-        assert not any(fused) and not any(compiled)
-        assert isinstance(decoder, fast.EagerOnGPU) if device.startswith("cuda") else decoder is None
-    else:
-        assert all(fused) and decoder.model is llm
-        assert decoder.compile is (want == "compiled")
-        assert compiled == [want == "compiled"] * len(llm.layers)  # nn.Module.compile keeps its wrapper there
-    assert ("compiling" in capsys.readouterr().err) == (want == "compiled")  # one line on stderr, stdout stays clean
+    assert fast.decoder_for(llm, None) is None and fast.decoder_for(llm, "eager") is None
+    loop, one = fast.decoder_for(llm, "plain", loop=True), fast.decoder_for(llm, "plain")
+    assert (loop.step, loop.bucket, loop.prefill_bucket) == ("plain", 256, 16)
+    assert (one.step, one.bucket, one.prefill_bucket) == ("plain", 1, 0)
+    assert not any(isinstance(layer.attn, fast.FusedQKVAttention) for layer in llm.layers)
+    with pytest.raises(ValueError, match="--decode triton runs CUDA kernels"):
+        fast.decoder_for(llm, "triton")
+    with pytest.raises(ValueError, match="--decode 'fused' must be one of eager, plain, tuned, triton"):
+        fast.decoder_for(llm, "fused")
 
 
 def test_letters_and_prompt_text():

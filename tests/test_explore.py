@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from minivtp import vtp
-from minivtp.rivals import baselines
+from minivtp.rivals import FastV, fastv
 from minivtp.lab import explore, toy
 from minivtp.flops import prefill_flops
 from minivtp.generate import Method, generate
@@ -50,7 +50,7 @@ def test_scores_equal_what_generate_decides_on(page):
         for pool in ("max", "mean", "min"):
             ref = generate(model.llm, embeds, 1, video=video, alpha=1.0, layer=M, head_pool=pool).pruning.scores
             torch.testing.assert_close(torch.tensor(data["scores"][pool][M - 1]), ref, rtol=1e-5, atol=1e-7)
-        last = generate(model.llm, embeds, 1, video=video, method="fastv", alpha=1.0, layer=M).pruning.scores
+        last = generate(model.llm, embeds, 1, video=video, method=FastV(alpha=1.0, layer=M)).pruning.scores
         torch.testing.assert_close(torch.tensor(data["scores"]["last"][M - 1]), last, rtol=1e-5, atol=1e-7)
 
 
@@ -62,7 +62,7 @@ def test_precomputed_answers_are_the_models(page):
     for key in ("llm-vtp|1|0.1|max|frame", "llm-vtp|3|0.35|min|sequence", "fastv|2|0.2"):
         parts = key.split("|")
         if parts[0] == "fastv":
-            method = Method("fastv", alpha=float(parts[2]), layer=int(parts[1]))
+            method = FastV(alpha=float(parts[2]), layer=int(parts[1]))
         else:
             method = Method(alpha=float(parts[2]), layer=int(parts[1]), head_pool=parts[3], ranking=parts[4])
         words = toy.ask(model, sample, method=method)[0]
@@ -82,7 +82,7 @@ def slider_positions(data):
 def python_kept(data, s):
     video = vtp.VideoSpan(0, data["T"], data["Nv"])
     if s["rule"] == "fastv":
-        return baselines.fastv_select(torch.tensor(data["scores"]["last"][s["M"] - 1]), video, s["alpha"]).tolist()
+        return fastv.fastv_select(torch.tensor(data["scores"]["last"][s["M"] - 1]), video, s["alpha"]).tolist()
     a = torch.tensor(data["scores"][s["pool"]][s["M"] - 1])
     select = vtp.select_per_frame if s["ranking"] == "frame" else vtp.select_whole_sequence
     return select(a, video, s["alpha"]).tolist()

@@ -15,6 +15,7 @@ from minivtp import fast
 from minivtp.fast import FastDecoder, StaticKVCache
 from minivtp.generate import Method, generate, prefill
 from minivtp.model import EMPTY, KVCache
+from minivtp.rivals import FastV, LookM
 from minivtp.vtp import VideoSpan
 
 
@@ -159,7 +160,7 @@ def test_compile_blocks_compiles_one_block_for_all_layers_and_sizes(ckpt):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
 def test_the_tuned_decode_step_is_one_compile_for_all_layers(ckpt):
-    """FastDecoder(compile=True) decodes through tuned_block: the eager tokens, and one compile for every layer and
+    """FastDecoder(step="tuned") decodes through tuned_block: the eager tokens, and one compile for every layer and
     every cache size (GraphDecode leaves the cache's length symbolic from the first compile, so a later process
     finds that one compile on disk whatever its video's length)."""
     import torch._dynamo
@@ -167,7 +168,7 @@ def test_the_tuned_decode_step_is_one_compile_for_all_layers(ckpt):
     model, _ = ckpt
     torch._dynamo.reset()
     counters.clear()
-    decoder = FastDecoder(model, bucket=16, compile=True)
+    decoder = FastDecoder(model, bucket=16, step="tuned")
     # a new decode cache size every time
     graphs = compiles_per_question(model, model, decoder, ((41, 40), (42, 57), (43, 71), (44, 88)))
     assert len(decoder.graphs) == 4
@@ -176,7 +177,7 @@ def test_the_tuned_decode_step_is_one_compile_for_all_layers(ckpt):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports warn about torch.jit
 def test_eval_s_compiles_stay_under_torch_s_limit_across_models_and_sizes(ckpt):
-    """As eval runs on CUDA (fast.prepare: compiled blocks; FastDecoder(compile=True): the tuned decode step),
+    """As eval runs on CUDA (fast.prepare: compiled blocks; FastDecoder(step="tuned"): the tuned decode step),
     then a second model of another dtype through the same code: the eager tokens throughout, and no compiled
     function reaches torch's recompile_limit, past which torch silently runs it eagerly. The tuned decode step
     keeps its compiles apart from the blocks' (fast.decode_block); sharing one function they reached the
@@ -190,7 +191,7 @@ def test_eval_s_compiles_stay_under_torch_s_limit_across_models_and_sizes(ckpt):
     torch._dynamo.reset()
     questions = ((51, 40), (52, 57), (53, 45), (54, 71))
     for m in (model, copy.deepcopy(model).double()):
-        decoder = FastDecoder(fast.prepare(copy.deepcopy(m)), bucket=16, prefill_bucket=8, compile=True)
+        decoder = FastDecoder(fast.prepare(copy.deepcopy(m)), bucket=16, prefill_bucket=8, step="tuned")
         graphs = compiles_per_question(m, decoder.model, decoder, questions)
         assert graphs[2:] == [graphs[1]] * 2, graphs  # new sizes after the second question: no new compile
     limit = torch._dynamo.config.recompile_limit
@@ -213,9 +214,8 @@ def test_a_fast_decoder_serves_question_after_question(ckpt):
         FastDecoder(model, bucket=0)
 
 
-@pytest.mark.parametrize("method", [dict(alpha=0.25, layer=1), dict(alpha=0.4, layer=3), dict(method="fastv", alpha=0.3,
-                                                                                                 layer=2),
-                                    dict(method="random", alpha=0.25, layer=2)])
+@pytest.mark.parametrize("method", [Method(alpha=0.25, layer=1), Method(alpha=0.4, layer=3), FastV(alpha=0.3, layer=2),
+                                    Method("random", alpha=0.25, layer=2)])
 def test_the_prefill_tail_equals_the_loop(ckpt, method):
     """Layers M+1..L through PrefillTail (padded to a bucket, as the graph runs them) give the loop's logits and
     every layer's cache rows and positions; a shorter prompt in the same bucket after a longer one as well."""
@@ -225,8 +225,10 @@ def test_the_prefill_tail_equals_the_loop(ckpt, method):
         embeds = model.embed(prompt(seed, n))[None]
         loop, tail = model.new_caches(1, n), model.new_caches(1, n)
         g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)  # the same random tokens
-        want, p1 = prefill(model, embeds, loop, video=VideoSpan(4, 4, 8), generator=g1, **method)
-        got, p2 = prefill(model, embeds, tail, video=VideoSpan(4, 4, 8), generator=g2, decoder=decoder, **method)
+        run = prefill if isinstance(method, Method) else method.prefill  # FastV: its own prefill, the same tail
+        want, p1 = run(model, embeds, loop, VideoSpan(4, 4, 8), *([method] if run is prefill else []), generator=g1)
+        got, p2 = run(model, embeds, tail, VideoSpan(4, 4, 8), *([method] if run is prefill else []), generator=g2,
+                      decoder=decoder)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # float32, only summation order differs
         assert torch.equal(p1.kept, p2.kept)
         for a, b in zip(loop, tail):
@@ -234,8 +236,7 @@ def test_the_prefill_tail_equals_the_loop(ckpt, method):
             assert torch.equal(a.pos[: a.length], b.pos[: b.length])
             torch.testing.assert_close(b.k[:, :, : b.length], a.k[:, :, : a.length], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(b.v[:, :, : b.length], a.v[:, :, : a.length], rtol=1e-5, atol=1e-5)
-    layer = method["layer"]
-    assert list(decoder.tails) == [(layer, 32)]  # both prompts in one bucket: one tail (one capture on a GPU)
+    assert list(decoder.tails) == [(method.layer, 32)]  # both prompts in one bucket: one tail (one capture on a GPU)
     with pytest.raises(ValueError, match="prefill_bucket=-1 must be >= 0"):
         FastDecoder(model, prefill_bucket=-1)
 
@@ -271,7 +272,7 @@ def test_the_eager_decode_keeps_cudnn_attention_out(ckpt, monkeypatch):
 def test_fast_decode_with_unequal_cache_lengths_equals_eager(ckpt):
     model, _ = ckpt
     embeds = model.embed(prompt(41, 44))[None]
-    for method in (Method("fastv", alpha=0.2, layer=2), Method("look-m", recent=0.1, important=0.1)):
+    for method in (FastV(alpha=0.2, layer=2), LookM(recent=0.1, important=0.1)):
         eager = generate(model, embeds, 8, video=VideoSpan(4, 4, 8), method=method)
         fast = generate(model, embeds, 8, video=VideoSpan(4, 4, 8), method=method, decoder=one_shot(model))
         assert fast.tokens.tolist() == eager.tokens.tolist()
@@ -340,8 +341,8 @@ class TestOnGPU:
     """In float32 on CUDA, the fast path as eval and answer run it gives the eager path's tokens, its logits to
     1e-4 (TF32 is off in float32 by default; the graphs and compiled kernels only sum in another order)."""
 
-    SETTINGS = [Method(alpha=0.25, layer=1), Method(alpha=0.25, layer=3), Method("fastv", alpha=0.3, layer=2),
-                Method("look-m", recent=0.1, important=0.1), Method(alpha=1.0, layer=2)]
+    SETTINGS = [Method(alpha=0.25, layer=1), Method(alpha=0.25, layer=3), FastV(alpha=0.3, layer=2),
+                LookM(recent=0.1, important=0.1), Method(alpha=1.0, layer=2)]
 
     @pytest.fixture(scope="class")
     def gpu_model(self, ckpt):
@@ -371,11 +372,11 @@ class TestOnGPU:
     def test_one_shot_as_answer_runs_it(self, gpu_model, no_compile):
         import copy
         from argparse import Namespace
-        from minivtp.__main__ import one_shot_decoder
+        from minivtp.cli import decode_step
         fused = copy.deepcopy(gpu_model)
-        args = Namespace(device="cuda", eager=False, fast_decode=False, no_compile=no_compile)
-        decoder = one_shot_decoder(fused, args)  # as answer makes it, fusing the model's products
-        assert decoder.triton is not no_compile and not decoder.compile
+        args = Namespace(device="cuda", eager=False, no_compile=no_compile, decode=None)
+        decoder = fast.decoder_for(fused, decode_step(args, "triton"))  # as answer makes it, fusing the products
+        assert decoder.step == ("plain" if no_compile else "triton")
         assert decoder.bucket == 1 and decoder.prefill_bucket == 0
         assert all(isinstance(layer.mlp, fast.FusedMLP) for layer in fused.layers)
         for method in self.SETTINGS:
@@ -388,7 +389,7 @@ class TestOnGPU:
     def test_eval_s_compiled_path(self, gpu_model):
         import copy
         prepared = fast.prepare(copy.deepcopy(gpu_model))
-        decoder = FastDecoder(prepared, bucket=16, prefill_bucket=8, compile=True)
+        decoder = FastDecoder(prepared, bucket=16, prefill_bucket=8, step="tuned")
         for method in self.SETTINGS[:3]:
             self.check(gpu_model, prepared, decoder, method)
 
@@ -540,15 +541,15 @@ def test_triton_kernels_round_as_the_readable_code_in_bf16_in_the_interpreter():
 def test_fast_decoder_with_triton_says_what_it_needs(ckpt):
     import copy
     model, _ = ckpt
-    with pytest.raises(ValueError, match="choose one"):
-        FastDecoder(model, compile=True, triton=True)
+    with pytest.raises(ValueError, match="step='fused' must be one of 'plain', 'tuned', 'triton'"):
+        FastDecoder(model, step="fused")
     with pytest.raises(ValueError, match=r"needs fused products: fast.prepare\(model, compile=False\)"):
-        FastDecoder(model, triton=True)
+        FastDecoder(model, step="triton")
     with pytest.raises(ValueError, match="decodes with CUDA kernels; the model is on cpu"):
-        FastDecoder(fast.prepare(copy.deepcopy(model), compile=False), triton=True)
+        FastDecoder(fast.prepare(copy.deepcopy(model), compile=False), step="triton")
     from minivtp import model as model_py
     odd = fast.prepare(model_py.Transformer(model_py.Config(vocab_size=20, dim=48, n_layers=1, n_heads=2,
                                                             n_kv_heads=2, hidden_dim=64)), compile=False)  # head_dim 24
     assert not fast.triton_fits(odd) and fast.triton_fits(model)
-    with pytest.raises(ValueError, match="power-of-two head_dim, this model's is 24 .*--no-compile"):
-        FastDecoder(odd, triton=True)
+    with pytest.raises(ValueError, match="power-of-two head_dim, this model's is 24 .*--decode plain"):
+        FastDecoder(odd, step="triton")

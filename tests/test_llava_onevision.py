@@ -19,6 +19,7 @@ import weights
 from minivtp.generate import Method, generate
 from minivtp.hosts import siglip
 from minivtp.hosts.llava_onevision import LlavaOnevision, pooled_grid, sample_linspace
+from minivtp.rivals import PruMergePlus
 from minivtp.vtp import n_keep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def test_onevision_logits_equal_transformers_on_video(onevision, T):
     ids = torch.tensor([1, 40, 41, video_id, 42, 43, 44, 45, 46])
     with torch.no_grad():
         ref = hf(input_ids=hf_video_ids(ids, video_id, T * POOLED**2 + 1)[None], pixel_values_videos=px[None]).logits
-        embeds, span = model.prompt(ids, px)
+        embeds, span, _ = model.prompt(ids, px)
         ours = model.llm.forward_embeds(embeds)
     assert (span.start, span.frames, span.tokens_per_frame) == (3, T, POOLED * POOLED)
     torch.testing.assert_close(embeds[0, span.end], model.image_newline)  # the newline row: after the span
@@ -133,7 +134,7 @@ def test_onevision_in_bf16_matches_transformers_in_bf16(onevision):
     with torch.no_grad():
         ref = hf16(input_ids=hf_video_ids(ids, video_id, 2 * POOLED**2 + 1)[None],
                    pixel_values_videos=px[None].bfloat16()).logits.float()
-        embeds, _ = model.prompt(ids, px.bfloat16())
+        embeds, _, _ = model.prompt(ids, px.bfloat16())
         ours = model.llm.forward_embeds(embeds)
     # both round to bf16 at the same places; 2e-2 of the largest logit allows for the vision tower's 3 layers
     # and the pooling in bf16 before the decoder (the LLaMA test's 1e-2 is for the decoder alone)
@@ -147,7 +148,7 @@ def test_pruned_generation_at_alpha_1_equals_unpruned_and_alpha_below_keeps_per_
     px = torch.randn(T, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(11))
     ids = torch.tensor([1, 40, video_id, 42, 43, 44, 45])
     with torch.no_grad():
-        embeds, span = model.prompt(ids, px)
+        embeds, span, _ = model.prompt(ids, px)
         plain = generate(model.llm, embeds, 6)
         full = generate(model.llm, embeds, 6, video=span, method=Method(alpha=1.0, layer=2))
         pruned = generate(model.llm, embeds, 6, video=span, method=Method(alpha=0.3, layer=2))
@@ -161,7 +162,7 @@ def test_prumerge_says_why_it_does_not_apply(onevision):
     d, _, video_id = onevision
     model = weights.load_video_llm(d)
     with pytest.raises(ValueError, match="SigLIP has no class token, so PruMerge\\+ does not apply"):
-        model.prompt(torch.tensor([1, video_id, 5]), torch.zeros(1, 3, SIZE, SIZE), prumerge=True)
+        PruMergePlus().prompt(model, torch.tensor([1, video_id, 5]), torch.zeros(1, 3, SIZE, SIZE))
 
 
 def test_one_placeholder_exactly(onevision):
@@ -212,7 +213,7 @@ def test_llava_next_layout_with_onevision_settings_equals_transformers(onevision
     ids = torch.tensor([1, 40, 41, video_id, 42, 43, 44])
     with torch.no_grad():
         ref = hf(input_ids=hf_video_ids(ids, video_id, T * POOLED**2 + 1)[None], pixel_values_videos=px[None]).logits
-        embeds, _ = model.prompt(torch.where(ids == video_id, -200, ids), px)
+        embeds, _, _ = model.prompt(torch.where(ids == video_id, -200, ids), px)
         assert rel_err(model.llm.forward_embeds(embeds), ref) <= 1e-5
 
 
@@ -236,7 +237,7 @@ def test_llava_video_grid_newlines_and_average_pooling_as_llava_arch_writes_them
         emb = hf.model.language_model.embed_tokens
         ref_embeds = torch.cat([emb(ids[:2]), video, emb(ids[3:])])[None]
         ref = hf.lm_head(hf.model.language_model(inputs_embeds=ref_embeds).last_hidden_state)
-        embeds, span = model.prompt(ids, px)
+        embeds, span, _ = model.prompt(ids, px)
         ours = model.llm.forward_embeds(embeds)
     assert (span.start, span.frames, span.tokens_per_frame) == (2, T, 6) and span.end == embeds.shape[1] - 3
     torch.testing.assert_close(embeds[0, 2 + h], hf.model.image_newline)  # after the first row of a frame
@@ -446,5 +447,5 @@ def test_a_tied_head_as_in_onevision_0_5b_equals_transformers(tmp_path):
     with torch.no_grad():
         hf = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path).eval()  # as saved
         ref = hf(input_ids=hf_video_ids(ids, 63, 2 * POOLED**2 + 1)[None], pixel_values_videos=px[None]).logits
-        embeds, _ = model.prompt(ids, px)
+        embeds, _, _ = model.prompt(ids, px)
         assert rel_err(model.llm.forward_embeds(embeds), ref) <= 1e-5

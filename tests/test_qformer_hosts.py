@@ -10,8 +10,9 @@ import torch
 from conftest import TOKENIZER_CORPUS, randomize, transformers, write_llama_tokenizer
 
 import weights
-from minivtp.generate import generate
+from minivtp.generate import Method, generate
 from minivtp.hosts.qformer import WordPiece
+from minivtp.rivals import FastV, LookM, PruMergePlus
 
 T, NQ, S = 3, 5, 28  # frames, query tokens per frame, image side (4 x 4 patches of 7)
 
@@ -129,7 +130,7 @@ def test_whole_prompt_logits_equal_transformers(blip):
     hf_ids = torch.cat([torch.full((T * NQ,), video), ids[1:]])
     with torch.no_grad():
         ref = hf(pixel_values=px[None], qformer_input_ids=q, input_ids=hf_ids[None]).logits
-        embeds, span = model.prompt(ids, px, qformer_ids=q)
+        embeds, span, _ = model.prompt(ids, px, qformer_ids=q)
         ours = model.llm.forward_embeds(embeds)
     assert (span.start, span.frames, span.tokens_per_frame) == (0, T, NQ)
     assert ours.shape == ref.shape and rel_err(ours, ref) <= 1e-4
@@ -144,15 +145,15 @@ def host_prompt(d, frames=4, seed=0):
     px = torch.randn(frames, 3, S, S, generator=g)
     ids = torch.tensor([model.image_token, 1] + torch.randint(3, 90, (9,), generator=g).tolist())
     with torch.no_grad():
-        embeds, span = model.prompt(ids, px, qformer_ids=qformer_input(d))
+        embeds, span, _ = model.prompt(ids, px, qformer_ids=qformer_input(d))
     return model, embeds, span
 
 
 def test_alpha_one_equals_unpruned(blip):
     model, embeds, span = host_prompt(blip[0])
     plain = generate(model.llm, embeds, 6)
-    for method in ("llm-vtp", "fastv"):
-        out = generate(model.llm, embeds, 6, video=span, method=method, alpha=1.0, layer=2)
+    for method in (Method(alpha=1.0, layer=2), FastV(alpha=1.0, layer=2)):
+        out = generate(model.llm, embeds, 6, video=span, method=method)
         assert out.tokens.tolist() == plain.tokens.tolist() and out.kept.numel() == span.frames * NQ
 
 
@@ -170,8 +171,8 @@ def test_llm_vtp_keeps_ceil_alpha_nq_of_every_frame(blip):
 @pytest.mark.parametrize("method", ["fastv", "look-m"])
 def test_rivals_run_on_query_tokens(blip, method):
     model, embeds, span = host_prompt(blip[0])
-    kw = dict(alpha=0.4, layer=2) if method == "fastv" else dict(recent=0.2, important=0.2)
-    out = generate(model.llm, embeds, 4, video=span, method=method, **kw)
+    rival = FastV(alpha=0.4, layer=2) if method == "fastv" else LookM(recent=0.2, important=0.2)
+    out = generate(model.llm, embeds, 4, video=span, method=rival)
     assert 1 <= len(out.tokens) <= 4
     if method == "fastv":
         assert out.kept.numel() == 8  # ceil(0.4 * 4 frames * 5), over the whole video
@@ -184,7 +185,7 @@ def test_prumerge_is_refused_with_the_reason(blip):
     model = weights.load_video_llm(d)
     ids = torch.tensor([model.image_token, 1, 40])
     with pytest.raises(ValueError, match=r"PruMerge\+ cannot run on a Q-Former host.*no.*\[CLS\]|\[CLS\]"):
-        model.prompt(ids, torch.randn(2, 3, S, S), qformer_ids=qformer_input(d), prumerge=True)
+        PruMergePlus().prompt(model, ids, torch.randn(2, 3, S, S), qformer_ids=qformer_input(d))
 
 
 # ---- the command line -------------------------------------------------------------------------------------------

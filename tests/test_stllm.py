@@ -14,6 +14,7 @@ from test_qformer_hosts import NQ, S, blip, qformer_input, rel_err, run, clip  #
 
 import weights
 from minivtp.generate import generate
+from minivtp.rivals import FastV, LookM
 
 DEPTH = 2  # BT-Adapter depth: beside the last 2 of the tiny tower's 3 blocks
 
@@ -204,7 +205,7 @@ def test_whole_prompt_logits_equal_oracle_tower_then_transformers(stllm):
     px = torch.randn(4, 3, S, S)
     heads = json.loads((d / "config.json").read_text())["vision_config"]["num_attention_heads"]
     with torch.no_grad():
-        embeds, span = model.prompt(ids, px, qformer_ids=q)
+        embeds, span, _ = model.prompt(ids, px, qformer_ids=q)
         ours = model.llm.forward_embeds(embeds)
         image = oracle_tower(w, px, heads, DEPTH).float()
         query = hf.qformer(input_ids=q.repeat(4, 1), query_embeds=hf.query_tokens.expand(4, -1, -1),
@@ -223,13 +224,13 @@ def test_methods_on_st_llm(stllm):
     tok = Tokenizer.from_file(d)
     ids = torch.tensor(model.prompt_ids(tok, "Why?"))
     with torch.no_grad():
-        embeds, span = model.prompt(ids, torch.randn(4, 3, S, S), qformer_ids=model.qformer_ids("Why?"))
+        embeds, span, _ = model.prompt(ids, torch.randn(4, 3, S, S), qformer_ids=model.qformer_ids("Why?"))
     plain = generate(model.llm, embeds, 5)
     assert generate(model.llm, embeds, 5, video=span, alpha=1.0, layer=2).tokens.tolist() == plain.tokens.tolist()
     out = generate(model.llm, embeds, 5, video=span, alpha=0.2, layer=1)  # ceil(0.2 * 5) = 1 per frame
     assert torch.bincount((out.kept - span.start) // NQ, minlength=4).tolist() == [1, 1, 1, 1]
-    assert len(generate(model.llm, embeds, 3, video=span, method="fastv", alpha=0.2, layer=1).tokens) >= 1
-    assert len(generate(model.llm, embeds, 3, video=span, method="look-m", recent=0.2, important=0.2).tokens) >= 1
+    assert len(generate(model.llm, embeds, 3, video=span, method=FastV(alpha=0.2, layer=1)).tokens) >= 1
+    assert len(generate(model.llm, embeds, 3, video=span, method=LookM(recent=0.2, important=0.2)).tokens) >= 1
 
 
 def test_st_llm_checkpoint_problems_are_named(stllm, tmp_path):

@@ -46,7 +46,7 @@ def test_without_pooling_the_whole_prompt_equals_llava(llava):
     hf_ids = torch.cat([ids[:3], torch.full((T * GRID * GRID,), image), ids[4:]])  # transformers wants one per feature
     with torch.no_grad():
         ref = hf(input_ids=hf_ids[None], pixel_values=px).logits
-        embeds, span = model.prompt(ids, px)
+        embeds, span, _ = model.prompt(ids, px)
         ours = model.llm.forward_embeds(embeds)
     assert (span.start, span.frames, span.tokens_per_frame) == (3, T, GRID * GRID)
     assert ours.shape == ref.shape and rel_err(ours, ref) <= 1e-4
@@ -170,7 +170,7 @@ def test_cli_answers_with_llm_vtp(llava, tmp_path):
     frames, _ = read_frames(video, model.frames)
     ids = torch.tensor(tok.encode(build_prompt(model.arrangement, "What is the man doing?")))
     with torch.no_grad():
-        embeds, span = model.prompt(ids, preprocess(frames, model.vision.cfg.image_size))
+        embeds, span, _ = model.prompt(ids, preprocess(frames, model.vision.cfg.image_size))
     ref = generate(model.llm, embeds, 5, video=span, alpha=0.1, layer=2, eos_id=tok.eos)
     words = tok.decode([t for t in ref.tokens.tolist() if t != tok.eos], skip_special=True).strip()
     assert words and d["answer"] == words, (d["answer"], words)

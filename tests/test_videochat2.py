@@ -14,6 +14,7 @@ from test_stllm import lavis_name
 
 import weights
 from minivtp.generate import generate
+from minivtp.rivals import LookM
 
 MAIN, EXTRA = 2, 3  # query tokens: VideoChat2's 32 + 64, tiny (MAIN + EXTRA = NQ: transformers' Q-Former reads them)
 C, HEADS, HIDDEN, LAYERS = 32, 4, 56, 2
@@ -138,7 +139,7 @@ def test_whole_prompt_logits_equal_oracle_umt_then_transformers(videochat2):
     q = model.qformer_ids("Question: why?")  # (MVBench gives it the system prompt: 161 ids, past this tiny one's 64)
     px = torch.randn(4, 3, S, S)
     with torch.no_grad():
-        embeds, span = model.prompt(ids, px, qformer_ids=q)
+        embeds, span, _ = model.prompt(ids, px, qformer_ids=q)
         ours = model.llm.forward_embeds(embeds)
         image = oracle_umt(w, px).float()[None]  # the whole clip: ONE image of T*P rows for the Q-Former
         query = hf.qformer(input_ids=q, query_embeds=hf.query_tokens, encoder_hidden_states=image).last_hidden_state
@@ -157,12 +158,12 @@ def test_methods_on_the_clip_as_one_frame(videochat2):
     tok = Tokenizer.from_file(d)
     ids = torch.tensor(model.prompt_ids(tok, "What happens?"))
     with torch.no_grad():
-        embeds, span = model.prompt(ids, torch.randn(4, 3, S, S), qformer_ids=model.qformer_ids("What happens?"))
+        embeds, span, _ = model.prompt(ids, torch.randn(4, 3, S, S), qformer_ids=model.qformer_ids("What happens?"))
     plain = generate(model.llm, embeds, 5)
     assert generate(model.llm, embeds, 5, video=span, alpha=1.0, layer=2).tokens.tolist() == plain.tokens.tolist()
     out = generate(model.llm, embeds, 5, video=span, alpha=0.4, layer=1)
     assert out.kept.numel() == 2 and ((out.kept >= span.start) & (out.kept < span.end)).all()  # ceil(0.4 * 5)
-    assert len(generate(model.llm, embeds, 3, video=span, method="look-m", recent=0.2, important=0.2).tokens) >= 1
+    assert len(generate(model.llm, embeds, 3, video=span, method=LookM(recent=0.2, important=0.2)).tokens) >= 1
 
 
 def test_cli_eval_and_prumerge_on_videochat2(videochat2, tmp_path):

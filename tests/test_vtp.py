@@ -13,6 +13,7 @@ from minivtp import vtp
 from minivtp.generate import Method, generate, pick
 from minivtp.model import EMPTY, KVCache
 from minivtp.vtp import VideoSpan
+from minivtp.rivals import LookM
 
 # ---- one test per equation -----------------------------------------------------------------------------------
 
@@ -319,7 +320,7 @@ def test_manual_attention_path_gives_the_same_generation(ckpt):
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
 
 
-def test_baselines_keep_what_they_should(ckpt):
+def test_rivals_keep_what_they_should(ckpt):
     model, _ = ckpt
     embeds = model.embed(prompt(6, 40))[None]
     video = VideoSpan(start=2, frames=4, tokens_per_frame=8)
@@ -530,13 +531,13 @@ def test_bad_method_arguments(ckpt, kwargs, match):
 
 
 @pytest.mark.parametrize("method,n_layers,message", [
-    (Method("prumerge+"), 4, r"^method='prumerge\+' prunes in the vision tower, before the LLM: build the prompt with "
-                             r"VideoLLM.prompt\(ids, pixels, prumerge=True\) and generate with video=None$"),
-    (Method("look-m", recent=1.5), 4, r"^recent=1.5 is outside \[0, 1\]: a fraction of the prompt's rows$"),
-    (Method("look-m", recent=0, important=0), 4, r"^recent=0 and important=0 would keep no row at all$"),
+    (Method("prumerge+"), 4, r"^method='prumerge\+' must be one of 'llm-vtp', 'random', 'complement' \(the rivals "
+                             r"FastV, Look-M and PruMerge\+ are methods of their own: minivtp/rivals/\)$"),
+    (LookM(recent=1.5), 4, r"^recent=1.5 is outside \[0, 1\]: a fraction of the prompt's rows$"),
+    (LookM(recent=0, important=0), 4, r"^recent=0 and important=0 would keep no row at all$"),
     (Method(), 4, r"^layer must be given: the default M=10 is outside 1..4$"),
     (Method(layer=2, scores="exact"), 4, r"^scores='exact' must be one of 'fast', 'literal'$"),
-    (Method(layer=2, merge="sum"), 4, r"^merge='sum' must be one of 'average', 'pivotal', 'none'$"),
+    (LookM(merge="sum"), 4, r"^merge='sum' must be one of 'average', 'pivotal', 'none'$"),
 ])
 def test_method_refusals_name_the_value_and_its_range(method, n_layers, message):
     with pytest.raises(ValueError, match=message):
@@ -544,8 +545,8 @@ def test_method_refusals_name_the_value_and_its_range(method, n_layers, message)
 
 
 def test_method_edges(ckpt):
-    assert Method("look-m", recent=1.0, important=0.0).resolved(4).recent == 1.0  # [0, 1] includes 1
-    assert Method("look-m").resolved(1).layer == 1  # Look-M needs no layer: any model depth will do
+    assert LookM(recent=1.0, important=0.0).resolved(4).recent == 1.0  # [0, 1] includes 1
+    assert LookM().resolved(1).layer is None  # Look-M needs no layer: any model depth will do
     model, _ = ckpt
     embeds = model.embed(prompt(19, 30))[None]
     video = VideoSpan(2, 4, 6)

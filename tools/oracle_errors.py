@@ -2,7 +2,7 @@
 
     python tools/oracle_errors.py            # about a minute on 2 CPU cores
 
-Each tolerance in tests/test_vtp.py, tests/test_baselines.py, tests/test_exercises.py and tests/test_weights.py
+Each tolerance in tests/test_vtp.py, tests/test_rivals.py, tests/test_exercises.py and tests/test_weights.py
 is set from these numbers with a stated margin; the comment above each one says which line of this table it
 comes from. A tolerance far above the measured error is a place where a small numeric bug can hide; one at the
 measured error fails on the next seed. Rerun this after a change to the numerics and revisit the bounds.
@@ -18,7 +18,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent))
 
-import test_baselines as tb  # noqa: E402
+import test_rivals as tb  # noqa: E402
 import test_vtp as tv  # noqa: E402
 import test_weights as tw  # noqa: E402
 from conftest import write_llama  # noqa: E402
@@ -51,7 +51,7 @@ def main():
         dict(start=5, T=3, Nv=9, Nq=4, alpha=0.3, layer=2, n_new=5),
         dict(start=3, T=5, Nv=6, Nq=5, alpha=0.01, layer=3, n_new=4, pool="mean"),
         dict(start=3, T=4, Nv=8, Nq=5, alpha=0.3, layer=2, n_new=5, ranking="sequence")]
-    # the tests' own checkpoints (test_vtp 5, test_baselines 21, the capstone 11) and one more
+    # the tests' own checkpoints (test_vtp 5, test_rivals 21, the capstone 11) and one more
     for _, model, hf in checkpoints((5, 21, 11, 0), **four):
         for seed in PROMPTS:
             for case in vtp_cases:
@@ -76,8 +76,8 @@ def main():
     report("LLM-VTP, test_vtp.py oracle cases (ORACLE_TOL)", tv.ORACLE_TOL, llm_vtp)
     report("LLM-VTP scores a_v at layer M, test_vtp.py (SCORES_TOL)", tv.SCORES_TOL, scores)
     report("LLM-VTP literal scores, the capstone (test_exercises.py)", 2e-5, capstone)
-    report("FastV, test_baselines.py (ORACLE_TOL)", tb.ORACLE_TOL, fastv)
-    report("Look-M, test_baselines.py (ORACLE_TOL)", tb.ORACLE_TOL, look_m)
+    report("FastV, test_rivals.py (ORACLE_TOL)", tb.ORACLE_TOL, fastv)
+    report("Look-M, test_rivals.py (ORACLE_TOL)", tb.ORACLE_TOL, look_m)
     report("Look-M received attention at layer 1 (SCORES_TOL)", tb.SCORES_TOL, look_m_scores)
 
     print("float32 minivtp against transformers' float32 forward (weights.load):")

@@ -33,8 +33,16 @@ from pathlib import Path
 import torch
 
 from minivtp.evaluation import benchmarks
+
 # MVBench's prompt and letter rule live with the benchmarks' readers; --questions uses them too
-from minivtp.evaluation.benchmarks import ANSWER_PROMPT, LETTERS, POST_QUERY, letter_of, qa_text  # noqa: F401
+from minivtp.evaluation.benchmarks import (  # noqa: F401
+    ANSWER_PROMPT,
+    LETTERS,
+    POST_QUERY,
+    letter_of,
+    qa_text,
+)
+from minivtp.evaluation.pipeline import Pipeline
 from minivtp.vtp import VideoSpan
 
 
@@ -72,30 +80,13 @@ def check_entry(q: dict):
     return None
 
 
-def fast_decoder(llm, device, eager: bool, no_compile: bool):
-    """What eval decodes with: on CUDA a loop of questions pays a compile once and gains it back many times, so
-    the model is prepared for speed (q+k+v fused, blocks compiled: fast.prepare) and one fast.FastDecoder, its
-    decode step compiled with autotuned products (compile=True), serves every question. --no-compile: fused, CUDA
-    graphs only. --eager on CUDA: the readable path (fast.EagerOnGPU's kernels); not CUDA: None, the readable
-    path (generate's default)."""
-    if torch.device(device).type != "cuda":
-        return None
-    from minivtp import fast
-    if eager:
-        return fast.EagerOnGPU(llm)
-    if not no_compile:
-        print("compiling the decoder blocks and an autotuned decode step for this run (once, at the first "
-              "questions; --no-compile skips it)", file=sys.stderr, flush=True)  # stdout stays the summary
-    fast.prepare(llm, compile=not no_compile)
-    return fast.FastDecoder(llm, compile=not no_compile)
-
-
 class Answerer:
-    """Loads a checkpoint once and answers one question at a time: (prediction, letter, facts)."""
+    """Loads a checkpoint once (evaluation/pipeline.py) and answers one question at a time: (prediction, letter,
+    facts)."""
 
     def __init__(self, args):
-        from minivtp.cli import load_checkpoint, method_of
         import weights
+        from minivtp.cli import decode_step, method_of
 
         self.args = args
         cfg = weights.read_config(Path(args.weights)) if Path(args.weights).is_dir() else {}
@@ -104,59 +95,38 @@ class Answerer:
         if self.toy:
             from minivtp.lab import toy
             self.model = toy.load(args.weights)
+            self.llm = self.model.llm
         else:
-            self.model, self.tok, _ = load_checkpoint(args)
-        self.llm = self.model.llm
-        if self.method is not None:  # a bad --layer, ratio or variant is one error now, not one per question
+            # a loop of questions pays a compile once and gains it back many times: the tuned step on CUDA
+            step = decode_step(args, "tuned") if torch.device(args.device).type == "cuda" else None
+            self.pipe = Pipeline.load(args.weights, args.dtype, args.device, args.lora_alpha, self.method, step,
+                                      loop=True)
+            self.llm = self.pipe.vm.llm
+        if hasattr(self.method, "resolved"):  # a bad --layer, ratio or variant is one error now, not one per question
             self.method.resolved(self.llm.cfg.n_layers)
         self.noted = False  # the released count's zero-token note, said once a run
-        # by where the model is, not by --device: the toy always runs on the CPU, and compiling it there (what a
-        # GPU machine's default --device cuda asked for) cost every eval of the toy a CPU compile
-        self.decoder = fast_decoder(self.llm, self.llm.embed.weight.device, args.eager, args.no_compile)
 
     def __call__(self, q: dict, videos: Path):
         path = videos / q["video"]
         if self.toy:
             return self.ask_toy(q, path)
-        from minivtp.hosts.frames import read_frames
-        frames, _ = read_frames(path, self.model.frames, self.model.sample_indices)
+        frames, _ = self.pipe.read(path)
         text, facts = self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench", self.args.max_new_tokens or 5)
         prediction = "(" + text
         return prediction, letter_of(prediction), facts
 
     def generate(self, frames, question: str, template: str, max_new_tokens: int):
-        """The model's answer to `question` about `frames` in PLLaVA's conversation `template` (Tarsier and the
-        LLaVA-OneVision hosts: their own prompt, then the template's answer prompt), and what it cost."""
-        from minivtp.cli import encode_prompt, is_qformer_host, qformer_inputs
-        from minivtp.generate import generate
-        from minivtp.hosts.prompts import PLLAVA_TEMPLATES, build_prompt
-        pixels = self.model.preprocess(frames).to(self.args.device)
-        kind, extra = self.model.arrangement, {}
-        if is_qformer_host(self.model):  # the host's own template (MVBench's for eval_mvbench); the Q-Former reads it too
-            ids, extra = qformer_inputs(self.model, self.tok, question.removesuffix(POST_QUERY), self.args.device,
-                                        mvbench=template == "eval_mvbench")
-        else:
-            if kind in ("tarsier", "llava-onevision", "llava-video"):
-                text = build_prompt(kind, question, placeholder=self.model.placeholder) + \
-                    (PLLAVA_TEMPLATES[template][6] or "")
-            else:
-                text = build_prompt("pllava", question, template)
-            ids = torch.tensor(encode_prompt(self.tok, text, self.model), device=self.args.device)
-        merged = self.args.method == "prumerge+"
-        with torch.no_grad():
-            embeds, video = self.model.prompt(ids, pixels, prumerge=merged, **extra)
-        self.note(video)
-        out = generate(self.llm, embeds, max_new_tokens, video=video if self.method else None,
-                       method=self.method, eos_id=self.tok.eos, decoder=self.decoder)
-        answer = self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
-        n_video = video.unpruned_rows if merged else video.end - video.start
-        kept = video.end - video.start if merged else out.kept.numel() if self.method else n_video
-        return answer, dict(kept_ratio=kept / n_video, prefill_s=out.prefill_s, decode_s=out.decode_s)
+        """The model's answer to `question` about `frames` in PLLaVA's conversation `template` (the other hosts:
+        their own prompt, then the template's answer prompt), and what it cost."""
+        a = self.pipe.answer(frames, question, self.method, max_new_tokens, template)
+        self.say(a.note)
+        out = a.generation
+        return a.text, dict(kept_ratio=a.kept_ratio, prefill_s=out.prefill_s, decode_s=out.decode_s)
 
     def ask_benchmark(self, q: dict, benchmark: str) -> dict:
         """One question of a downloaded benchmark: the row's prediction(s), letter, frames read and costs."""
         from minivtp.lab import toy
-        frames, indices = benchmarks.read_clip(q, self.args.data, toy.T if self.toy else self.model.frames)
+        frames, indices = benchmarks.read_clip(q, self.args.data, toy.T if self.toy else self.pipe.vm.frames)
         open_ended = benchmark in benchmarks.OPEN_ENDED
         questions = [None, q["question1"]] if "question1" in q else [None]  # consistency_qa: both, one at a time
         answers, facts = [], dict(kept_ratio=0.0, prefill_s=0.0, decode_s=0.0)
@@ -183,13 +153,15 @@ class Answerer:
             letter = benchmarks.letter(benchmark, prediction, q)
         return dict(row, prediction=prediction, letter=letter)
 
-    def note(self, video):
-        """Say once a run, on stderr, when the released count keeps no token of a frame (cli.zero_count_note)."""
-        from minivtp.cli import zero_count_note
-        note = zero_count_note(self.method, video)
+    def say(self, note):
+        """Say a note once a run, on stderr (the released count keeping no token of a frame: cli.zero_count_note)."""
         if note and not self.noted:
             print(f"note: {note}", file=sys.stderr, flush=True)
             self.noted = True
+
+    def note(self, video):
+        from minivtp.cli import zero_count_note
+        self.say(zero_count_note(self.method, video))
 
     def toy_generate(self, frames, question: str):
         """The toy's two-word answer to its question about frames that benchmarks.read_clip read from pictures."""
@@ -205,6 +177,7 @@ class Answerer:
 
     def ask_toy(self, q, path):
         from safetensors.torch import load_file
+
         from minivtp.lab import toy
         try:
             features = load_file(str(path))["features"]
@@ -253,8 +226,6 @@ def read_jsonl(path: Path) -> list:
 def run(args) -> int:
     import torch.distributed as dist
 
-    from minivtp.cli import check_prumerge_fits
-    check_prumerge_fits(args)  # before the questions are read: no question could be answered
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

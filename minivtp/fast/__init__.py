@@ -5,7 +5,7 @@ Nothing in the readable core imports this file. It plugs in at one visible point
 
     from minivtp import fast
     fast.prepare(model)                       # once: q+k+v as one matmul, the decoder blocks compiled
-    decoder = fast.FastDecoder(model, compile=True)
+    decoder = fast.FastDecoder(model, step="tuned")
     for embeds, video in questions:           # one capture per size, not per question
         out = generate(model, embeds, 5, video=video, alpha=0.1, layer=10, decoder=decoder)
 
@@ -30,13 +30,24 @@ commits that measured them):
 """
 
 import functools
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minivtp.generate import decode_one_token
-from minivtp.model import EMPTY, MLP, Attention, Block, KVCache, attention_manual, causal_mask, repeat_kv, swiglu
+from minivtp.model import (
+    EMPTY,
+    MLP,
+    Attention,
+    Block,
+    KVCache,
+    attention_manual,
+    causal_mask,
+    repeat_kv,
+    swiglu,
+)
 
 # torch.compile's mode for the decode step on a GPU: time Triton's kernels against cuBLAS for every weight shape
 # and keep the faster (our own CUDA graph captures the result, so not torch's graphs as well)
@@ -124,7 +135,7 @@ def compile_blocks(model, mode=None):
 def prepare(model, compile: bool = True):
     """What the fast path changes in a model on a GPU, once per process: fuse_qkv and fuse_gate_up, and with
     `compile` compile_blocks. `python -m minivtp eval` does all of it on CUDA, `answer` the fusing only (its
-    prefill runs once; its decode step runs through three Triton kernels, FastDecoder(triton=True)). Returns the
+    prefill runs once; its decode step runs through three Triton kernels, FastDecoder(step="triton")). Returns the
     model."""
     fuse_gate_up(fuse_qkv(model))
     return compile_blocks(model) if compile else model
@@ -277,16 +288,16 @@ class GraphDecode:
     the replay makes anyway. On a CPU there are no graphs and it simply calls the step.
     """
 
-    def __init__(self, model, caches, token, pos: int, step: int = 0, compile=False, triton=False):
+    def __init__(self, model, caches, token, pos: int, step: int = 0, kind: str = "plain"):
         dev = caches[0].k.device  # caches: StaticKVCaches
-        self.run = tuned_step if compile else triton_step if triton else static_step
+        self.run = STEPS[kind]
         self.model, self.caches = model, caches
         self.token = token.view(1).clone()
         self.pos = torch.tensor([pos], device=dev)
         self.step = torch.tensor([step], device=dev)
         for cache in caches:  # one step tensor for every layer's cache, set before each replay
             cache.step = self.step
-        if compile:  # the caches' length a symbol from the first compile: one compile serves every size
+        if kind == "tuned":  # the caches' length a symbol from the first compile: one compile serves every size
             import torch._dynamo as dynamo
             for cache in caches:
                 for t, dim in ((cache.k, 2), (cache.v, 2), (cache.pos, 0)):
@@ -356,6 +367,40 @@ class PrefillTail:
 # The decoders generate takes
 
 
+# The decode step a CUDA graph replays, by name: the same function signature (model, token, pos, caches) -> logits
+STEPS = {"plain": static_step, "tuned": tuned_step, "triton": triton_step}
+
+
+def decoder_for(model, step: str = None, loop: bool = False):
+    """What generate decodes with, by the step's name: the one place the commands choose it.
+
+    None: generate's readable functions (on a CPU there is nothing to gain). "eager": the readable path on a
+    GPU's kernels (EagerOnGPU). "plain", "tuned", "triton" (STEPS): static caches and CUDA graphs, the model
+    prepared once (q+k+v and gate+up fused; "tuned" also compiles the blocks). `loop`: many questions will come
+    (eval), so the prefill's tail gets graphs too and cache sizes round to a bucket; one question (answer) gets
+    exact sizes and no prefill graphs, where a capture costs more than it saves. A model whose head_dim the Triton
+    kernels do not take decodes with "plain", and a note says so."""
+    if step is None:
+        return None
+    cuda = model.embed.weight.is_cuda
+    if step == "eager":
+        return EagerOnGPU(model) if cuda else None
+    if step not in STEPS:
+        raise ValueError(f"--decode {step!r} must be one of eager, {', '.join(STEPS)}")
+    if step == "triton" and not triton_fits(model):
+        print(f"note: head_dim {model.cfg.head_dim} is not a power of two, which the Triton step's RoPE kernel "
+              "needs: decoding with the graph of the plain step (--decode plain)", file=sys.stderr)
+        step = "plain"
+    if step == "triton" and not cuda:
+        raise ValueError("--decode triton runs CUDA kernels; the model is not on a CUDA device")
+    if cuda:
+        if step == "tuned" and loop:
+            print("compiling the decoder blocks and an autotuned decode step for this run (once, at the first "
+                  "questions; --decode plain skips it)", file=sys.stderr, flush=True)
+        prepare(model, compile=step == "tuned")
+    return FastDecoder(model, step=step) if loop else FastDecoder(model, bucket=1, prefill_bucket=0, step=step)
+
+
 class FastDecoder:
     """The fast path, kept from one question to the next: CUDA graphs of the pruned prefill's last layers, and
     static caches with one graph of the decode step per size. generate(..., decoder=FastDecoder(model)).
@@ -363,35 +408,34 @@ class FastDecoder:
     Each layer's cache size (the rows after prefill plus the new tokens) is rounded up to a multiple of
     `bucket`, so questions of about the same length share a graph. The price: a step reads its whole static
     cache, masked, so up to bucket - 1 empty rows per layer more than the exact size (a few percent of the
-    weights' bytes at 7B). bucket=1 gives exact sizes and a capture for every new size. compile=True decodes
-    through tuned_block (compiled, and autotuned on a GPU, once per process); triton=True through triton_step
-    (three Triton kernels, nothing traced by torch: answer's, where a compile would cost more than the answer).
+    weights' bytes at 7B). bucket=1 gives exact sizes and a capture for every new size. `step` names the decode
+    step in the graph (STEPS): "plain", model.py's own; "tuned", through tuned_block (compiled, and autotuned on
+    a GPU, once per process: eval's); "triton", through triton_step (three Triton kernels, nothing traced by
+    torch: answer's, where a compile would cost more than the answer).
     The pruned prefill's rows after layer M are rounded up to a multiple of `prefill_bucket` (PrefillTail): the
     fewer padding rows the faster (16 beat 64 in every setting on an H100), but each new row count is a capture
     and 0.44 MB of cache per row at 7B. prefill_bucket=0 leaves those layers to the readable loop, as a one-shot
     question should (a capture costs more than it saves once): FastDecoder(model, bucket=1, prefill_bucket=0).
     """
 
-    def __init__(self, model, bucket: int = 256, compile: bool = False, prefill_bucket: int = 16,
-                 triton: bool = False):
-        if compile and triton:
-            raise ValueError("FastDecoder: compile=True (tuned_step) and triton=True (triton_step) are two ways of "
-                             "decoding; choose one")
-        if triton:  # fail here, in one line, not at the first decode step
+    def __init__(self, model, bucket: int = 256, step: str = "plain", prefill_bucket: int = 16):
+        if step not in STEPS:
+            raise ValueError(f"FastDecoder: step={step!r} must be one of {', '.join(map(repr, STEPS))}")
+        if step == "triton":  # fail here, in one line, not at the first decode step
             if not all(isinstance(b.attn, FusedQKVAttention) and isinstance(b.mlp, FusedMLP) for b in model.layers):
-                raise ValueError("FastDecoder(triton=True) needs fused products: fast.prepare(model, compile=False)")
+                raise ValueError("FastDecoder(step='triton') needs fused products: fast.prepare(model, compile=False)")
             if not triton_fits(model):
-                raise ValueError(f"FastDecoder(triton=True): its RoPE kernel takes a power-of-two head_dim, this "
-                                 f"model's is {model.cfg.head_dim} (answer --no-compile decodes it without the kernels)")
+                raise ValueError(f"FastDecoder(step='triton'): its RoPE kernel takes a power-of-two head_dim, this "
+                                 f"model's is {model.cfg.head_dim} (--decode plain decodes it without the kernels)")
             if not model.embed.weight.is_cuda:
-                raise ValueError("FastDecoder(triton=True) decodes with CUDA kernels; the model is on "
+                raise ValueError("FastDecoder(step='triton') decodes with CUDA kernels; the model is on "
                                  f"{model.embed.weight.device}")
             from minivtp.fast import triton_kernels  # noqa: F401  (its ImportError says what to install)
         if bucket < 1:
             raise ValueError(f"bucket={bucket} must be >= 1")
         if prefill_bucket < 0:
             raise ValueError(f"prefill_bucket={prefill_bucket} must be >= 0 (0: no prefill graphs)")
-        self.model, self.bucket, self.compile, self.triton, self.graphs = model, bucket, compile, triton, {}
+        self.model, self.bucket, self.step, self.graphs = model, bucket, step, {}
         self.prefill_bucket, self.tails = prefill_bucket, {}
         self.pool = torch.cuda.graph_pool_handle() if model.embed.weight.is_cuda else None  # shared by the tails
 
@@ -424,7 +468,7 @@ class FastDecoder:
         sizes = tuple(-(-(c.length + new_tokens) // b) * b for c in caches)  # rounded up to the bucket
         if sizes not in self.graphs:
             static = [StaticKVCache.from_cache(c, n) for c, n in zip(caches, sizes)]
-            self.graphs[sizes] = GraphDecode(self.model, static, token, pos, 0, self.compile, self.triton)
+            self.graphs[sizes] = GraphDecode(self.model, static, token, pos, 0, self.step)
         else:
             for s, c in zip(self.graphs[sizes].caches, caches):
                 s.load(c)

@@ -28,23 +28,23 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from minivtp.hosts.eva_vit import EvaConfig, EvaViT
-from minivtp.hosts.qformer import QFormer, QFormerConfig, WordPiece
+from minivtp import checkpoint
 from minivtp.hf_config import config_from_hf
-from minivtp.model import Config, Transformer
+from minivtp.hosts import Host, Prompt, llava
+from minivtp.hosts.eva_vit import EvaConfig, EvaViT
 from minivtp.hosts.frames import sample_indices
 from minivtp.hosts.llava import preprocess
 from minivtp.hosts.prompts import ANSWER_PROMPT, POST_QUERY
+from minivtp.hosts.qformer import QFormer, QFormerConfig, WordPiece
+from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
-from minivtp import checkpoint
-from minivtp.hosts import llava
 
 PRUMERGE_ERROR = ("PruMerge+ cannot run on a Q-Former host: it ranks patches by the vision tower's [CLS] attention, "
                   "and what this LLM reads are the Q-Former's query tokens, none of which is a [CLS] (paper, Sec. 4.2 "
                   "and Tab. 8); use --method llm-vtp, fastv or look-m")
 
 
-class QFormerVideoLLM(nn.Module):
+class QFormerVideoLLM(Host):
     """Vision tower + Q-Former + projector + minivtp's Transformer. `arrangement` names the host's prompt."""
 
     def __init__(self, text: Config, vision: nn.Module, qformer: QFormerConfig, image_token: int, frames: int = 4,
@@ -106,22 +106,30 @@ class QFormerVideoLLM(nn.Module):
         q = self.qformer(image.to(self.qformer.query.dtype), qformer_ids)  # (T, Nq, Cq)
         return rearrange(self.projector(q), "t n c -> (t n) c"), pixels.shape[0]  # (T*Nq, C)
 
-    def prompt(self, ids: torch.Tensor, pixels, qformer_ids=None, prumerge=False):
-        """Token ids (N0,) with ONE video placeholder -> embeds (1, N, C) and VideoSpan(start, T, Nq)."""
-        if prumerge:
-            raise ValueError(PRUMERGE_ERROR)
-        where = (ids == self.image_token).nonzero().flatten()
-        if where.numel() != 1:
-            raise ValueError(f"the prompt must hold exactly one video placeholder (token {self.image_token}); "
-                             f"it holds {where.numel()}")
-        i = where.item()
+    def encode(self, tok, question: str, template: str = None):
+        """(ids with ONE placeholder, {"qformer_ids": the instruction's BERT ids}): the host's own template, and
+        the Q-Former reads the question too. template "eval_mvbench" asks for the host's MVBench prompt."""
+        mvbench = template == "eval_mvbench"
+        question = question.removesuffix(POST_QUERY)  # a benchmark's post-query: the MVBench template says its own
+        ids = torch.tensor(self.prompt_ids(tok, question, mvbench))
+        return ids, dict(qformer_ids=self.qformer_ids(self.qformer_text(question, mvbench)))
+
+    def check_tokenizer(self, tok, where):
+        pass  # the host splices its placeholder id itself: the tokenizer need not know it
+
+    def prompt(self, ids: torch.Tensor, pixels, qformer_ids=None) -> Prompt:
+        """Token ids (N0,) with ONE video placeholder -> Prompt(embeds (1, N, C), VideoSpan(start, T, Nq),
+        positions (N,))."""
+        if qformer_ids is not None:
+            qformer_ids = qformer_ids.to(pixels.device)
         video, T = self.video_tokens(pixels, qformer_ids)
-        e = self.llm.embed
-        # Eq. 1: X = [X_v; X_q], the video rows where the placeholder was, the question after them
-        embeds = torch.cat([e(ids[:i]), video.to(e.weight.dtype), e(ids[i + 1 :])])[None]  # (1, N, C)
-        span = VideoSpan(i, T, self.tokens_per_frame())
+        embeds, start = self.splice(ids, video)  # Eq. 1
+        span = VideoSpan(start, T, video.shape[0] // T)
         span.check(embeds.shape[1], video_rows=video.shape[0])
-        return embeds, span
+        return Prompt(embeds, span, torch.arange(embeds.shape[1], device=embeds.device))
+
+    def class_attention(self, pixels):
+        raise ValueError(PRUMERGE_ERROR)
 
     def prompt_ids(self, tok, question: str, mvbench: bool = False) -> list:
         """transformers' processor: the video first, then <s> and the text as it is. InstructBLIP has no MVBench

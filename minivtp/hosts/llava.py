@@ -18,12 +18,20 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minivtp.rivals import baselines
-from minivtp.checkpoint import (DERIVED, CheckpointError, apply_rules, hf_to_ours, load_into, open_checkpoint,
-                                open_shard)
+from minivtp.checkpoint import (
+    DERIVED,
+    CheckpointError,
+    apply_rules,
+    hf_to_ours,
+    load_into,
+    open_checkpoint,
+    open_shard,
+)
 from minivtp.hf_config import config_from_hf
-from minivtp.model import Config, Transformer
+from minivtp.hosts import Host, Prompt
 from minivtp.hosts.frames import sample_indices
+from minivtp.hosts.prompts import PLLAVA_TEMPLATES, pllava_prompt, tarsier_prompt
+from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -147,7 +155,7 @@ CLIP_L336_DEFAULTS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_l
                           image_size=336, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)
 
 
-class VideoLLM(nn.Module):
+class VideoLLM(Host):
     """Vision tower + projector + a token arrangement + minivtp's Transformer (PLLaVA, Tarsier, or plain LLaVA)."""
 
     def __init__(self, text: Config, vision: VisionConfig, arrangement="pllava", pooling_shape=(16, 12, 12),
@@ -220,55 +228,61 @@ class VideoLLM(nn.Module):
             return tarsier_layout(x, grid, emb[self.newline_token], emb[self.frame_token]), x.shape[0]
         return rearrange(x, "t p c -> (t p) c"), x.shape[0]
 
-    def prumerge_tokens(self, pixels):
-        """PruMerge+ (baselines.py), frame by frame: (video rows, C), the rows of each frame, the unpruned rows."""
+    def class_attention(self, pixels):
+        """What PruMerge+ (rivals/prumerge.py) reads, frame by frame: (x (T', P', C*) the rows it merges, keys
+        (T', P', Cv), a (T', P') their [CLS] attention, finish(rows, t) -> frame t's rows for the LLM)."""
+        from minivtp.rivals.prumerge import (
+            cls_attention,  # the rival's own rule, read on this host's tower
+        )
+
         n = self.vision.cfg.n_layers
         after = self.feature_layer % (n + 1)  # the block whose attention PruMerge reads: the one after the features
         if after >= n:
             raise ValueError(f"PruMerge+ reads the vision block after the feature layer; layer {self.feature_layer} "
                              "is the last")
         h = self.vision(pixels, self.feature_layer)  # (T, 1+P, Cv)
-        a, keys = baselines.cls_attention(self.vision.layers[after], h)  # (T, P), (T, P, Cv)
+        a, keys = cls_attention(self.vision.layers[after], h)  # (T, P), (T, P, Cv)
         patches = h[:, 1:]  # (T, P, Cv)
-        T = self.pooling_shape[0] if self.arrangement == "pllava" else patches.shape[0]
-        frames = []
         if self.arrangement == "pllava":  # pool attention and keys like the features, merge after the projector
-            grid = self.vision.cfg.grid
+            T, grid = self.pooling_shape[0], self.vision.cfg.grid
             pooled = lambda t: pllava_pool(t, grid, self.pooling_shape).view(T, -1, t.shape[-1])  # noqa: E731
             x = pooled(self.projector(patches))  # (T', h'w', C)
-            a = pooled(a.float()[..., None])[..., 0]  # (T', h'w): the same average, over attention values
-            keys = pooled(keys.float())  # (T', h'w', Cv)
-            frames = [baselines.prumerge_plus(x[t], keys[t], a[t])[0] for t in range(x.shape[0])]
-        else:  # merge in CLIP's space, then project, as PruMerge+ does for LLaVA
-            sep = self.llm.embed.weight[self.frame_token] if self.arrangement == "tarsier" else None
-            for t in range(patches.shape[0]):
-                rows = self.projector(baselines.prumerge_plus(patches[t], keys[t], a[t])[0])
-                frames.append(rows if sep is None else torch.cat([rows, sep[None].to(rows.dtype)]))
-        return torch.cat(frames), tuple(f.shape[0] for f in frames), T * self.tokens_per_frame()
+            return x, pooled(keys.float()), pooled(a.float()[..., None])[..., 0], lambda rows, t: rows
+        # plain LLaVA and Tarsier: merge in CLIP's space, then project (and Tarsier's frame separator after)
+        sep = self.llm.embed.weight[self.frame_token] if self.arrangement == "tarsier" else None
 
-    def prompt(self, ids: torch.Tensor, pixels, prumerge=False):
-        """Token ids (N0,) with ONE image token where the video goes -> embeds (1, N, C) and the VideoSpan.
+        def finish(rows, t):
+            rows = self.projector(rows)
+            return rows if sep is None else torch.cat([rows, sep[None].to(rows.dtype)])
 
-        prumerge=True: the video pruned and merged by PruMerge+ before the LLM; then a baselines.MergedVideo
-        (frames of different lengths) instead of the VideoSpan."""
-        where = (ids == self.image_token).nonzero().flatten()
-        if where.numel() != 1:
-            raise ValueError(f"the prompt must hold exactly one video placeholder (token {self.image_token}); "
-                             f"it holds {where.numel()}")
-        i = where.item()
-        if prumerge:
-            video, per_frame, unpruned = self.prumerge_tokens(pixels)
-        else:
-            video, T = self.video_tokens(pixels)
-        e = self.llm.embed
-        # Eq. 1: X = [X_v; X_q], the video rows spliced in where the placeholder was, the question after them
-        # (and, unlike the paper's equation, the system prompt before them: VideoSpan.start says where X_v begins)
-        embeds = torch.cat([e(ids[:i]), video.to(e.weight.dtype), e(ids[i + 1 :])])[None]  # (1, N, C)
-        if prumerge:
-            return embeds, baselines.MergedVideo(i, per_frame, unpruned)
-        span = VideoSpan(i, T, video.shape[0] // T)
+        return patches, keys, a, finish
+
+    def prompt_text(self, question: str, template: str = None) -> str:
+        """PLLaVA's conversation `template` ('plain' unless a benchmark names one); Tarsier's own prompt, then the
+        template's answer prompt ("Best option:(" for MVBench)."""
+        if self.arrangement == "tarsier":
+            return tarsier_prompt(question) + ((PLLAVA_TEMPLATES[template][6] or "") if template else "")
+        return pllava_prompt(question, template or "plain")
+
+    def prompt(self, ids: torch.Tensor, pixels) -> Prompt:
+        """Token ids (N0,) with ONE image token where the video goes -> Prompt(embeds (1, N, C), VideoSpan,
+        positions (N,))."""
+        video, T = self.video_tokens(pixels)
+        embeds, start = self.splice(ids, video)  # Eq. 1
+        span = VideoSpan(start, T, video.shape[0] // T)
         span.check(embeds.shape[1], video_rows=video.shape[0])
-        return embeds, span
+        return Prompt(embeds, span, torch.arange(embeds.shape[1], device=embeds.device))
+
+    def cells(self, Nv: int):
+        g = self.vision.cfg.grid
+        if self.arrangement == "pllava":
+            h, w = self.pooling_shape[1:]
+            return [(j // w, j % w) for j in range(h * w)], (h, w)
+        if self.arrangement == "tarsier":  # each row of the grid ends in a newline, the frame in a separator
+            return [(j // (g + 1), j % (g + 1)) if j < g * (g + 1) and j % (g + 1) != g else None
+                    for j in range(Nv)], (g, g)
+        first = Nv - g * g  # a [CLS] token first when the features keep it
+        return [None] * first + [(j // g, j % g) for j in range(g * g)], (g, g)
 
 
 def preprocess(frames, size: int, mean=CLIP_MEAN, std=CLIP_STD):

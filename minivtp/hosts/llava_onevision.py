@@ -40,12 +40,20 @@ from einops import rearrange
 from torch import nn
 
 from minivtp import checkpoint
-from minivtp.hosts.siglip import SIGLIP_MEAN, SIGLIP_STD, SiglipConfig, SiglipTower, preprocess, siglip_to_ours
 from minivtp.hf_config import config_from_hf
-from minivtp.model import Config, Transformer
+from minivtp.hosts import Host, Prompt, llava
 from minivtp.hosts.llava import Projector
+from minivtp.hosts.prompts import PLLAVA_TEMPLATES, qwen_prompt
+from minivtp.hosts.siglip import (
+    SIGLIP_MEAN,
+    SIGLIP_STD,
+    SiglipConfig,
+    SiglipTower,
+    preprocess,
+    siglip_to_ours,
+)
+from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
-from minivtp.hosts import llava
 
 POOL_MODES = ("bilinear", "average", "max")
 NEWLINES = ("one_token", "grid", "frame", "no_token")
@@ -68,7 +76,7 @@ def sample_linspace(n_available: int, n: int):
     return [int((n_available - 1) * i / (n - 1)) for i in range(n)]  # int() truncates, as dtype=int does
 
 
-class LlavaOnevision(nn.Module):
+class LlavaOnevision(Host):
     """SigLIP tower + projector + pooling + newline embedding + minivtp's Transformer (Qwen2)."""
 
     def __init__(self, text: Config, vision: SiglipConfig, feature_layer=-1, projector_act="gelu", video_token=151647,
@@ -173,26 +181,33 @@ class LlavaOnevision(nn.Module):
             after = nl[None]  # (1, C)
         return rearrange(x, "t n c -> (t n) c"), after
 
-    def prompt(self, ids: torch.Tensor, pixels, prumerge=False):
-        """Token ids (N0,) with ONE video placeholder -> embeds (1, N, C) and the VideoSpan of the T frames."""
-        if prumerge:
-            raise ValueError("PruMerge+ ranks patches by their attention to CLIP's class token; SigLIP has no class "
-                             "token, so PruMerge+ does not apply to LLaVA-OneVision / LLaVA-Video")
-        where = (ids == self.image_token).nonzero().flatten()
-        if where.numel() != 1:
-            raise ValueError(f"the prompt must hold exactly one video placeholder (token {self.image_token}, "
-                             f"{self.placeholder}); it holds {where.numel()}")
-        i = where.item()
+    def prompt_text(self, question: str, template: str = None) -> str:
+        """LLaVA-NeXT's qwen_1_5 conversation, then a benchmark template's answer prompt ("Best option:(")."""
+        return qwen_prompt(question, self.placeholder) + ((PLLAVA_TEMPLATES[template][6] or "") if template else "")
+
+    def prompt(self, ids: torch.Tensor, pixels) -> Prompt:
+        """Token ids (N0,) with ONE video placeholder -> Prompt(embeds (1, N, C), VideoSpan of the T frames,
+        positions (N,))."""
         video, after = self.video_tokens(pixels)  # (T*Nv, C), (0 or 1, C)
-        e = self.llm.embed
-        # Eq. 1: X = [X_v; X_q]: the frames where the placeholder was; OneVision's newline row and the question
-        # after them are the question rows LLM-VTP scores with (the newline is kept, never ranked)
-        dtype = e.weight.dtype
-        embeds = torch.cat([e(ids[:i]), video.to(dtype), after.to(dtype), e(ids[i + 1 :])])[None]  # (1, N, C)
+        # Eq. 1: the frames where the placeholder was; OneVision's newline row and the question after them are the
+        # question rows LLM-VTP scores with (the newline is kept, never ranked)
+        embeds, start = self.splice(ids, video, after)
         T = pixels.shape[0]
-        span = VideoSpan(i, T, video.shape[0] // T)
+        span = VideoSpan(start, T, video.shape[0] // T)
         span.check(embeds.shape[1], video_rows=video.shape[0])
-        return embeds, span
+        return Prompt(embeds, span, torch.arange(embeds.shape[1], device=embeds.device))
+
+    def cells(self, Nv: int):
+        h = self.pooled()
+        if self.newline == "frame":  # a newline after every frame: no grid holds it
+            return None
+        if self.newline == "grid":  # a newline ends every row of the grid
+            return [(j // (h + 1), j % (h + 1)) if j % (h + 1) != h else None for j in range(Nv)], (h, h)
+        return [(j // h, j % h) for j in range(Nv)], (h, h)
+
+    def class_attention(self, pixels):
+        raise ValueError("PruMerge+ ranks patches by their attention to CLIP's class token; SigLIP has no class "
+                         "token, so PruMerge+ does not apply to LLaVA-OneVision / LLaVA-Video")
 
 
 # --------------------------------------------------------------------------------------------------------------

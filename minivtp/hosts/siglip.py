@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minivtp.hosts.llava import ACTIVATIONS, VISION_TO_OURS, VisionBlock
 from minivtp.checkpoint import apply_rules
+from minivtp.hosts.llava import ACTIVATIONS, VISION_TO_OURS, VisionBlock
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)  # LLaVA-NeXT's SigLipImageProcessor, and transformers' SiglipImageProcessor
 SIGLIP_STD = (0.5, 0.5, 0.5)

@@ -42,11 +42,16 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from minivtp.hosts.eva_vit import EvaAttention, EvaBlock, EvaConfig, EvaViT
-from minivtp.hosts.instructblip import QFORMER_RULES, QFormerVideoLLM, lavis_block_rules, squeezed
-from minivtp.hosts.qformer import QFormerConfig, WordPiece
-from minivtp.hf_config import config_from_hf
 from minivtp import checkpoint
+from minivtp.hf_config import config_from_hf
+from minivtp.hosts.eva_vit import EvaAttention, EvaBlock, EvaConfig, EvaViT
+from minivtp.hosts.instructblip import (
+    QFORMER_RULES,
+    QFormerVideoLLM,
+    lavis_block_rules,
+    squeezed,
+)
+from minivtp.hosts.qformer import QFormerConfig, WordPiece
 
 # The MVBench prompt of ST-LLM's mv_bench.py (system_llm is on by default: its flag is store_false)
 SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement "

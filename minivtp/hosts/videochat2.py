@@ -31,13 +31,12 @@ directory with all of them in one safetensors state dict (docs/checkpoints.md sa
 
 import torch
 
+from minivtp import checkpoint
+from minivtp.hf_config import config_from_hf
+from minivtp.hosts import llava
 from minivtp.hosts.instructblip import QFORMER_RULES, QFormerVideoLLM, lavis_block_rules
 from minivtp.hosts.qformer import QFormerConfig, WordPiece
 from minivtp.hosts.umt import UMT, UMTConfig
-from minivtp.hf_config import config_from_hf
-from minivtp.vtp import VideoSpan
-from minivtp import checkpoint
-from minivtp.hosts import llava
 
 SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement "
           "of objects, and the action and pose of persons. Based on your observations, select the best option that "
@@ -53,9 +52,6 @@ class VideoChat2(QFormerVideoLLM):
         q = self.qformer(rows.to(self.qformer.query.dtype), qformer_ids)  # (1, Nq, Cq)
         return self.projector(q)[0], 1  # (Nq, C)
 
-    def prompt(self, ids, pixels, qformer_ids=None, prumerge=False):
-        embeds, span = super().prompt(ids, pixels, qformer_ids, prumerge)
-        return embeds, VideoSpan(span.start, 1, self.tokens_per_frame())
 
     def prompt_ids(self, tok, question: str, mvbench: bool = False) -> list:
         if mvbench:

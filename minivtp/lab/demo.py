@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from minivtp.lab import png, toy
 from minivtp.flops import prefill_flops
 from minivtp.generate import Method
+from minivtp.lab import png, toy
 
 CELL, GAP, MARGIN = 22, 10, 12
 SEARCH = 200  # videos looked at before giving up

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from minivtp.lab import png, toy
 from minivtp.generate import Method
+from minivtp.lab import png, toy
+from minivtp.rivals import FastV, LookM
 from minivtp.vtp import n_keep
 
 ALPHAS = (0.05, 0.1, 0.2, 0.5)
@@ -52,9 +53,9 @@ def method_for(name: str, alpha: float, layer: int, variant: str = "paper") -> M
         N = len(toy.PREFIX) + toy.T * toy.NV + Nq
         rows = len(toy.PREFIX) + toy.T * n_keep(alpha, toy.NV) + Nq
         half = (rows / 2 + 0.25) / N  # int(N * half) twice comes to `rows` (or one fewer when it is odd)
-        return Method("look-m", recent=half, important=half)
+        return LookM(recent=half, important=half)
     if name == "fastv":
-        return Method("fastv", alpha=toy.T * n_keep(alpha, toy.NV) / (toy.T * toy.NV), layer=layer)
+        return FastV(alpha=toy.T * n_keep(alpha, toy.NV) / (toy.T * toy.NV), layer=layer)
     return Method(name, alpha=alpha, layer=layer, variant=variant)
 
 

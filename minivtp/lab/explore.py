@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from minivtp import vtp
-from minivtp.lab import png, toy
 from minivtp.generate import Method
+from minivtp.lab import png, toy
+from minivtp.rivals import FastV
 
 ALPHAS = [round(0.05 * i, 2) for i in range(1, 21)]  # the alpha slider: 0.05 .. 1.0
 POOLS = ("max", "mean", "min")
@@ -74,7 +75,7 @@ def toy_page(model, seed: int):
                 for ranking in ("frame", "sequence"):
                     words, _ = toy.ask(model, sample, method=Method(alpha=a, layer=M, head_pool=pool, ranking=ranking))
                     answers[f"llm-vtp|{M}|{a}|{pool}|{ranking}"] = " ".join(words)
-            words, _ = toy.ask(model, sample, method=Method("fastv", alpha=a, layer=M))
+            words, _ = toy.ask(model, sample, method=FastV(alpha=a, layer=M))
             answers[f"fastv|{M}|{a}"] = " ".join(words)
             words, _ = toy.ask(model, sample, method=Method(alpha=a, layer=M, variant="released"))
             answers[f"released|{M}|{a}"] = " ".join(words)
@@ -106,40 +107,21 @@ def checkpoint_page(args):
     import torch.nn.functional as F
 
     import weights
-    from minivtp.cli import DTYPES, check_device, encode_prompt
-    from minivtp.hosts.prompts import build_prompt
-    from minivtp.tokenizer import Tokenizer
-    from minivtp.hosts.frames import read_frames
+    from minivtp.evaluation.pipeline import Pipeline
 
-    check_device(args.device)
     hf = weights.read_config(Path(args.weights)) if Path(args.weights).is_dir() else {}
     if hf.get("model_type") in weights.QFORMER_HOSTS:
         raise ValueError(f"{args.weights}: the explorer draws each video token on its frame's grid; a Q-Former host's "
                          "tokens are queries with no place in the frame (python -m minivtp answer runs it)")
-    model = weights.load_video_llm(args.weights, dtype=DTYPES[args.dtype], device=args.device)
-    tok = Tokenizer.from_file(args.weights)
-    frames, _ = read_frames(args.video, model.frames, model.sample_indices)
-    pixels = model.preprocess(frames).to(args.device)
-    text = build_prompt(model.arrangement, args.question, None, placeholder=model.placeholder)
-    ids = torch.tensor(encode_prompt(tok, text, model), device=args.device)
-    with torch.no_grad():
-        embeds, video = model.prompt(ids, pixels)
-    scores = layer_scores(model.llm, embeds, video)
+    pipe = Pipeline.load(args.weights, args.dtype, args.device, progress=False)
+    frames, _ = pipe.read(args.video)
+    embeds, video, _ = pipe.prompt(frames, args.question)
+    scores = layer_scores(pipe.vm.llm, embeds, video)
     T, Nv = video.frames, video.tokens_per_frame
-    g = model.vision.cfg.grid
-    if model.arrangement == "pllava":
-        grid = list(model.pooling_shape[1:])
-        cells = [[j // grid[1], j % grid[1]] for j in range(Nv)]
-    elif model.arrangement in ("tarsier", "llava-video"):  # row newlines (and Tarsier's separator) have no place
-        g = g if model.arrangement == "tarsier" else model.pooled()
-        grid = [g, g]
-        cells = [[j // (g + 1), j % (g + 1)] if j < g * (g + 1) and j % (g + 1) != g else None for j in range(Nv)]
-    elif model.arrangement == "llava-onevision":  # the pooled grid; its one newline row is after the video
-        h = model.pooled()
-        grid, cells = [h, h], [[j // h, j % h] for j in range(Nv)]
-    else:
-        grid, first = [g, g], Nv - g * g  # a [CLS] token first when the features keep it
-        cells = [None] * first + [[j // g, j % g] for j in range(g * g)]
+    found = pipe.vm.cells(Nv)
+    if found is None:
+        raise ValueError(f"{args.weights}: this host's video tokens have no place on the frame's grid")
+    cells, grid = [None if c is None else list(c) for c in found[0]], list(found[1])
     pick = torch.linspace(0, len(frames) - 1, T).round().long().tolist()  # pooled frames: the first of each group
     images = []
     for i in pick:
@@ -149,7 +131,7 @@ def checkpoint_page(args):
     return dict(title=f"{Path(args.weights).name}: {Path(args.video).name}", question=args.question, video_note="",
                 full_answer=None, answers={}, right={}, frames=images, grid=grid, cells=cells, T=T, Nv=Nv,
                 prefix=video.start, Nq=embeds.shape[1] - video.end, scores={k: v.tolist() for k, v in scores.items()},
-                cfg=flops_cfg(model.llm.cfg))
+                cfg=flops_cfg(pipe.vm.llm.cfg))
 
 
 def render(data: dict) -> str:

@@ -1,4 +1,4 @@
-"""The rivals (minivtp/rivals/baselines.py) against independent float64 recomputations (tests/oracle.py), hand-made
+"""The rivals (minivtp/rivals/) against independent float64 recomputations (tests/oracle.py), hand-made
 attention maps with known answers, and transformers' CLIP; and the cases where each must equal the unpruned model."""
 
 import math
@@ -10,9 +10,9 @@ from conftest import prompt, write_llama
 from oracle import causal, decode64, forward64, layers64
 
 import weights
-from minivtp.rivals import baselines
 from minivtp.generate import Method, generate
 from minivtp.vtp import VideoSpan
+from minivtp.rivals import FastV, LookM, PruMergePlus, fastv, look_m, prumerge
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ def fastv_error(model, hf, K, alpha, seed):
     start, T, Nv, Nq, n_new = 3, 4, 8, 5, 5
     N = start + T * Nv + Nq
     tokens = prompt(seed, N)
-    out = generate(model, model.embed(tokens)[None], n_new, video=VideoSpan(start, T, Nv), method="fastv",
-                   alpha=alpha, layer=K)
+    out = generate(model, model.embed(tokens)[None], n_new, video=VideoSpan(start, T, Nv),
+                   method=FastV(alpha=alpha, layer=K))
     sd, cfg = hf.state_dict(), hf.config
     S = fastv64(sd, cfg, tokens, start, T, Nv, alpha, K)
     seq = torch.cat([tokens, out.tokens[:-1]])
@@ -93,10 +93,10 @@ def test_fastv_ranks_across_frames_llm_vtp_within(ckpt):
     model, _ = ckpt
     tokens = prompt(30, 45)
     video = VideoSpan(2, 4, 9)
-    fastv = generate(model, model.embed(tokens)[None], 1, video=video, method="fastv", alpha=0.25, layer=2)
+    theirs = generate(model, model.embed(tokens)[None], 1, video=video, method=FastV(alpha=0.25, layer=2))
     ours = generate(model, model.embed(tokens)[None], 1, video=video, alpha=0.25, layer=2)
-    assert fastv.kept.numel() == math.ceil(0.25 * 36) == 9 and ours.kept.numel() == 4 * 3
-    per_frame = [((fastv.kept - 2) // 9 == t).sum().item() for t in range(4)]
+    assert theirs.kept.numel() == math.ceil(0.25 * 36) == 9 and ours.kept.numel() == 4 * 3
+    per_frame = [((theirs.kept - 2) // 9 == t).sum().item() for t in range(4)]
     assert sum(per_frame) == 9  # any split over the frames; LLM-VTP's is always 3 each
 
 
@@ -146,7 +146,7 @@ def look_m_error(model, hf, recent, important, how, seed):
     start, T, Nv, Nq, n_new = 3, 4, 8, 5, 5
     N = start + T * Nv + Nq
     tokens = prompt(seed, N)
-    method = Method("look-m", recent=recent, important=important, merge=how)
+    method = LookM(recent=recent, important=important, merge=how)
     out = generate(model, model.embed(tokens)[None], n_new, video=VideoSpan(start, T, Nv), method=method)
     sd, cfg = hf.state_dict(), hf.config
     rows = []
@@ -173,7 +173,7 @@ def test_look_m_equals_float64_recomputation(ckpt, recent, important, how):
 def test_look_m_keeps_text_before_video_and_the_recent_rows():
     video = VideoSpan(start=2, frames=2, tokens_per_frame=4)  # rows 2..9 video, 10..11 question
     scores = torch.tensor([0.1, 0.2, 9, 8, 7, 6, 5, 4, 3, 2, 0.5, 0.4])  # video rows score far above text
-    kept, evicted = baselines.look_m_rows(scores, video, recent=2 / 12, important=4 / 12)
+    kept, evicted = look_m.look_m_rows(scores, video, recent=2 / 12, important=4 / 12)
     # recent: rows 10, 11; important 4: text rows 0 and 1 first (text prior), then the two best video rows 2, 3
     assert kept.tolist() == [0, 1, 2, 3, 10, 11] and evicted.tolist() == [4, 5, 6, 7, 8, 9]
 
@@ -184,7 +184,7 @@ def test_merge_by_hand():
     k = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.1], [0.1, 3.0]]).view(1, 1, 4, 2)
     v = torch.tensor([[10.0, 0], [0, 10], [20, 20], [30, 30]]).view(1, 1, 4, 2)
     cache.append(k, v, torch.arange(4))
-    baselines.merge_evicted(cache, torch.tensor([0, 1]), torch.tensor([2, 3]), "average")
+    look_m.merge_evicted(cache, torch.tensor([0, 1]), torch.tensor([2, 3]), "average")
     # row 2 points like row 0, row 3 like row 1: each kept row becomes the mean of itself and its evicted row
     assert cache.length == 2 and cache.pos[:2].tolist() == [0, 1]
     torch.testing.assert_close(cache.k[0, 0, :2], torch.tensor([[1.5, 0.05], [0.05, 2.0]]))
@@ -194,7 +194,7 @@ def test_merge_by_hand():
 # ---- everything kept: equal to the unpruned model ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", [Method("fastv", alpha=1.0, layer=2), Method("look-m", recent=0.6, important=0.5),
+@pytest.mark.parametrize("method", [FastV(alpha=1.0, layer=2), LookM(recent=0.6, important=0.5),
                                     Method(alpha=1.0, layer=3)], ids=["fastv", "look-m", "llm-vtp"])
 def test_keeping_everything_is_the_unpruned_model(ckpt, method):
     model, _ = ckpt
@@ -206,12 +206,12 @@ def test_keeping_everything_is_the_unpruned_model(ckpt, method):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(method="prumerge+"), r"prunes in the vision tower"),
-    (dict(method="look-m", recent=1.5), r"recent=1.5 is outside \[0, 1\]"),
-    (dict(method="look-m", recent=0.0, important=0.0), r"would keep no row"),
-    (dict(method="look-m", merge="sum"), r"merge='sum' must be one of 'average', 'pivotal', 'none'"),
-    (dict(method="fastv", alpha=0.0, layer=2), r"alpha=0.0 is outside \(0, 1\]"),
-    (dict(method="fastv", alpha=0.5, layer=9), r"layer=9 is outside 1..4"),
+    (dict(method="prumerge+"), r"method='prumerge\+' must be one of 'llm-vtp', 'random', 'complement' \(the rivals"),
+    (dict(method=LookM(recent=1.5)), r"recent=1.5 is outside \[0, 1\]"),
+    (dict(method=LookM(recent=0.0, important=0.0)), r"would keep no row"),
+    (dict(method=LookM(merge="sum")), r"merge='sum' must be one of 'average', 'pivotal', 'none'"),
+    (dict(method=FastV(alpha=0.0, layer=2)), r"alpha=0.0 is outside \(0, 1\]"),
+    (dict(method=FastV(alpha=0.5, layer=9)), r"layer=9 is outside 1..4"),
 ])
 def test_bad_method_parameters(ckpt, kwargs, match):
     model, _ = ckpt
@@ -225,17 +225,17 @@ def test_bad_method_parameters(ckpt, kwargs, match):
 def test_iqr_outliers_by_hand():
     # 16 patches: twelve at 1, two at 2, two far out at 10 and 9. Q1 = 1, Q3 = 1.25 (linear), upper fence 1.625
     a = torch.tensor([1.0] * 12 + [2.0, 2.0, 10.0, 9.0])
-    assert baselines.iqr_outliers(a).tolist() == [14, 15, 12, 13]  # by score, ties in index order
-    assert baselines.iqr_outliers(torch.ones(10)).numel() == 0  # no spread: no outlier
+    assert prumerge.iqr_outliers(a).tolist() == [14, 15, 12, 13]  # by score, ties in index order
+    assert prumerge.iqr_outliers(torch.ones(10)).numel() == 0  # no spread: no outlier
 
 
 def test_prumerge_plus_keeps_outliers_and_uniform_samples():
     P = 36
     a = torch.full((P,), 0.01)
     a[[7, 20]] = 0.5  # two outliers: ratio 2/36, step int(36 / 2) // 3 = 6 -> samples 0, 6, ..., 30
-    kept = baselines.prumerge_plus_keep(a)
+    kept = prumerge.prumerge_plus_keep(a)
     assert kept.tolist() == [0, 6, 7, 12, 18, 20, 24, 30]
-    flat = baselines.prumerge_plus_keep(torch.full((P,), 0.02))  # no outlier: the top patch (index 0), step 12
+    flat = prumerge.prumerge_plus_keep(torch.full((P,), 0.02))  # no outlier: the top patch (index 0), step 12
     assert flat.tolist() == [0, 12, 24]
 
 
@@ -243,7 +243,7 @@ def test_prumerge_merge_by_hand():
     x = torch.tensor([[1.0, 0], [0, 1], [1, 1], [2, 0]])  # 4 patches, features
     keys = torch.tensor([[1.0, 0], [0, 1], [0.1, 1], [1, 0.1]])  # 2 is like 1, 3 is like 0
     a = torch.tensor([0.4, 0.3, 0.2, 0.1])
-    out = baselines.prumerge_merge(x, keys, a, torch.tensor([0, 1]), neighbours=1)
+    out = prumerge.prumerge_merge(x, keys, a, torch.tensor([0, 1]), neighbours=1)
     # patch 0 + 0.1 * patch 3; patch 1 + 0.2 * patch 2; extra = 0.2 * patch 2 + 0.1 * patch 3
     torch.testing.assert_close(out, torch.tensor([[1.2, 0.0], [0.2, 1.2], [0.4, 0.2]]))
 
@@ -265,7 +265,7 @@ def test_cls_attention_equals_transformers_clip(llava):
         for h in hooks:
             h.remove()
         ref = (captured["q"] @ captured["k"].transpose(-1, -2) * captured["q"].shape[-1] ** -0.5).softmax(-1)[:, 0, 1:]
-        ours, keys = baselines.cls_attention(model.vision.layers[-1], model.vision(pixels, -2))
+        ours, keys = prumerge.cls_attention(model.vision.layers[-1], model.vision(pixels, -2))
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)  # float32 both ways, different op order
     torch.testing.assert_close(keys, captured["k"][:, 1:], rtol=1e-4, atol=1e-5)
 
@@ -287,9 +287,9 @@ def test_prumerge_prompt_on_each_video_llm(llava, tmp_path, which):
     ids = torch.tensor(tok.encode("USER: <image> what is it? ASSISTANT:"))
     pixels = torch.randn(4, 3, 28, 28)
     with torch.no_grad():
-        full, span = model.prompt(ids, pixels)
-        merged, video = model.prompt(ids, pixels, prumerge=True)
-    assert isinstance(video, baselines.MergedVideo) and video.unpruned_rows == span.end - span.start
+        full, span, _ = model.prompt(ids, pixels)
+        merged, video, _ = PruMergePlus().prompt(model, ids, pixels)
+    assert isinstance(video, prumerge.MergedVideo) and video.unpruned_rows == span.end - span.start
     assert merged.shape[1] - (video.end - video.start) == full.shape[1] - (span.end - span.start)  # text untouched
     torch.testing.assert_close(merged[0, : video.start], full[0, : span.start])
     torch.testing.assert_close(merged[0, video.end :], full[0, span.end :])
@@ -309,12 +309,14 @@ def test_prumerge_frame_by_hand_through_the_model(llava):
     model = weights.load_video_llm(llava[0])
     pixels = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
-        rows, per_frame, unpruned = model.prumerge_tokens(pixels)
+        ids = torch.tensor([1, model.image_token, 5])
+        merged, video, _ = PruMergePlus().prompt(model, ids, pixels)
+        rows = merged[0, video.start : video.end]
         h = model.vision(pixels, -2)
-        a, keys = baselines.cls_attention(model.vision.layers[-1], h)
-        want = model.projector(baselines.prumerge_plus(h[0, 1:], keys[0], a[0])[0])
+        a, keys = prumerge.cls_attention(model.vision.layers[-1], h)
+        want = model.projector(prumerge.prumerge_plus(h[0, 1:], keys[0], a[0])[0])
     torch.testing.assert_close(rows, want)
-    assert unpruned == 16 and per_frame == (rows.shape[0],)
+    assert video.unpruned_rows == 16 and video.tokens_per_frame == (rows.shape[0],)
 
 
 def test_cli_runs_every_method(llava, tmp_path):

@@ -1,0 +1,112 @@
+"""The one path from a checkpoint and a video to an answer. `python -m minivtp answer`, `eval` and `explore` all go
+through it, so a host, a rival or a decode step added once works in each.
+
+    pipe = Pipeline.load("pllava-7b", dtype="bfloat16", device="cuda")      # the host, its tokenizer, a decoder
+    frames, note = pipe.read("clip.mp4")                                   # the host's frame count and sampling
+    a = pipe.answer(frames, "What is he doing?", Method(alpha=0.1, layer=10), max_new_tokens=64)
+    a.text, a.kept, a.video_tokens, a.generation.cache_len
+
+The steps, each the host contract's (minivtp/hosts/__init__.py): pixels = vm.preprocess(frames); ids, extra =
+vm.encode(tok, question, template); p = vm.prompt(ids, pixels, **extra) (PruMerge+ builds it instead: it prunes
+in the tower); then generate.generate on the LLM, and the answer decoded up to the host's stop text.
+"""
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minivtp.cli import DTYPES, check_device, zero_count_note
+from minivtp.generate import Generation, generate
+from minivtp.hosts import Prompt
+from minivtp.hosts.frames import read_frames
+
+
+@dataclass
+class Answer:
+    text: str  # the answer, special tokens and the host's stop text removed
+    generation: Generation  # tokens, kept positions, cache rows, timings
+    prompt: Prompt  # embeds, the video's span, positions
+    video_tokens: int  # the video's rows unpruned
+    kept: int  # the video tokens that went on past layer M (PruMerge+: that reached the LLM)
+    encode_s: float  # the vision tower, projector and splice, in seconds
+    note: str = None  # said once to the user (the released count keeping no token of a frame)
+
+    @property
+    def kept_ratio(self) -> float:
+        return self.kept / self.video_tokens
+
+
+class Pipeline:
+    """A host loaded once, its tokenizer, and the decoder every question is decoded with (fast.decoder_for)."""
+
+    def __init__(self, vm, tok, device, decoder=None, load_s: float = 0.0):
+        self.vm, self.tok, self.device, self.decoder, self.load_s = vm, tok, device, decoder, load_s
+
+    @classmethod
+    def load(cls, weights_dir, dtype: str = "float32", device: str = "cpu", lora_alpha=None, method=None,
+             step: str = None, loop: bool = False, progress=True):
+        """Check what can be checked first (the device, PruMerge+ on a Q-Former host), then load with a progress
+        line per shard. `step` names the decode step, `loop` says many questions will come (fast.decoder_for);
+        step None: the readable path."""
+        import weights
+        from minivtp.fast import decoder_for
+        from minivtp.tokenizer import Tokenizer
+
+        check_device(device)
+        if getattr(method, "name", None) == "prumerge+" and Path(weights_dir).is_dir():  # before 7B is read
+            if weights.read_config(Path(weights_dir)).get("model_type") in weights.QFORMER_HOSTS:
+                from minivtp.hosts.instructblip import PRUMERGE_ERROR
+                raise ValueError(PRUMERGE_ERROR)
+        t = time.perf_counter()
+
+        def shard(i, n, file):
+            print(f"loading shard {i + 1}/{n}: {file.name}  ({time.perf_counter() - t:.0f} s)", file=sys.stderr,
+                  flush=True)
+
+        vm = weights.load_video_llm(weights_dir, dtype=DTYPES[dtype], device=device, lora_alpha=lora_alpha,
+                                    progress=shard if progress else None)
+        tok = Tokenizer.from_file(weights_dir)
+        vm.check_tokenizer(tok, weights_dir)
+        return cls(vm, tok, device, decoder_for(vm.llm, step, loop), time.perf_counter() - t)
+
+    def read(self, video):
+        """(frames, a note when the video had fewer frames than the host reads), as the host samples them."""
+        return read_frames(video, self.vm.frames, self.vm.sample_indices)
+
+    @torch.no_grad()
+    def prompt(self, frames, question: str, template: str = None, method=None) -> Prompt:
+        """The prompt's rows for `question` about `frames`: the host's template, the vision tower, Eq. 1."""
+        pixels = self.vm.preprocess(frames).to(self.device)
+        ids, extra = self.vm.encode(self.tok, question, template)
+        build = getattr(method, "prompt", None)  # PruMerge+ prunes while the prompt is built, in the tower
+        if build is not None:
+            return build(self.vm, ids.to(self.device), pixels, **extra)
+        return self.vm.prompt(ids.to(self.device), pixels, **extra)
+
+    def answer(self, frames, question: str, method=None, max_new_tokens: int = 64, template: str = None) -> Answer:
+        """The host's answer, pruned by `method` (a generate.Method, a rival of minivtp/rivals/, or None: all)."""
+        t = time.perf_counter()
+        p = self.prompt(frames, question, template, method)
+        if p.embeds.is_cuda:
+            torch.cuda.synchronize()
+        encode_s = time.perf_counter() - t
+        n_max = self.vm.llm.cfg.max_seq_len
+        if p.embeds.shape[1] + max_new_tokens > n_max:
+            raise ValueError(f"the prompt is {p.embeds.shape[1]} rows ({p.video.end - p.video.start} of them video) "
+                             f"and {max_new_tokens} new tokens more would exceed the model's {n_max} positions")
+        in_llm = None if hasattr(method, "prompt") else method  # PruMerge+ already pruned: the LLM runs unpruned
+        note = zero_count_note(in_llm, p.video)
+        out = generate(self.vm.llm, p.embeds, max_new_tokens, video=p.video if in_llm else None, method=in_llm,
+                       eos_id=self.tok.eos, decoder=self.decoder)
+        text = self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
+        if self.vm.stop_text:  # ST-LLM, VideoChat2: the answer ends where the next "###" turn begins
+            text = text.split(self.vm.stop_text)[0]
+        if hasattr(method, "prompt"):
+            n_video, kept = p.video.unpruned_rows, p.video.end - p.video.start
+        else:
+            n_video = p.video.end - p.video.start
+            kept = int(out.kept.numel()) if in_llm else n_video
+        return Answer(text, out, p, n_video, kept, encode_s, note)
