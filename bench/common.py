@@ -7,7 +7,7 @@ Run the scripts as modules from the repository root, so that `bench` and `minivt
     python -m bench.floors --out OUT       # decode and pruned prefill against their floors
     python -m bench.oneshot --out OUT      # the whole `python -m minivtp answer` command, cold and warm
     python -m bench.frames --out OUT       # reading 16 frames from long videos (CPU)
-    python -m bench.attention --out OUT    # one decode row's attention kernel by kernel; matmuls by row count
+    python -m bench.floors --out OUT --parts attention,gemm   # one decode row's attention by kernel; matmuls by rows
 
 Each takes `--tiny`: the same code on a small config, on the CPU, in seconds (tests/test_bench.py runs them so).
 Parts that need CUDA (graph capture, the profiler's CUDA kernels, the device copy) are skipped on a CPU with one

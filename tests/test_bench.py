@@ -115,9 +115,8 @@ def test_oneshot_tiny_times_whole_commands(tmp_path):
 
 @ON_CPU
 def test_attention_tiny_checks_every_kernel_it_times(tmp_path):
-    from bench import attention
-    assert attention.main(["--tiny", "--out", str(tmp_path)]) == 0
-    res = read(tmp_path / "attention.json")
+    assert floors.main(["--tiny", "--out", str(tmp_path), "--parts", "attention,gemm"]) == 0
+    res = read(tmp_path / "floors.json")
     rows = res["attention"]
     assert set(rows) == {"L64 used50", "L50 used50"}
     for row in rows.values():  # every kernel that ran here gives float32 math's answer to bf16 rounding

@@ -5,12 +5,12 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted((ROOT / "minivtp").glob("*.py")) + [ROOT / "weights.py"]
+SOURCES = sorted((ROOT / "minivtp").glob("**/*.py")) + [ROOT / "weights.py"]
 
 
 def test_every_equation_of_the_paper_is_named_in_minivtp():
     # "grep 'Eq. 5'" finds where Eq. 5 is implemented: each of Eq. 1-8 by its own number, not only inside a range
-    text = "\n".join(p.read_text() for p in (ROOT / "minivtp").glob("*.py"))
+    text = "\n".join(p.read_text() for p in (ROOT / "minivtp").glob("**/*.py"))
     for n in range(1, 9):
         assert re.search(rf"Eq\. {n}\b(?!-)", text), f"Eq. {n} is named nowhere in minivtp/"
 
@@ -26,13 +26,18 @@ def local_imports(path: Path) -> set:
         else:
             continue
         for name in names:
-            if name == "weights" or (name.startswith("minivtp.") and (ROOT / (name.replace(".", "/") + ".py")).is_file()):
+            where = ROOT / name.replace(".", "/")
+            if name == "weights" or (name.startswith("minivtp.") and (where.with_suffix(".py").is_file() or
+                                                                      (where / "__init__.py").is_file())):
                 found.add(name)
     return found
 
 
 def module_name(path: Path) -> str:
-    return "weights" if path.name == "weights.py" else f"minivtp.{path.stem}"
+    if path.name == "weights.py":
+        return "weights"
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def test_the_import_graph_has_no_circle():
@@ -45,7 +50,8 @@ def test_the_import_graph_has_no_circle():
 
     for node in graph:
         visit(node, [])
-    assert "minivtp.checkpoint" in graph["minivtp.lab.toy"]  # the toy loads through the loader's pieces, not the other way
+    assert "minivtp.checkpoint" in graph["minivtp.lab.toy"]  # the toy loads through the loader's pieces
+    assert "weights" not in graph["minivtp.hosts.llava"] and "weights" not in graph["minivtp.tokenizer"]  # below it
 
 
 def test_the_lower_rooms_do_not_know_the_upper_ones():
@@ -73,7 +79,7 @@ def test_demo_and_answer_print_no_warning_even_without_numpy(tmp_path):
 
 def test_the_readable_core_knows_nothing_of_the_fast_path():
     # model.py and generate.py hold what the paper says; minivtp/fast/__init__.py plugs in at generate's `decoder` only
-    core = ("model", "generate", "vtp", "baselines")
+    core = ("model", "generate", "vtp", "rivals/fastv", "rivals/look_m", "rivals/prumerge")
     for name in core:
         assert not {m for m in local_imports(ROOT / f"minivtp/{name}.py") if m.startswith("minivtp.fast")}, name
     for name in ("model", "generate"):
@@ -82,3 +88,30 @@ def test_the_readable_core_knows_nothing_of_the_fast_path():
             assert word not in text, f"minivtp/{name}.py names {word!r}"
     assert len((ROOT / "minivtp/model.py").read_text().splitlines()) <= 360
     assert len((ROOT / "minivtp/generate.py").read_text().splitlines()) <= 300
+
+
+def test_rooms_by_role():
+    # the paper's files and the few small pieces every room uses loose at the top; every other concern a folder
+    loose = sorted(p.stem for p in (ROOT / "minivtp").glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(loose) <= 8, loose
+    assert {"model", "vtp", "generate"} <= set(loose)
+    assert {"hosts", "rivals", "fast", "evaluation", "lab"} <= {p.parent.name for p in (ROOT / "minivtp").glob("*/*.py")}
+    assert len([p for p in (ROOT / "bench").glob("*.py") if p.name not in ("__init__.py", "common.py")]) <= 5
+
+
+def test_the_paper_s_files_know_no_rival_and_no_caller_asks_which_host_it_holds():
+    # a rival plugs in at generate's `method`; a host is used through its contract (minivtp/hosts/__init__.py)
+    for name in ("model", "vtp", "generate"):
+        tree = ast.parse((ROOT / f"minivtp/{name}.py").read_text())
+        assert not {m for m in local_imports(ROOT / f"minivtp/{name}.py") if m.startswith("minivtp.rivals")}, name
+        names = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not names & {"fastv", "look-m", "prumerge+"}, f"minivtp/{name}.py switches on a rival's name"
+        fields = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        assert not fields & {"recent", "important", "merge"}, f"minivtp/{name}.py reads a rival's option"
+    callers = ["minivtp/__main__.py", "minivtp/cli.py", "minivtp/evaluation/pipeline.py", "minivtp/evaluation/loop.py",
+               "minivtp/lab/explore.py"]
+    for f in callers:
+        text = (ROOT / f).read_text()
+        assert ".arrangement" not in text and 'hasattr(model, "qformer")' not in text, f
+    for f in (ROOT / "minivtp/hosts").glob("*.py"):
+        assert "prumerge=" not in f.read_text(), f.name
