@@ -123,3 +123,67 @@ def test_tower_refuses_patches_that_do_not_match_the_grid():
         ours(torch.zeros(2 * 3 * 4, 1536), (2, 3, 4))
     with pytest.raises(ValueError, match="deepstack_visual_indexes has 4, outside 0..3"):
         Qwen3VisionConfig.from_hf(dict(VISION, deepstack_visual_indexes=[1, 4]))
+
+
+# ---- the loader's names ----------------------------------------------------------------------------------------
+
+
+def write_qwen3_vl(path, seed=0, tie=False):
+    """A tiny Qwen3VLForConditionalGeneration, random, saved by transformers; returns the model (eval)."""
+    torch.manual_seed(seed)
+    cfg = transformers.Qwen3VLConfig(vision_config=VISION, text_config=TEXT, **IDS, tie_word_embeddings=tie)
+    model = randomize(transformers.Qwen3VLForConditionalGeneration(cfg), seed).eval()
+    model.save_pretrained(path)
+    return model
+
+
+def checkpoint_names(path):
+    from safetensors import safe_open
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["lm_head", "tied (2B, 4B): no lm_head"])
+def test_every_checkpoint_tensor_has_one_parameter_and_every_parameter_one_tensor(tmp_path, tie):
+    """The whole save_pretrained layout through QWEN3_VL_TO_OURS: the tower's names are exactly our tower's
+    parameters (same shapes); the decoder's are exactly model.py's Transformer's, plus q_norm and k_norm per
+    layer (Qwen3's, which the decoder adds)."""
+    from minivtp.hosts.qwen3_vl import qwen3_vl_to_ours
+    from minivtp.model import Config, Transformer
+    write_qwen3_vl(tmp_path, tie=tie)
+    stored = checkpoint_names(tmp_path)
+    mapped = {k: qwen3_vl_to_ours(k) for k in stored}
+    assert [k for k, v in mapped.items() if v is None] == []
+    assert len(set(mapped.values())) == len(mapped)  # no two tensors land on one parameter
+    vision = {v[len("vision."):]: stored[k] for k, v in mapped.items() if v.startswith("vision.")}
+    llm = {v[len("llm."):]: stored[k] for k, v in mapped.items() if v.startswith("llm.")}
+    assert len(vision) + len(llm) == len(stored)
+    tower = Qwen3VisionTower(Qwen3VisionConfig.from_hf(VISION))
+    assert vision == {n: tuple(p.shape) for n, p in tower.named_parameters()}
+    decoder = Transformer(Config(vocab_size=300, dim=40, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64,
+                                 head_dim=16, norm_eps=1e-6, tie_embeddings=tie))
+    want = {n: tuple(p.shape) for n, p in decoder.named_parameters()}
+    for i in range(2):
+        want[f"layers.{i}.attn.q_norm.weight"] = want[f"layers.{i}.attn.k_norm.weight"] = (16,)
+    assert llm == want
+
+
+def test_load_tower_from_a_checkpoint_equals_transformers(tmp_path):
+    from minivtp.hosts.qwen3_vl import load_tower
+    hf = write_qwen3_vl(tmp_path, seed=3)
+    tower = load_tower(tmp_path)
+    patches, grid = torch.randn(2 * 4 * 6, 1536), (2, 4, 6)
+    with torch.no_grad():
+        ref = hf.model.visual(patches, grid_thw=torch.tensor([grid]))
+        out, deep = tower(patches, grid)
+    assert rel_err(out, ref.pooler_output) <= 1e-4  # float32, as in the tower tests above
+    assert all(rel_err(a, b) <= 1e-4 for a, b in zip(deep, ref.deepstack_features))
+
+
+def test_load_tower_refuses_another_model(tmp_path):
+    from minivtp.hosts.qwen3_vl import load_tower
+    write_qwen3_vl(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(cfg, model_type="qwen2_5_vl")))
+    with pytest.raises(weights.CheckpointError, match="model_type 'qwen2_5_vl' .* is not a Qwen3-VL checkpoint"):
+        load_tower(tmp_path)
