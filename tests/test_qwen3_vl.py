@@ -187,3 +187,182 @@ def test_load_tower_refuses_another_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(cfg, model_type="qwen2_5_vl")))
     with pytest.raises(weights.CheckpointError, match="model_type 'qwen2_5_vl' .* is not a Qwen3-VL checkpoint"):
         load_tower(tmp_path)
+
+
+# ---- preprocessing: Qwen3VLVideoProcessor's own functions as the oracle -----------------------------------------
+# transformers' video processors need torchvision, which is not installed here (and is not pulled in: it
+# drags a CUDA torch). Its functions that do not touch torchvision are called as they are; for the whole
+# pipeline, its two torchvision calls are replaced by what torchvision does for them (read in
+# torchvision/transforms/v2/functional/_geometry.py resize_image and _misc.py normalize): on the CPU a uint8
+# bicubic antialiased F.interpolate, and (x - mean) / std. When torchvision is there, the last test runs the
+# processor untouched.
+
+from minivtp.hosts import qwen3_vl  # noqa: E402
+from minivtp.hosts.qwen3_vl import VideoProcessing  # noqa: E402
+
+vp = pytest.importorskip("transformers.models.qwen3_vl.video_processing_qwen3_vl")
+
+
+def hf_sample(total, video_fps, fps=None, num_frames=None, min_frames=4, max_frames=768):
+    from transformers.video_utils import VideoMetadata
+    me = types.SimpleNamespace(fps=2, min_frames=min_frames, max_frames=max_frames, num_frames=None)
+    md = VideoMetadata(total_num_frames=total, fps=video_fps)
+    return vp.Qwen3VLVideoProcessor.sample_frames(me, md, num_frames=num_frames, fps=fps).tolist()
+
+
+SAMPLING = [(100, 25.0, None, None), (3, 30.0, None, None), (7, 30.0, None, None), (900, 30.0, None, None),
+            (5000, 24.0, 1, None), (100000, 30.0, None, None), (61, 29.97, 0.5, None), (100, 25.0, None, 16),
+            (10, 25.0, None, 16), (100, 25.0, None, 7), (9, 2.0, None, None), (2, 1.0, None, None)]
+
+
+@pytest.mark.parametrize("total, video_fps, fps, num_frames", SAMPLING)
+def test_frame_sampling_equals_the_processors(total, video_fps, fps, num_frames):
+    ours = qwen3_vl.sample_indices(total, video_fps, VideoProcessing(), fps=fps, num_frames=num_frames)
+    assert ours == hf_sample(total, video_fps, fps, num_frames)
+
+
+def test_frame_sampling_rounds_half_to_even_as_numpy():
+    """5 frames out of 10: linspace gives 0, 2.25, 4.5, 6.75, 9; numpy rounds 4.5 to 4 (half to even)."""
+    assert qwen3_vl.sample_indices(10, 1.0, VideoProcessing(), num_frames=5) == [0, 2, 4, 7, 9] == \
+        hf_sample(10, 1.0, num_frames=5)
+
+
+SIZES = [(4, 64, 96), (8, 480, 640), (2, 20, 300), (16, 1080, 1920), (5, 31, 31), (768, 360, 640), (3, 33, 6000),
+         (64, 224, 224), (6, 500, 17)]
+
+
+@pytest.mark.parametrize("frames, height, width", SIZES)
+def test_smart_resize_equals_the_processors(frames, height, width):
+    p = VideoProcessing()
+    assert qwen3_vl.smart_resize(frames, height, width, p) == vp.smart_resize(
+        frames, height, width, temporal_factor=2, factor=32, min_pixels=p.min_pixels, max_pixels=p.max_pixels)
+
+
+@pytest.fixture
+def hf_processor(monkeypatch):
+    """Qwen3VLVideoProcessor without its __init__ (which asks for torchvision), its torchvision calls replaced
+    by torchvision's math; `sizes` records the (H, W) its resize asked for."""
+    import torch.nn.functional as F
+    from transformers.video_processing_utils import BaseVideoProcessor
+    sizes = []
+
+    def resize(self, image, size, resample=None, antialias=True, **kwargs):
+        sizes.append((size.height, size.width))
+        if tuple(image.shape[-2:]) == (size.height, size.width):
+            return image
+        flat = image.reshape(-1, *image.shape[-3:])
+        out = F.interpolate(flat, size=(size.height, size.width), mode="bicubic", align_corners=False, antialias=True)
+        return out.reshape(*image.shape[:-2], size.height, size.width)
+
+    monkeypatch.setattr(BaseVideoProcessor, "resize", resize, raising=False)
+    monkeypatch.setattr(BaseVideoProcessor, "normalize",
+                        lambda self, image, mean, std, inplace=False, **kw: image.sub(mean.view(-1, 1, 1)).div(std.view(-1, 1, 1)),
+                        raising=False)
+    proc = object.__new__(vp.Qwen3VLVideoProcessor)
+    proc.sizes = sizes
+    return proc
+
+
+def hf_preprocess(proc, frames, p: VideoProcessing, cap=False):
+    """transformers' _preprocess of one video (T', 3, H, W) uint8, already sampled."""
+    from transformers.image_utils import PILImageResampling, SizeDict
+    out = proc._preprocess([frames], do_resize=True, size=SizeDict(shortest_edge=p.min_pixels, longest_edge=p.max_pixels),
+                           resample=PILImageResampling.BICUBIC, do_rescale=True, rescale_factor=p.rescale_factor,
+                           do_normalize=True, image_mean=tuple(p.mean), image_std=tuple(p.std), patch_size=p.patch_size,
+                           temporal_patch_size=p.temporal_patch_size, merge_size=p.merge_size,
+                           cap_pixels_per_frame=cap, max_video_tokens=p.max_video_tokens, return_tensors="pt")
+    return out["pixel_values_videos"], tuple(out["video_grid_thw"][0].tolist())
+
+
+CLIPS = {  # (frames, H, W): scaled up, kept, scaled down, odd frame counts, wide
+    "small, scaled up": (4, 70, 100), "kept": (4, 256, 384), "scaled down, odd": (9, 480, 640),
+    "one group, wide": (2, 40, 300), "three frames": (3, 128, 96),
+}
+
+
+@pytest.mark.parametrize("name", CLIPS)
+def test_preprocess_equals_the_processors_pipeline(hf_processor, name):
+    """Sizes, normalisation, padding to whole groups and the patch order, bit for bit (the same float32
+    operations on both sides)."""
+    T, H, W = CLIPS[name]
+    frames = torch.randint(0, 256, (T, H, W, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(T * H))
+    p = VideoProcessing()
+    ref, grid = hf_preprocess(hf_processor, frames.permute(0, 3, 1, 2), p)
+    video = qwen3_vl.preprocess(frames, video_fps=10.0, p=p, indices=list(range(T)))
+    assert video.grid == grid and torch.equal(video.patches, ref)
+
+
+def test_preprocess_samples_then_processes_as_the_processor(hf_processor):
+    frames = torch.randint(0, 256, (50, 64, 64, 3), dtype=torch.uint8)
+    p = VideoProcessing(fps=1.0)
+    video = qwen3_vl.preprocess(frames, video_fps=10.0, p=p)
+    indices = hf_sample(50, 10.0, fps=1.0)
+    ref, grid = hf_preprocess(hf_processor, frames[indices].permute(0, 3, 1, 2), p)
+    assert video.indices == indices and video.grid == grid and torch.equal(video.patches, ref)
+    assert len(video.timestamps) == grid[0]
+
+
+def test_per_frame_pixel_cap_equals_the_processors(hf_processor):
+    """cap_pixels_per_frame (qwen-vl-utils' budget, off by default in transformers) asks for the same size."""
+    p = VideoProcessing(cap_pixels_per_frame=True, max_video_tokens=16)
+    for T, H, W in [(4, 480, 640), (12, 720, 1280), (2, 100, 100)]:
+        frames = torch.randint(0, 256, (T, H, W, 3), dtype=torch.uint8)
+        ref, grid = hf_preprocess(hf_processor, frames.permute(0, 3, 1, 2), p, cap=True)
+        video = qwen3_vl.preprocess(frames, video_fps=10.0, p=p, indices=list(range(T)))
+        assert video.grid == grid and torch.equal(video.patches, ref)
+
+
+def test_group_timestamps_equal_the_processors():
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    for indices, fps in [([0, 7, 15, 22, 29], 10.0), ([0, 1, 2, 3], 2.0), (list(range(0, 300, 13)), 29.97), ([5], 24.0)]:
+        ref = Qwen3VLProcessor._calculate_timestamps(None, list(indices), fps, 2)
+        assert qwen3_vl.group_timestamps(indices, fps) == ref
+
+
+def test_video_processing_reads_the_checkpoints_file(tmp_path):
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(
+        {"size": {"shortest_edge": 4096, "longest_edge": 25165824}, "image_mean": [0.4, 0.5, 0.6], "fps": 1,
+         "min_frames": 2, "max_frames": 64, "patch_size": 16, "merge_size": 2, "temporal_patch_size": 2}))
+    p = VideoProcessing.from_dir(tmp_path)
+    assert (p.min_pixels, p.max_pixels, p.mean, p.fps, p.min_frames, p.max_frames) == \
+        (4096, 25165824, (0.4, 0.5, 0.6), 1, 2, 64)
+    assert p.source.endswith("video_preprocessor_config.json")
+    assert VideoProcessing.from_dir(tmp_path / "nowhere").source == "Qwen3VLVideoProcessor's defaults"
+
+
+def test_preprocess_needs_no_torchvision():
+    """Run time is torch, safetensors, einops: with torchvision made unimportable, preprocessing still runs."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torchvision'] = None\n"
+            "import torch\nfrom minivtp.hosts import qwen3_vl\n"
+            "v = qwen3_vl.preprocess(torch.zeros(6, 64, 64, 3, dtype=torch.uint8), video_fps=2.0)\n"
+            "print(v.grid)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=qwen3_vl.__file__.rsplit("/minivtp/", 1)[0])
+    assert out.returncode == 0, out.stderr
+    here = qwen3_vl.preprocess(torch.zeros(6, 64, 64, 3, dtype=torch.uint8), video_fps=2.0).grid
+    assert out.stdout.strip() == str(here) == "(3, 10, 10)"  # 6 frames; 6 x 64 x 64 scaled up to 160 x 160
+
+
+def test_preprocess_refuses_bad_input():
+    with pytest.raises(ValueError, match=r"frames must be a \(T, H, W, 3\) uint8 tensor, got \(4, 3, 64, 64\)"):
+        qwen3_vl.preprocess(torch.zeros(4, 3, 64, 64, dtype=torch.uint8), video_fps=2.0)
+    with pytest.raises(ValueError, match="give fps or num_frames, not both"):
+        qwen3_vl.sample_indices(10, 2.0, VideoProcessing(), fps=1, num_frames=4)
+    with pytest.raises(ValueError, match="needs the video's own frame rate"):
+        qwen3_vl.sample_indices(10, None, VideoProcessing())
+    with pytest.raises(ValueError, match=r"1 frame\(s\): Qwen3-VL's processor needs at least 2"):
+        qwen3_vl.preprocess(torch.zeros(1, 64, 64, 3, dtype=torch.uint8), video_fps=2.0)
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("torchvision"), reason="torchvision is not installed")
+def test_preprocess_equals_the_whole_processor_with_torchvision():
+    proc = vp.Qwen3VLVideoProcessor()
+    for T, H, W in [(30, 70, 100), (17, 240, 320)]:
+        frames = torch.randint(0, 256, (T, H, W, 3), dtype=torch.uint8)
+        from transformers.video_utils import VideoMetadata
+        out = proc(videos=[frames.permute(0, 3, 1, 2)], video_metadata=[VideoMetadata(total_num_frames=T, fps=10.0)],
+                   cap_pixels_per_frame=False, return_tensors="pt")
+        video = qwen3_vl.preprocess(frames, video_fps=10.0)
+        assert video.grid == tuple(out["video_grid_thw"][0].tolist())
+        assert torch.equal(video.patches, out["pixel_values_videos"])
