@@ -366,3 +366,130 @@ def test_preprocess_equals_the_whole_processor_with_torchvision():
         video = qwen3_vl.preprocess(frames, video_fps=10.0)
         assert video.grid == tuple(out["video_grid_thw"][0].tolist())
         assert torch.equal(video.patches, out["pixel_values_videos"])
+
+
+# ---- the prompt: Qwen3VLProcessor's expansion, a Qwen-shaped tokenizer, transformers' 3D positions ----------------
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>"]
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(tmp_path_factory):
+    """(directory, tokenizers.Tokenizer): byte-level BPE shaped as Qwen2/Qwen3's tokenizer.json is (NFC, the
+    Qwen2 split regex then ByteLevel without its own regex, ByteLevel decoder), with Qwen-VL's special tokens."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from conftest import TOKENIZER_CORPUS
+    from test_tokenizer import QWEN2_PATTERN
+    tok = HFTokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_PATTERN), "isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    corpus = TOKENIZER_CORPUS[:5] + [f"<{s / 10:.1f} seconds>" for s in range(0, 400, 7)] * 3
+    tok.train_from_iterator(corpus * 10, trainers.BpeTrainer(vocab_size=400, special_tokens=QWEN_SPECIALS,
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                             show_progress=False))
+    path = tmp_path_factory.mktemp("qwen3_vl_tokenizer")
+    tok.save(str(path / "tokenizer.json"))
+    return path, tok
+
+
+def hf_expand(text, grid, indices, video_fps):
+    """Qwen3VLProcessor's own expansion (replace_video_token, get_text_with_replacements) of one video."""
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    from transformers.video_utils import VideoMetadata
+    proc = object.__new__(Qwen3VLProcessor)  # its __init__ wants the video processor, which wants torchvision
+    proc.image_token, proc.video_token = "<|image_pad|>", "<|video_pad|>"
+    proc.vision_start_token, proc.vision_end_token = "<|vision_start|>", "<|vision_end|>"
+    proc.video_processor = types.SimpleNamespace(merge_size=2, temporal_patch_size=2)
+    md = VideoMetadata(total_num_frames=max(indices) + 1, fps=video_fps, frames_indices=list(indices))
+    replacement = proc.replace_video_token({"video_grid_thw": torch.tensor([grid]), "video_metadata": [md]}, 0)
+    return proc.get_text_with_replacements([text], videos_replacements=[replacement])[0][0]
+
+
+PROMPTS = {  # grid (t, h, w), the frames read, the video's fps
+    "one group": ((1, 4, 4), [0, 3], 10.0),
+    "two groups, wide": ((2, 4, 6), [0, 7, 15, 22], 10.0),
+    "three groups, the last padded": ((3, 6, 4), [0, 7, 15, 22, 29], 10.0),
+    "four groups, a long thin grid": ((4, 2, 8), list(range(0, 240, 30)), 29.97),
+}
+
+
+@pytest.fixture(scope="module")
+def hf_rope():
+    torch.manual_seed(0)
+    return transformers.Qwen3VLModel(vl_config()).eval()
+
+
+@pytest.mark.parametrize("name", PROMPTS)
+def test_prompt_rows_and_positions_equal_transformers(qwen_tokenizer, hf_rope, name):
+    from minivtp.tokenizer import Tokenizer
+    grid, indices, video_fps = PROMPTS[name]
+    path, hf_tok = qwen_tokenizer
+    text = qwen3_vl.chat_text("What is the man doing in the video?")
+    expanded = qwen3_vl.expand_video(text, grid, qwen3_vl.group_timestamps(indices, video_fps))
+    assert expanded == hf_expand(text, grid, indices, video_fps)
+
+    ids = Tokenizer.from_file(path).encode(expanded)
+    assert ids == hf_tok.encode(expanded).ids
+    ids = torch.tensor(ids)
+    video_id = hf_tok.token_to_id("<|video_pad|>")
+    t, h, w = grid
+    Nv = h * w // 4
+
+    rows = qwen3_vl.video_rows(ids, video_id, grid)
+    assert rows.shape == (t, Nv)
+    # the k-th video row of the prompt gets the k-th merged token (transformers' masked_scatter fills in order)
+    assert rows.flatten().tolist() == (ids == video_id).nonzero().flatten().tolist()
+    start, end = hf_tok.token_to_id("<|vision_start|>"), hf_tok.token_to_id("<|vision_end|>")
+    for g in range(t):
+        assert ids[rows[g, 0] - 1] == start and ids[rows[g, -1] + 1] == end
+    if t > 1:  # timestamps between the groups: not one contiguous run
+        assert (rows[1:, 0] - rows[:-1, -1] > 2).all()
+
+    pos, delta = qwen3_vl.mrope_positions(ids, video_id, grid)
+    mm_types = (ids == video_id).long() * 2  # transformers' mm_token_type_ids: 2 for video tokens
+    ref, ref_delta = hf_rope.get_rope_index(ids[None], mm_types[None], video_grid_thw=torch.tensor([grid]))
+    assert torch.equal(pos, ref[:, 0]) and delta == ref_delta.item()
+
+
+def test_positions_continue_after_the_video_as_transformers_decodes(hf_rope):
+    """A decoded row n has position n + delta on all three axes: transformers' compute_3d_position_ids."""
+    ids = torch.tensor([5, 6, 1, 1, 1, 1, 1, 1, 7, 8, 9, 1, 1, 1, 1, 1, 1, 7, 4, 4])
+    grid = (2, 4, 6)
+    pos, delta = qwen3_vl.mrope_positions(ids, video_token_id=1, grid=grid)
+    assert pos[:, -1].tolist() == [pos.max().item()] * 3  # the last text row holds the largest position
+    assert len(ids) + delta == pos.max().item() + 1  # the next row's position
+    _, ref_delta = hf_rope.get_rope_index(ids[None], ((ids == 1).long() * 2)[None], video_grid_thw=torch.tensor([grid]))
+    assert delta == ref_delta.item()
+
+
+def test_chat_text_is_what_the_template_writes():
+    """The branches of Qwen3-VL's released chat template that a [video, text] user turn and the generation prompt
+    go through (transcribed: no checkpoint reaches us), rendered by transformers' jinja on the same messages:
+    no system turn unless one is given."""
+    template = (
+        "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' }}"
+        "{%- if message.content is string %}{{- message.content }}{%- else %}{%- for item in message.content %}"
+        "{%- if 'video' in item or item.type == 'video' %}{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+        "{%- elif 'text' in item %}{{- item.text }}{%- endif %}{%- endfor %}{%- endif %}"
+        "{{- '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    from transformers.utils.chat_template_utils import render_jinja_template
+    messages = [{"role": "user", "content": [{"type": "video", "video": "v.mp4"}, {"type": "text", "text": "Why?"}]}]
+    rendered = render_jinja_template([messages], chat_template=template, add_generation_prompt=True)[0][0]
+    assert qwen3_vl.chat_text("Why?") == rendered
+    with_system = [{"role": "system", "content": "Be brief."}] + messages
+    rendered = render_jinja_template([with_system], chat_template=template, add_generation_prompt=True)[0][0]
+    assert qwen3_vl.chat_text("Why?", system="Be brief.") == rendered
+
+
+def test_prompt_errors_are_one_line():
+    with pytest.raises(ValueError, match=r"the prompt has 2 <\|video_pad\|> placeholders"):
+        qwen3_vl.expand_video(qwen3_vl.VIDEO_WRAPPER * 2, (1, 2, 2), [0.0])
+    with pytest.raises(ValueError, match="2 timestamps for 1 temporal groups"):
+        qwen3_vl.expand_video(qwen3_vl.VIDEO_WRAPPER, (1, 2, 2), [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"come in runs of \[4, 3\]; grid \(2, 4, 4\) needs 2 run\(s\) of 4"):
+        qwen3_vl.video_rows(torch.tensor([0, 1, 1, 1, 1, 0, 1, 1, 1, 0]), 1, (2, 4, 4))

@@ -1,20 +1,20 @@
 """Qwen3-VL as a host, the parts before the decoder: the video's pixels, its prompt, and where its frames sit.
 
-A question about a 4-frame clip whose frames are 64 x 96 pixels: the processor keeps 2 frames a temporal group
-and 32 x 32 pixels a video token, so t = 2 groups ("frames" for LLM-VTP) of Nv = 2 x 3 = 6 tokens. The prompt
-the chat template writes, then the rows the processor expands it to:
+A question about a clip of 25 fps, 4 s, 256 x 384 pixels: the processor reads 2 frames a second (8 frames), keeps
+2 frames a temporal group and 32 x 32 pixels a video token, so t = 4 groups ("frames" for LLM-VTP) of
+Nv = 8 x 12 = 96 tokens. The prompt the chat template writes, then the rows the processor expands it to:
 
-    template   <|im_start|>user\\n <|vision_start|><|video_pad|><|vision_end|> What is it?<|im_end|>\\n<|im_start|>assistant\\n
+    template   <|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What is it?<|im_end|>\n<|im_start|>assistant\n
 
-    rows       0 .. 2              <|im_start|> user \\n                                  text
-               3 ..  7             <0.3 seconds>  (timestamp text, a few tokens)           text
-               8                   <|vision_start|>                                      text
-               9 .. 14             <|video_pad|> x 6: group 0, its 2 x 3 tokens row by row  frame 0
-               15                  <|vision_end|>                                        text
-               16 .. 20            <1.3 seconds>                                         text
-               21                  <|vision_start|>                                      text
-               22 .. 27            <|video_pad|> x 6: group 1                             frame 1
-               28 .. N-1           <|vision_end|> What is it? <|im_end|> ... assistant \\n  question rows
+    rows       <|im_start|> user \n                                       text      (a rows)
+               <0.3 seconds>                                               text      the timestamp, a few tokens
+               <|vision_start|>                                            text
+               <|video_pad|> x 96: group 0, its 8 x 12 tokens row by row    frame 0
+               <|vision_end|>                                              text
+               <1.4 seconds> <|vision_start|>                              text
+               <|video_pad|> x 96: group 1                                 frame 1
+               <|vision_end|> ... group 2 ... group 3 ...
+               <|vision_end|> What is it? <|im_end|> \n <|im_start|> assistant \n   question rows
 
 so the video is not one run of rows: frame g's Nv rows start after its own timestamp and <|vision_start|>
 (`video_rows`). The template's one <|vision_start|><|video_pad|><|vision_end|> is not kept around the whole
@@ -289,6 +289,7 @@ def expand_video(text: str, grid, timestamps: list, merge: int = 2) -> str:
     if n != 1:
         raise ValueError(f"the prompt has {n} {VIDEO_PAD} placeholders; a Qwen3-VL prompt here has exactly one video")
     Nv = h * w // merge**2
+    # subtle: Python's .1f rounds the binary value, as the processor's f-string does: 0.25 -> "0.2", 0.35 -> "0.3"
     groups = "".join(f"<{s:.1f} seconds>{VISION_START}{VIDEO_PAD * Nv}{VISION_END}" for s in timestamps)
     text = text.replace(VIDEO_WRAPPER, VIDEO_PAD)
     return text.replace(VIDEO_PAD, groups)
