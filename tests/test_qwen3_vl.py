@@ -35,9 +35,9 @@ def vl_config(**vision):
 def hf_tower(seed=0, **vision):
     """transformers' Qwen3VLVisionModel with random weights (written out larger than its init: see randomize)."""
     torch.manual_seed(seed)
-    cfg = vl_config(**vision)
-    cfg.vision_config._attn_implementation = "eager"  # the softmax written out: another path than ours (SDPA)
-    return randomize(transformers.Qwen3VLForConditionalGeneration(cfg).model.visual, seed).eval()
+    cfg = vl_config(**vision).vision_config
+    cfg._attn_implementation = "eager"  # the softmax written out: another path than ours (SDPA)
+    return randomize(transformers.Qwen3VLVisionModel(cfg), seed).eval()
 
 
 def tower_from(hf_visual) -> Qwen3VisionTower:
@@ -305,11 +305,24 @@ def test_preprocess_samples_then_processes_as_the_processor(hf_processor):
 def test_per_frame_pixel_cap_equals_the_processors(hf_processor):
     """cap_pixels_per_frame (qwen-vl-utils' budget, off by default in transformers) asks for the same size."""
     p = VideoProcessing(cap_pixels_per_frame=True, max_video_tokens=16)
-    for T, H, W in [(4, 480, 640), (12, 720, 1280), (2, 100, 100)]:
+    for T, H, W in [(4, 480, 640), (12, 360, 640), (2, 100, 100)]:
         frames = torch.randint(0, 256, (T, H, W, 3), dtype=torch.uint8)
         ref, grid = hf_preprocess(hf_processor, frames.permute(0, 3, 1, 2), p, cap=True)
         video = qwen3_vl.preprocess(frames, video_fps=10.0, p=p, indices=list(range(T)))
         assert video.grid == grid and torch.equal(video.patches, ref)
+
+
+def test_the_cpu_resize_is_not_the_float_resize():
+    """Why resize_frames keeps torchvision's two paths apart: torch's uint8 bicubic kernel (what torchvision
+    uses on the CPU) and the float32 resize, clamped and rounded (what it uses on a GPU), disagree by many
+    levels on sharp edges, far beyond a rounding step."""
+    import torch.nn.functional as F
+    frames = torch.randint(0, 256, (2, 3, 40, 60), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cpu = qwen3_vl.resize_frames(frames, 96, 128)
+    floats = F.interpolate(frames.float(), size=(96, 128), mode="bicubic", align_corners=False, antialias=True)
+    floats = floats.clamp(0, 255).round().to(torch.uint8)
+    assert cpu.dtype == torch.uint8 and (cpu.int() - floats.int()).abs().max() > 4
+    assert qwen3_vl.resize_frames(frames, 40, 60) is frames  # the size it has: untouched, as torchvision
 
 
 def test_group_timestamps_equal_the_processors():

@@ -5,8 +5,9 @@
         --Conv3d = one linear map a patch-->     (t*h*w, Cv)
         --+ learned positions, a 48 x 48 table resampled bilinearly to h x w (corners aligned)
         --27 pre-norm blocks, 2D RoPE, each temporal group attending to itself only
-              after blocks 8, 16, 24: a DeepStack merger  -->  (t*h*w/4, C) each, added by the decoder into the
-                                                                video rows of its layers 0, 1, 2
+              after blocks 8, 16, 24: a DeepStack merger  -->  (t*h*w/4, C) each; the decoder adds the k-th
+                                                                to the output of its layer k (0, 1, 2), at the
+                                                                video rows
         --the merger: LayerNorm, 4 neighbours concatenated, MLP-->  (t*h*w/4, C)   the video tokens
 
 The order of the rows is the whole trick. The processor does not send patches row by row: within each temporal

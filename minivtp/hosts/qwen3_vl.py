@@ -187,7 +187,8 @@ def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor
 
     # subtle: on the CPU torchvision hands uint8 to torch's own uint8 bicubic kernel, which rounds between its
     # horizontal and vertical passes; elsewhere it resizes in float32, clamps and rounds. The two differ by
-    # several levels on sharp edges, so I take the same path it takes on the same device."""
+    # many levels on sharp edges, so I take the same path it takes on the same device (both checked equal to
+    # torchvision 0.26's resize, bit for bit, on a CPU and on a CUDA GPU)."""
     if tuple(frames.shape[-2:]) == (height, width):
         return frames
     if frames.device.type == "cpu":
