@@ -87,6 +87,25 @@ def test_tower_equals_transformers_with_every_deepstack_output(name):
         assert a.shape == b.shape and rel_err(a, b) <= 1e-4
 
 
+def test_tower_in_bfloat16_errs_as_little_as_transformers_does():
+    """The released weights are bf16. Against the float32 answer, ours in bf16 is off by about what
+    transformers' is in bf16 (~1e-2 of the largest value: 8 bits of mantissa through 4 blocks); a float32 step
+    missing on our side (RoPE, the position weights) would show as a multiple of it."""
+    hf = hf_tower(seed=2)
+    ours = tower_from(hf)
+    grid = (2, 8, 10)
+    patches = torch.randn(160, 1536, generator=torch.Generator().manual_seed(5))
+    ref, ref_deep = hf_forward(hf, patches, grid)
+    hf16, ours16 = hf.to(torch.bfloat16), ours.to(torch.bfloat16)
+    theirs, theirs_deep = hf_forward(hf16, patches.bfloat16(), grid)
+    with torch.no_grad():
+        out, deep = ours16(patches.bfloat16(), grid)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out.float(), ref) <= 2 * rel_err(theirs.float(), ref)
+    for a, b, c in zip(deep, theirs_deep, ref_deep):
+        assert rel_err(a.float(), c) <= 2 * rel_err(b.float(), c)
+
+
 def test_tower_groups_do_not_see_each_other():
     """Each temporal group attends to its own patches: changing group 1's pixels leaves group 0's tokens alone
     (and transformers agrees: its cu_seqlens has one segment per group)."""
@@ -340,6 +359,9 @@ def test_video_processing_reads_the_checkpoints_file(tmp_path):
     assert (p.min_pixels, p.max_pixels, p.mean, p.fps, p.min_frames, p.max_frames) == \
         (4096, 25165824, (0.4, 0.5, 0.6), 1, 2, 64)
     assert p.source.endswith("video_preprocessor_config.json")
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps({"resample": 2}))
+    with pytest.raises(ValueError, match="resample 2; minivtp resizes as the released processors do, bicubic"):
+        VideoProcessing.from_dir(tmp_path)
     assert VideoProcessing.from_dir(tmp_path / "nowhere").source == "Qwen3VLVideoProcessor's defaults"
 
 
@@ -391,7 +413,7 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|
 def qwen_tokenizer(tmp_path_factory):
     """(directory, tokenizers.Tokenizer): byte-level BPE shaped as Qwen2/Qwen3's tokenizer.json is (NFC, the
     Qwen2 split regex then ByteLevel without its own regex, ByteLevel decoder), with Qwen-VL's special tokens."""
-    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from tokenizers import Tokenizer as HFTokenizer
 
     from conftest import TOKENIZER_CORPUS
@@ -401,6 +423,7 @@ def qwen_tokenizer(tmp_path_factory):
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_PATTERN), "isolated"),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)  # Qwen's: it adds no token
     corpus = TOKENIZER_CORPUS[:5] + [f"<{s / 10:.1f} seconds>" for s in range(0, 400, 7)] * 3
     tok.train_from_iterator(corpus * 10, trainers.BpeTrainer(vocab_size=400, special_tokens=QWEN_SPECIALS,
                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -467,6 +490,25 @@ def test_prompt_rows_and_positions_equal_transformers(qwen_tokenizer, hf_rope, n
     mm_types = (ids == video_id).long() * 2  # transformers' mm_token_type_ids: 2 for video tokens
     ref, ref_delta = hf_rope.get_rope_index(ids[None], mm_types[None], video_grid_thw=torch.tensor([grid]))
     assert torch.equal(pos, ref[:, 0]) and delta == ref_delta.item()
+
+
+def test_build_prompt_puts_it_together(qwen_tokenizer, hf_rope):
+    """One call from a question and a preprocessed clip to ids, rows and positions; the same as the steps."""
+    from minivtp.tokenizer import Tokenizer
+    path, hf_tok = qwen_tokenizer
+    tok = Tokenizer.from_file(path)
+    video = qwen3_vl.preprocess(torch.zeros(30, 64, 96, 3, dtype=torch.uint8), video_fps=10.0)
+    video_id = hf_tok.token_to_id("<|video_pad|>")
+    prompt = qwen3_vl.build_prompt(tok, "Why?", video, video_id)
+    text = hf_expand(qwen3_vl.chat_text("Why?"), video.grid, video.indices, 10.0)
+    assert prompt.ids.tolist() == hf_tok.encode(text).ids
+    ref, ref_delta = hf_rope.get_rope_index(prompt.ids[None], ((prompt.ids == video_id).long() * 2)[None],
+                                            video_grid_thw=torch.tensor([video.grid]))
+    assert torch.equal(prompt.positions, ref[:, 0]) and prompt.delta == ref_delta.item()
+    t, h, w = video.grid
+    assert prompt.rows.shape == (t, h * w // 4)
+    with pytest.raises(ValueError, match=f"the tokenizer's <\\|video_pad\\|> is {video_id}, the model's video_token_id is 291"):
+        qwen3_vl.build_prompt(tok, "Why?", video, 291)
 
 
 def test_positions_continue_after_the_video_as_transformers_decodes(hf_rope):

@@ -104,6 +104,9 @@ class VideoProcessing:
         for flag in ("do_resize", "do_rescale", "do_normalize", "do_sample_frames"):
             if d.get(flag) is False:
                 raise ValueError(f"{f}: {flag} is false; minivtp does what the released processors do (true)")
+        if d.get("resample", 3) != 3:
+            raise ValueError(f"{f}: resample {d['resample']!r}; minivtp resizes as the released processors do, "
+                             "bicubic (3)")
         size = d.get("size", {})
         if size and not (size.get("shortest_edge") and size.get("longest_edge")):
             raise ValueError(f"{f}: size must have shortest_edge and longest_edge, got {size}")
@@ -341,6 +344,29 @@ def mrope_positions(ids: torch.Tensor, video_token_id: int, grid, merge: int = 2
             pos[:, i] = p
             i, p = i + 1, p + 1
     return pos, int(pos.max()) + 1 - len(ids)
+
+
+@dataclass
+class Prompt:
+    ids: torch.Tensor  # (N,) token ids
+    rows: torch.Tensor  # (t, Nv): frame g's tokens sit at rows[g]; the tower's output row g*Nv + k goes to rows[g, k]
+    positions: torch.Tensor  # (3, N): (t, h, w) of every row
+    delta: int  # transformers' rope_deltas: decoded row n is at position n + delta
+
+
+def build_prompt(tokenizer, question: str, video: Video, video_token_id: int, merge: int = 2,
+                 system: str = None) -> Prompt:
+    """The whole prompt of one question about one video: template, expansion, ids, rows and positions.
+
+    `tokenizer` is minivtp.tokenizer.Tokenizer on the checkpoint's tokenizer.json; `video_token_id` is
+    config.json's, which must be the tokenizer's <|video_pad|>."""
+    if tokenizer.added.get(VIDEO_PAD) != video_token_id:
+        raise ValueError(f"the tokenizer's {VIDEO_PAD} is {tokenizer.added.get(VIDEO_PAD)}, the model's "
+                         f"video_token_id is {video_token_id}: tokenizer.json and config.json disagree")
+    text = expand_video(chat_text(question, system), video.grid, video.timestamps, merge)
+    ids = torch.tensor(tokenizer.encode(text))
+    positions, delta = mrope_positions(ids, video_token_id, video.grid, merge)
+    return Prompt(ids, video_rows(ids, video_token_id, video.grid, merge), positions, delta)
 
 
 # ----------------------------------------------------------------------------------------------------------------
