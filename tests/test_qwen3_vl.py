@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import randomize, transformers
 
-import weights
+from minivtp.checkpoint import CheckpointError, apply_rules
 from minivtp.hosts import qwen3_vit
 from minivtp.hosts.qwen3_vit import QWEN3_VISION_TO_OURS, Qwen3VisionConfig, Qwen3VisionTower
 
@@ -44,7 +44,7 @@ def tower_from(hf_visual) -> Qwen3VisionTower:
     """Ours, filled from transformers' tower through the loader's rename rules; every name used, every
     parameter filled."""
     tower = Qwen3VisionTower(Qwen3VisionConfig.from_hf(hf_visual.config.to_dict()))
-    state = {weights.apply_rules(k, QWEN3_VISION_TO_OURS): v for k, v in hf_visual.state_dict().items()}
+    state = {apply_rules(k, QWEN3_VISION_TO_OURS): v for k, v in hf_visual.state_dict().items()}
     assert None not in state and len(state) == len(hf_visual.state_dict())
     tower.load_state_dict(state, strict=True)
     return tower.eval()
@@ -204,7 +204,7 @@ def test_load_tower_refuses_another_model(tmp_path):
     write_qwen3_vl(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(dict(cfg, model_type="qwen2_5_vl")))
-    with pytest.raises(weights.CheckpointError, match="model_type 'qwen2_5_vl' .* is not a Qwen3-VL checkpoint"):
+    with pytest.raises(CheckpointError, match=r"model_type 'qwen2_5_vl' is not Qwen3-VL's \(qwen3_vl, with a vision_config\)"):
         load_tower(tmp_path)
 
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minivtp.vision import ACTIVATIONS
+from minivtp.hosts.llava import ACTIVATIONS
 
 
 @dataclass

@@ -55,8 +55,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from weights import HF_TO_OURS, apply_rules
-from minivtp.hosts.qwen3_vit import QWEN3_VISION_TO_OURS
+from minivtp.checkpoint import (HF_TO_OURS, CheckpointError, apply_rules, build_on_meta, load_into,
+                                open_checkpoint)
+from minivtp.hosts.qwen3_vit import QWEN3_VISION_TO_OURS, Qwen3VisionConfig, Qwen3VisionTower
 
 VIDEO_PAD, VISION_START, VISION_END = "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
 VIDEO_WRAPPER = VISION_START + VIDEO_PAD + VISION_END  # what the chat template writes for a video
@@ -393,14 +394,12 @@ def qwen3_vl_to_ours(name: str):
 def load_tower(path, dtype=torch.float32, device="cpu"):
     """The vision tower alone from a Qwen3-VL directory: every model.visual.* tensor used, every parameter of
     the tower filled (the decoder's tensors are recognised and left for the host)."""
-    import weights
-    from minivtp.hosts.qwen3_vit import Qwen3VisionConfig, Qwen3VisionTower
-    path, hf, files, weight_map = weights.open_checkpoint(path)
+    path, hf, files, weight_map = open_checkpoint(path)
     if hf.get("model_type") != "qwen3_vl" or not isinstance(hf.get("vision_config"), dict):
-        raise weights.CheckpointError(f"{path}/config.json: model_type {hf.get('model_type')!r} with no "
-                                      "vision_config is not a Qwen3-VL checkpoint (qwen3_vl)")
-    tower = weights.build_on_meta(path, lambda: Qwen3VisionTower(Qwen3VisionConfig.from_hf(hf["vision_config"])),
-                                  "Qwen3-VL's vision tower")
+        raise CheckpointError(f"{path}/config.json: model_type {hf.get('model_type')!r} is not Qwen3-VL's "
+                              "(qwen3_vl, with a vision_config)")
+    tower = build_on_meta(path, lambda: Qwen3VisionTower(Qwen3VisionConfig.from_hf(hf["vision_config"])),
+                          "Qwen3-VL's vision tower")
 
     def rename(name):
         ours = qwen3_vl_to_ours(name)
@@ -408,5 +407,5 @@ def load_tower(path, dtype=torch.float32, device="cpu"):
             return ""  # the decoder's, not the tower's
         return None if ours is None else re.sub(r"^vision\.", "", ours)
 
-    weights.load_into(tower, files, rename, dtype, device, weight_map)
+    load_into(tower, files, rename, dtype, device, weight_map)
     return tower.eval()
