@@ -4,7 +4,8 @@ A question about a clip of 25 fps, 4 s, 256 x 384 pixels: the processor reads 2 
 2 frames a temporal group and 32 x 32 pixels a video token, so t = 4 groups ("frames" for LLM-VTP) of
 Nv = 8 x 12 = 96 tokens. The prompt the chat template writes, then the rows the processor expands it to:
 
-    template   <|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What is it?<|im_end|>\n<|im_start|>assistant\n
+    template   <|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What is it?<|im_end|>\n
+               <|im_start|>assistant\n
 
     rows       <|im_start|> user \n                                       text      (a rows)
                <0.3 seconds>                                               text      the timestamp, a few tokens
@@ -115,7 +116,8 @@ class VideoProcessing:
         return cls(patch_size=d.get("patch_size", c.patch_size),
                    temporal_patch_size=d.get("temporal_patch_size", c.temporal_patch_size),
                    merge_size=d.get("merge_size", c.merge_size),
-                   min_pixels=size.get("shortest_edge", c.min_pixels), max_pixels=size.get("longest_edge", c.max_pixels),
+                   min_pixels=size.get("shortest_edge", c.min_pixels),
+                   max_pixels=size.get("longest_edge", c.max_pixels),
                    mean=tuple(d.get("image_mean", c.mean)), std=tuple(d.get("image_std", c.std)),
                    rescale_factor=d.get("rescale_factor", c.rescale_factor), fps=d.get("fps", c.fps),
                    num_frames=d.get("num_frames"), min_frames=d.get("min_frames", c.min_frames),
@@ -251,10 +253,10 @@ def preprocess(frames: torch.Tensor, video_fps: float, p: VideoProcessing = None
     Pass `indices` when `frames` are already the sampled ones (a reader that decoded only those: see
     sample_indices); they set the timestamps."""
     p = p or VideoProcessing()
-    if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
-        got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-        raise ValueError(f"frames must be a (T, H, W, 3) uint8 tensor, got {got}"
-                         + (f" {frames.dtype}" if isinstance(frames, torch.Tensor) else ""))
+    is_tensor = isinstance(frames, torch.Tensor)
+    if not is_tensor or frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        got = f"{tuple(frames.shape)} {frames.dtype}" if is_tensor else type(frames).__name__
+        raise ValueError(f"frames must be a (T, H, W, 3) uint8 tensor, got {got}")
     if indices is None:
         indices = sample_indices(frames.shape[0], video_fps, p, fps=fps, num_frames=num_frames)
         frames = frames[indices]
