@@ -134,6 +134,16 @@ def test_position_table_resampling_is_bilinear_with_aligned_corners():
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
 
 
+def test_config_defaults_are_transformers():
+    """A vision_config with keys missing is read as transformers reads it (its Qwen3VLVisionConfig defaults)."""
+    d, ours = transformers.Qwen3VLVisionConfig(), Qwen3VisionConfig.from_hf({})
+    assert (ours.n_layers, ours.dim, ours.n_heads, ours.hidden_dim, ours.out_dim, ours.n_pos, ours.deepstack_layers,
+            ours.rope_theta, ours.act, ours.patch_size, ours.temporal_patch_size, ours.merge_size) == \
+        (d.depth, d.hidden_size, d.num_heads, d.intermediate_size, d.out_hidden_size, d.num_position_embeddings,
+         tuple(d.deepstack_visual_indexes), d.rope_parameters["rope_theta"], d.hidden_act, d.patch_size,
+         d.temporal_patch_size, d.spatial_merge_size)
+
+
 def test_tower_refuses_patches_that_do_not_match_the_grid():
     ours = Qwen3VisionTower(Qwen3VisionConfig.from_hf(VISION))
     with pytest.raises(ValueError, match=r"patches must be \(t\*h\*w, 1536\) = \(32, 1536\) for grid \(2, 4, 4\)"):
@@ -260,27 +270,23 @@ def test_smart_resize_equals_the_processors(frames, height, width):
 @pytest.fixture
 def hf_processor(monkeypatch):
     """Qwen3VLVideoProcessor without its __init__ (which asks for torchvision), its torchvision calls replaced
-    by torchvision's math; `sizes` records the (H, W) its resize asked for."""
+    by torchvision's math."""
     import torch.nn.functional as F
     from transformers.video_processing_utils import BaseVideoProcessor
-    sizes = []
 
     def resize(self, image, size, resample=None, antialias=True, **kwargs):
-        sizes.append((size.height, size.width))
         if tuple(image.shape[-2:]) == (size.height, size.width):
             return image
         flat = image.reshape(-1, *image.shape[-3:])
         out = F.interpolate(flat, size=(size.height, size.width), mode="bicubic", align_corners=False, antialias=True)
         return out.reshape(*image.shape[:-2], size.height, size.width)
 
-    monkeypatch.setattr(BaseVideoProcessor, "resize", resize, raising=False)
     def normalize(self, image, mean, std, inplace=False, **kwargs):
         return image.sub(mean.view(-1, 1, 1)).div(std.view(-1, 1, 1))
 
+    monkeypatch.setattr(BaseVideoProcessor, "resize", resize, raising=False)
     monkeypatch.setattr(BaseVideoProcessor, "normalize", normalize, raising=False)
-    proc = object.__new__(vp.Qwen3VLVideoProcessor)
-    proc.sizes = sizes
-    return proc
+    return object.__new__(vp.Qwen3VLVideoProcessor)
 
 
 def hf_preprocess(proc, frames, p: VideoProcessing, cap=False):
@@ -511,6 +517,8 @@ def test_build_prompt_puts_it_together(qwen_tokenizer, hf_rope):
     assert torch.equal(prompt.positions, ref[:, 0]) and prompt.delta == ref_delta.item()
     t, h, w = video.grid
     assert prompt.rows.shape == (t, h * w // 4)
+    end = hf_tok.token_to_id("<|vision_end|>")
+    assert prompt.ids[prompt.question_start] == end and (prompt.ids[prompt.question_start:] != video_id).all()
     with pytest.raises(ValueError, match=f"<\\|video_pad\\|> is {video_id}, the model's video_token_id is 291"):
         qwen3_vl.build_prompt(tok, "Why?", video, 291)
 
@@ -553,3 +561,49 @@ def test_prompt_errors_are_one_line():
         qwen3_vl.expand_video(qwen3_vl.VIDEO_WRAPPER, (1, 2, 2), [0.0, 1.0])
     with pytest.raises(ValueError, match=r"come in runs of \[4, 3\]; grid \(2, 4, 4\) needs 2 run\(s\) of 4"):
         qwen3_vl.video_rows(torch.tensor([0, 1, 1, 1, 1, 0, 1, 1, 1, 0]), 1, (2, 4, 4))
+
+
+def test_what_transformers_feeds_its_decoder_is_what_these_pieces_give(monkeypatch):
+    """transformers' whole Qwen3VLModel on a clip preprocessed here: the video embeddings it scatters into the
+    prompt, the rows it scatters them to, each DeepStack feature it adds and the positions it passes to the
+    decoder are our tower's tokens at `video_rows` (in that order), our DeepStack features, and our
+    `mrope_positions`. What the host will hand the decoder, checked without one."""
+    torch.manual_seed(0)
+    hf = randomize(transformers.Qwen3VLForConditionalGeneration(vl_config()), 4).eval()
+    tower = tower_from(hf.model.visual)
+    frames = torch.randint(0, 256, (6, 64, 96, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    video = qwen3_vl.preprocess(frames, video_fps=4.0)
+    t, h, w = video.grid
+    Nv = h * w // 4
+    group = [292] + [291] * Nv + [293]  # <|vision_start|>, the group's tokens, <|vision_end|>; ids as in IDS
+    ids = [1, 2, 3]
+    for g in range(t):
+        ids += [10 + g, 20 + g] + group  # a timestamp's text, then the group
+    ids = torch.tensor(ids + [4, 5, 6, 7])
+
+    seen = {"deepstack": []}
+    real_deepstack = transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLTextModel._deepstack_process
+
+    def deepstack(self, hidden, mask, embeds):
+        seen["deepstack"].append((mask.clone(), embeds.clone()))
+        return real_deepstack(self, hidden, mask, embeds)
+
+    monkeypatch.setattr(transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLTextModel, "_deepstack_process",
+                        deepstack)
+    hook = hf.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(embeds=kwargs["inputs_embeds"], positions=kwargs["position_ids"]),
+        with_kwargs=True)
+    with torch.no_grad():
+        hf(input_ids=ids[None], pixel_values_videos=video.patches, video_grid_thw=torch.tensor([video.grid]),
+           mm_token_type_ids=((ids == 291).long() * 2)[None])
+        tokens, deep = tower(video.patches, video.grid)
+    hook.remove()
+
+    rows = qwen3_vl.video_rows(ids, 291, video.grid)
+    assert rel_err(seen["embeds"][0, rows.flatten()], tokens) <= 1e-4  # float32, as the tower tests
+    positions, _ = qwen3_vl.mrope_positions(ids, 291, video.grid)
+    assert torch.equal(seen["positions"][:, 0], positions)
+    assert len(seen["deepstack"]) == len(deep) == 2
+    for (mask, embeds), ours in zip(seen["deepstack"], deep):
+        assert mask[0].nonzero().flatten().tolist() == rows.flatten().tolist()
+        assert rel_err(embeds, ours) <= 1e-4

@@ -51,12 +51,12 @@ from minivtp.hosts.llava import ACTIVATIONS
 
 
 @dataclass
-class Qwen3VisionConfig:
-    dim: int = 1152  # Cv; Qwen3-VL-8B's tower (a SigLIP-2 so400m)
+class Qwen3VisionConfig:  # the defaults are transformers' Qwen3VLVisionConfig's
+    dim: int = 1152  # Cv
     n_layers: int = 27
     n_heads: int = 16
     hidden_dim: int = 4304
-    out_dim: int = 4096  # C: the merger writes the decoder's width (out_hidden_size)
+    out_dim: int = 3584  # C: the merger writes the decoder's width (out_hidden_size)
     patch_size: int = 16
     temporal_patch_size: int = 2  # frames per temporal group
     merge_size: int = 2  # merge_size x merge_size patches make one video token
@@ -107,7 +107,7 @@ class Qwen3VisionConfig:
                 raise ValueError(f"vision {key}={hf[key]!r}: minivtp reads one integer (square patches)")
         return cls(dim=hf.get("hidden_size", d.dim), n_layers=hf.get("depth", d.n_layers),
                    n_heads=hf.get("num_heads", d.n_heads), hidden_dim=hf.get("intermediate_size", d.hidden_dim),
-                   out_dim=hf.get("out_hidden_size", 3584), patch_size=hf.get("patch_size", d.patch_size),
+                   out_dim=hf.get("out_hidden_size", d.out_dim), patch_size=hf.get("patch_size", d.patch_size),
                    temporal_patch_size=hf.get("temporal_patch_size", d.temporal_patch_size),
                    merge_size=hf.get("spatial_merge_size", d.merge_size),
                    n_pos=hf.get("num_position_embeddings", d.n_pos),

@@ -37,6 +37,19 @@ one group each), so a group's t is not its index: it is where its wrapper ends.
 (delta, transformers' rope_deltas, is the largest position + 1 - N = 8 - 12 = -4: a token decoded at row n
 has position n + delta on all three axes.)
 
+What pruning has to carry here, that the paper's hosts (one run of video rows, positions = rows) never asked:
+
+  - rows are not positions. A kept token keeps its (t, h, w) from `mrope_positions`; the rows after it keep
+    theirs, which do not shrink when rows before them go. transformers' compute_3d_position_ids gives a decoded
+    token the cache's length + rope_deltas: after pruning the cache is shorter, so the dropped count has to be
+    added back (decode from position N + delta whatever the cache holds).
+  - frames are separated by text. The timestamps and each group's <|vision_start|> / <|vision_end|> are text
+    rows between the frames: always kept, never ranked, and not question rows. The question rows, which score
+    the video, are those after the last group's tokens (`Prompt.question_start` on).
+  - DeepStack. The tower's k-th DeepStack feature (t*Nv rows, group by group as `rows` is) is added to the output
+    of decoder layer k at the video rows, in row order. With three of them (layers 0, 1, 2) and pruning at layer
+    M, features still to be added after M (k > M) must lose the dropped tokens' rows too.
+
 Preprocessing equals transformers' Qwen3VLVideoProcessor without torchvision (`preprocess`): frames sampled
 at `fps` (2 a second) with at least 4 and at most 768, resized to multiples of 32 (`smart_resize`, which
 budgets the pixels of the whole clip), scaled and normalised with mean 0.5 and std 0.5, padded to whole
@@ -355,6 +368,10 @@ class Prompt:
     rows: torch.Tensor  # (t, Nv): frame g's tokens sit at rows[g]; the tower's output row g*Nv + k goes to rows[g, k]
     positions: torch.Tensor  # (3, N): (t, h, w) of every row
     delta: int  # transformers' rope_deltas: decoded row n is at position n + delta
+
+    @property
+    def question_start(self) -> int:  # the first row after the last video token: <|vision_end|>, the question, ...
+        return int(self.rows[-1, -1]) + 1
 
 
 def build_prompt(tokenizer, question: str, video: Video, video_token_id: int, merge: int = 2,
