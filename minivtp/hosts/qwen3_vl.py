@@ -47,8 +47,8 @@ What pruning has to carry here, that the paper's hosts (one run of video rows, p
     rows between the frames: always kept, never ranked, and not question rows. The question rows, which score
     the video, are those after the last group's tokens (`Prompt.question_start` on).
   - DeepStack. The tower's k-th DeepStack feature (t*Nv rows, group by group as `rows` is) is added to the output
-    of decoder layer k at the video rows, in row order. With three of them (layers 0, 1, 2) and pruning at layer
-    M, features still to be added after M (k > M) must lose the dropped tokens' rows too.
+    of decoder layer k (0-based) at the video rows, in row order. Those added after the pruning step (when it
+    comes before layer 2, with three of them) must lose the dropped tokens' rows too.
 
 Preprocessing equals transformers' Qwen3VLVideoProcessor without torchvision (`preprocess`): frames sampled
 at `fps` (2 a second) with at least 4 and at most 768, resized to multiples of 32 (`smart_resize`, which
