@@ -121,6 +121,15 @@ def test_tower_groups_do_not_see_each_other():
     assert torch.equal(a[:4], b[:4]) and not torch.allclose(a[4:], b[4:])
 
 
+def test_tower_builds_nothing_on_the_cpu_behind_the_weights_back():
+    """Run on the meta device, where any CPU tensor mixed into the arithmetic raises as it would on a GPU: the
+    position taps and RoPE tables follow the weights' device."""
+    with torch.device("meta"):
+        tower = Qwen3VisionTower(Qwen3VisionConfig.from_hf(VISION))
+    out, deep = tower(torch.empty(2 * 4 * 6, 1536, device="meta"), (2, 4, 6))
+    assert out.device.type == "meta" and out.shape == (12, 40) and [d.shape for d in deep] == [(12, 40)] * 2
+
+
 def test_position_table_resampling_is_bilinear_with_aligned_corners():
     """The four-tap sum equals F.interpolate(bilinear, align_corners=True) of the table seen as an image."""
     import torch.nn.functional as F

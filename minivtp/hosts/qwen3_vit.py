@@ -145,8 +145,8 @@ def interpolate_positions(table: torch.Tensor, h: int, w: int, merge: int) -> to
     as a side x side image: four entries a patch, weighted by how near they are."""
     side = math.isqrt(table.shape[0])
     grid = table.view(side, side, -1)  # (side, side, Cv)
-    h_lo, h_hi, fh = axis_taps(h, side)
-    w_lo, w_hi, fw = axis_taps(w, side)
+    h_lo, h_hi, fh = (x.to(table.device) for x in axis_taps(h, side))
+    w_lo, w_hi, fw = (x.to(table.device) for x in axis_taps(w, side))
     fh, fw = fh[:, None, None], fw[None, :, None]  # broadcast over (h, w, Cv)
     pos = ((1 - fh) * (1 - fw) * grid[h_lo][:, w_lo] + (1 - fh) * fw * grid[h_lo][:, w_hi]
            + fh * (1 - fw) * grid[h_hi][:, w_lo] + fh * fw * grid[h_hi][:, w_hi])  # (h, w, Cv)
