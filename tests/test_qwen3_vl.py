@@ -1,7 +1,8 @@
 """Qwen3-VL's pieces that stand before the decoder, each against transformers on tiny configs it builds itself:
 the vision tower with its DeepStack mergers (Qwen3VLVisionModel), the loader's names (save_pretrained), the video
 preprocessing (Qwen3VLVideoProcessor's own functions), the prompt with its timestamps (Qwen3VLProcessor's
-expansion, through a Qwen-shaped byte-level tokenizer) and the 3D positions of every row (get_rope_index)."""
+expansion, through a Qwen-shaped byte-level tokenizer) and the 3D positions of every row (get_rope_index); last,
+transformers' whole Qwen3VLModel on a clip preprocessed here hands its decoder what these pieces give."""
 
 import json
 import types

@@ -1,4 +1,5 @@
 """Qwen3-VL's vision tower: flat patches in, one merged token per 2 x 2 patches out, plus DeepStack's features.
+(Sizes below are transformers' defaults for the tower; a checkpoint's vision_config says its own.)
 
     a video, T' frames (H, W), resized so H and W are multiples of 32 (minivtp/hosts/qwen3_vl.py)
         --2 frames x 16 x 16 pixels a patch-->   (t*h*w, 3*2*16*16)   t = T'/2 temporal groups, h = H/16, w = W/16

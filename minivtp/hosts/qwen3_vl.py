@@ -345,7 +345,7 @@ def mrope_positions(ids: torch.Tensor, video_token_id: int, grid, merge: int = 2
     Qwen3VLModel.get_rope_index gives them for one prompt with one video, and its rope_deltas
     (largest position + 1 - N: what a decoded row adds to its index)."""
     ids = torch.as_tensor(ids)
-    t, h, w = (int(g) for g in grid)
+    _, h, w = (int(g) for g in grid)
     gh, gw = h // merge, w // merge  # the merged grid of one group
     runs = dict(video_runs(ids, video_token_id, grid, merge))
     pos = torch.empty(3, len(ids), dtype=torch.long)
