@@ -45,7 +45,7 @@ What pruning has to carry here, that the paper's hosts (one run of video rows, p
     added back (decode from position N + delta whatever the cache holds).
   - frames are separated by text. The timestamps and each group's <|vision_start|> / <|vision_end|> are text
     rows between the frames: always kept, never ranked, and not question rows. The question rows, which score
-    the video, are those after the last group's tokens (`Prompt.question_start` on).
+    the video, are those after the last group's tokens (`PromptLayout.question_start` on).
   - DeepStack. The tower's k-th DeepStack feature (t*Nv rows, group by group as `rows` is) is added to the output
     of decoder layer k (0-based) at the video rows, in row order. Those added after the pruning step (when it
     comes before layer 2, with three of them) must lose the dropped tokens' rows too.
@@ -363,7 +363,7 @@ def mrope_positions(ids: torch.Tensor, video_token_id: int, grid, merge: int = 2
 
 
 @dataclass
-class Prompt:
+class PromptLayout:  # not hosts.Prompt: the ids and where everything sits, before any embedding
     ids: torch.Tensor  # (N,) token ids
     rows: torch.Tensor  # (t, Nv): frame g's tokens sit at rows[g]; the tower's output row g*Nv + k goes to rows[g, k]
     positions: torch.Tensor  # (3, N): (t, h, w) of every row
@@ -375,7 +375,7 @@ class Prompt:
 
 
 def build_prompt(tokenizer, question: str, video: Video, video_token_id: int, merge: int = 2,
-                 system: str = None) -> Prompt:
+                 system: str = None) -> PromptLayout:
     """The whole prompt of one question about one video: template, expansion, ids, rows and positions.
 
     `tokenizer` is minivtp.tokenizer.Tokenizer on the checkpoint's tokenizer.json; `video_token_id` is
@@ -386,7 +386,7 @@ def build_prompt(tokenizer, question: str, video: Video, video_token_id: int, me
     text = expand_video(chat_text(question, system), video.grid, video.timestamps, merge)
     ids = torch.tensor(tokenizer.encode(text))
     positions, delta = mrope_positions(ids, video_token_id, video.grid, merge)
-    return Prompt(ids, video_rows(ids, video_token_id, video.grid, merge), positions, delta)
+    return PromptLayout(ids, video_rows(ids, video_token_id, video.grid, merge), positions, delta)
 
 
 # ----------------------------------------------------------------------------------------------------------------
