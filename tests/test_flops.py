@@ -9,11 +9,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from minivtp.flops import PRESETS, prefill_flops
-from minivtp.generate import generate
+from minivtp.generate import Method, generate
 from minivtp.hf_config import config_from_hf
 from minivtp.model import Config, Transformer
 from minivtp.vtp import VideoSpan
-from minivtp.rivals import LookM
+from minivtp.rivals import FastV, LookM
 
 # the written-out attention: the FLOP counter does not see inside the CPU's fused kernel
 CFG = Config(vocab_size=61, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=56, max_seq_len=128,
@@ -30,7 +30,8 @@ def test_count_matches_torch_flop_counter(method, alpha, layer):
     embeds = torch.randn(1, prefix + T * Nv + Nq, CFG.dim)
     with FlopCounterMode(display=False) as counter:
         # prefill only (one new token)
-        generate(model, embeds, 1, video=VideoSpan(prefix, T, Nv), method=method, alpha=alpha, layer=layer)
+        rule = FastV(alpha=alpha, layer=layer) if method == "fastv" else Method(alpha=alpha, layer=layer)
+        generate(model, embeds, 1, video=VideoSpan(prefix, T, Nv), method=rule)
     counted = prefill_flops(CFG, prefix, T, Nv, Nq, alpha=alpha, layer=layer, method=method)
     assert counted["flops_pruned"] == counter.get_total_flops()
 
@@ -74,7 +75,7 @@ def test_look_m_and_prumerge_counts_match_torch_flop_counter():
     embeds = torch.randn(1, N, CFG.dim)
     with FlopCounterMode(display=False) as counter:
         generate(model, embeds, 1, video=VideoSpan(prefix, T, Nv), method=LookM(recent=0.1, important=0.2))
-    look_m = prefill_flops(CFG, prefix, T, Nv, Nq, method=LookM(recent=0.1, important=0.2))
+    look_m = prefill_flops(CFG, prefix, T, Nv, Nq, method="look-m", recent=0.1, important=0.2)
     assert look_m["flops_pruned"] > look_m["flops_full"]  # the method prunes nothing in prefill, and merges after
     assert look_m["flops_pruned"] + look_m["look_m_scoring"] == counter.get_total_flops()  # ours recomputes Q K^T
     keep = 0.25

@@ -226,6 +226,10 @@ def read_jsonl(path: Path) -> list:
 def run(args) -> int:
     import torch.distributed as dist
 
+    from minivtp.cli import method_of
+    from minivtp.evaluation.pipeline import check_fits
+    check_fits(args.weights, method_of(args))  # before the questions are read: no question could be answered
+
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

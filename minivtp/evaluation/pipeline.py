@@ -56,10 +56,7 @@ class Pipeline:
         from minivtp.tokenizer import Tokenizer
 
         check_device(device)
-        if getattr(method, "name", None) == "prumerge+" and Path(weights_dir).is_dir():  # before 7B is read
-            if weights.read_config(Path(weights_dir)).get("model_type") in weights.QFORMER_HOSTS:
-                from minivtp.hosts.instructblip import PRUMERGE_ERROR
-                raise ValueError(PRUMERGE_ERROR)
+        check_fits(weights_dir, method)
         t = time.perf_counter()
 
         def shard(i, n, file):
@@ -110,3 +107,13 @@ class Pipeline:
             n_video = p.video.end - p.video.start
             kept = int(out.kept.numel()) if in_llm else n_video
         return Answer(text, out, p, n_video, kept, encode_s, note)
+
+
+def check_fits(weights_dir, method):
+    """What can be refused before a checkpoint is read (eval: before the questions are): PruMerge+ on a Q-Former
+    host, whose tokens are queries, none of them a [CLS]."""
+    import weights
+    if getattr(method, "name", None) == "prumerge+" and Path(weights_dir).is_dir():
+        if weights.read_config(Path(weights_dir)).get("model_type") in weights.QFORMER_HOSTS:
+            from minivtp.hosts.instructblip import PRUMERGE_ERROR
+            raise ValueError(PRUMERGE_ERROR)
