@@ -1,0 +1,296 @@
+"""Many questions at once: each pruned by its own question, then one decode step for all of them.
+
+    outs = generate_many(model, [Prompt(embeds, video, 5), Prompt(embeds2, video2, 5)], Method(alpha=0.1, layer=10))
+    outs[0].tokens    # what generate.generate(model, embeds, 5, video=video, alpha=0.1, layer=10) answers
+
+Every Generation is the one generate.generate gives for that question alone (tests/test_batch.py checks it in
+float32 on the CPU): the same kept set, positions and stopping. model.py, vtp.py and generate.py stay written for
+one question; this file reuses their blocks and functions and adds what a batch needs.
+
+Why the prefill runs one question at a time. At layer M each question keeps its own video tokens, so from M on the
+prompts have different row counts, and before M they differ too (question lengths, frame counts). A batched prefill
+would pad every prompt to the longest and mask; the prefill is compute-bound (thousands of rows a question), so the
+padding would be paid in FLOPs, and the scoring at layer M (vtp.scores_fast) reads one question's attention. Alone,
+each prompt runs at its own length through generate.prefill (on a GPU with the FastDecoder's graphs of layers
+M+1..L), and nothing of the paper's path changes. The decode is the other way round: a step is one row a question,
+bandwidth-bound, and its cost is reading the weights (13 GB at 7B). B questions in one step read them once: each
+projection is one matmul over B rows, the attention reads each question's own cache.
+
+The cache: padded, not paged. BatchKVCache holds every layer's keys as (B, Hkv, size, D), each question's kept rows
+packed to the front of its own row, its slots after them at position EMPTY (the causal mask by positions,
+model.causal_mask's rule, hides them), its length in `start`. A decode step writes question b's new row at slot
+start[b] + step. The trade-off: a step reads size slots for every question, so a question with fewer rows than the
+longest pays for the difference; paged storage (a block table, attention that gathers blocks) reads only the rows
+each question has, but needs an attention kernel that reads through a table, which PyTorch does not ship. Under
+LLM-VTP the rows left differ by the question's length only (the video part is T * ceil(alpha*Nv) for every question
+of a benchmark's T frames): tens of rows in a few hundred, so the padding is a few percent of the KV bytes, and the KV
+bytes themselves are small beside the weights once pruned (bench/floors.py --parts batch prints both: the slots read
+against the rows held). Without pruning (2,400 rows a question) the padding is the same few tens of rows, a smaller
+share. Paging would pay where lengths differ by a lot (different frame counts in one batch).
+
+On CUDA the step is captured as a CUDA graph for each batch size and cache size (BatchDecoder), as fast.GraphDecode
+does for one question; on a CPU the same function simply runs, so the tests run the graphs' code without graphs.
+"""
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from minivtp import vtp
+from minivtp.fast import AUTOTUNE, capture
+from minivtp.generate import Generation, Method, clock, pick, prefill
+from minivtp.model import EMPTY, KVCache, apply_rope, attention_fused, attention_manual, repeat_kv
+
+
+@dataclass
+class Prompt:
+    """One question as generate takes it: embeddings (1, N, C), where its video sits (None: nothing to prune)."""
+
+    embeds: torch.Tensor
+    video: vtp.VideoSpan = None
+    max_new_tokens: int = 5
+    eos_id: int = None
+
+
+def resolve(model, method: Method, video) -> Method:
+    """The Method generate runs for one question: without a video and a layer, any valid M (1) will do."""
+    if video is None and method.layer is None:
+        method = replace(method, layer=1)
+    return method.resolved(model.cfg.n_layers)
+
+
+def check(model, embeds, max_new_tokens, video=None):
+    """The checks generate.generate makes before it prefills, with its messages."""
+    if embeds.dim() != 3 or embeds.shape[0] != 1:
+        raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
+    N = embeds.shape[1]
+    if isinstance(video, vtp.VideoSpan):
+        video.check(N)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if N + max_new_tokens > model.cfg.max_seq_len:
+        raise ValueError(f"prompt {N} + max_new_tokens {max_new_tokens} = {N + max_new_tokens} exceeds the "
+                         f"model's {model.cfg.max_seq_len} positions")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A cache for B questions whose rows differ, and the decode step over it
+
+
+class BatchKVCache:
+    """One layer's keys and values for B questions: (B, Hkv, size, D), question b's rows in slots 0..start[b]-1.
+
+    Made once per batch from each question's own pruned KVCache (`load`); a decode step then appends one row per
+    question at slot start + step, the slots never written at position EMPTY. `step` is a tensor, shared by every
+    layer and set before each step, so that a CUDA graph replays the same kernels with new values."""
+
+    def __init__(self, batch, n_kv_heads, size, head_dim, dtype=torch.float32, device=None):
+        self.k = torch.zeros(batch, n_kv_heads, size, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.pos = torch.full((batch, size), EMPTY, device=device)  # (B, size)
+        self.start = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) rows each question holds
+        self.step = torch.zeros(1, dtype=torch.long, device=device)
+        self.rows = torch.arange(batch, device=device)  # (B,) for the per-question slot writes
+
+    def load(self, caches):
+        """Question b's rows from caches[b] (a KVCache of batch 1), in place: a captured graph reads these buffers."""
+        for b, c in enumerate(caches):
+            n = c.length
+            if n > self.k.shape[2]:
+                raise ValueError(f"cannot fit a cache holding {n} rows into {self.k.shape[2]} slots")
+            self.k[b, :, :n], self.v[b, :, :n], self.pos[b, :n] = c.k[0, :, :n], c.v[0, :, :n], c.pos[:n]
+            self.pos[b, n:] = EMPTY
+            self.start[b] = n
+        return self
+
+    def append(self, k, v, pos):
+        """k, v (B, Hkv, 1, D) at positions pos (B,): each question's row after its own last one."""
+        slot = self.start + self.step  # (B,)
+        # subtle: indices on dims 0 and 2 around a slice put the indexed dim first: (B, Hkv, D), as k[:, :, 0] is
+        self.k[self.rows, :, slot] = k[:, :, 0]
+        self.v[self.rows, :, slot] = v[:, :, 0]
+        self.pos[self.rows, slot] = pos
+        return self.k, self.v, self.pos  # (B, Hkv, size, D) x2, (B, size)
+
+
+def batch_block(block, x, cos, sin, pos, cache):
+    """Block.forward for one new row of each of B questions, x (B, 1, C), each at its own position pos (B,).
+
+    The same computation as model.py's Attention and Block, written again only where one question's shapes do not
+    carry over: RoPE's cos/sin (B, 1, 1, D) differ per question, and so does the mask (each question's positions)."""
+    a = block.attn
+    B = x.shape[0]
+    h = block.attn_norm(x)
+    q, k, v = a.project(h)  # (B, 1, H*D), (B, 1, Hkv*D) x2: one matmul each over the B rows
+    q = apply_rope(a.heads(q, a.n_heads), cos, sin)  # (B, H, 1, D)
+    k = apply_rope(a.heads(k, a.n_kv_heads), cos, sin)  # (B, Hkv, 1, D)
+    v = a.heads(v, a.n_kv_heads)  # (B, Hkv, 1, D)
+    k, v, k_pos = cache.append(k, v, pos)  # (B, Hkv, size, D) x2, (B, size)
+    n_rep = a.n_heads // a.n_kv_heads
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, size, D)
+    mask = (k_pos <= pos[:, None])[:, None, None]  # (B, 1, 1, size): model.causal_mask per question, EMPTY hidden
+    out = attention_fused(q, k, v, mask) if a.fused else attention_manual(q, k, v, mask)  # (B, H, 1, D)
+    x = x + a.wo(out.transpose(1, 2).reshape(B, 1, a.n_heads * a.head_dim))  # (B, 1, C)
+    return x + block.mlp(block.mlp_norm(x))
+
+
+@torch.no_grad()
+def batch_step(model, tokens, pos, caches, block=batch_block):
+    """One decode step for B questions: tokens (B,) at positions pos (B,) -> logits (B, V) float32."""
+    x = model.embed(tokens[:, None])  # (B, 1, C)
+    cos, sin = model.rope(pos)  # (B, D)
+    cos, sin = cos[:, None, None], sin[:, None, None]  # (B, 1, 1, D): one rotation per question, all heads
+    for layer, cache in zip(model.layers, caches):
+        x = block(layer, x, cos, sin, pos, cache)
+    return model.head(x)[:, -1]  # (B, V)
+
+
+class BatchDecoder:
+    """The batched decode step, kept from one batch to the next: BatchKVCaches and, on CUDA, a graph of the step
+    for each batch size (the last cache size it met; a new size captures again). On a CPU the step just runs.
+
+    Cache sizes are rounded up to a multiple of `bucket` (as fast.FastDecoder's), so batches of about the same
+    rows share a graph. compile=True runs each block through torch.compile (AUTOTUNE on a GPU) inside the graph."""
+
+    def __init__(self, model, bucket: int = 256, compile: bool = False):
+        if bucket < 1:
+            raise ValueError(f"bucket={bucket} must be >= 1")
+        self.model, self.bucket, self.compile, self.graphs = model, bucket, compile, {}
+        self.block = batch_block
+        if compile:
+            mode = AUTOTUNE if model.embed.weight.is_cuda else None
+            self.block = torch.compile(batch_block, mode=mode)
+
+    def begin(self, caches, new_tokens: int):
+        """A step for these questions: caches[b] is question b's list of per-layer KVCaches after its prefill.
+        Returns step(tokens (B,), pos (B,), i) -> logits (B, V)."""
+        B, b = len(caches), self.bucket
+        sizes = tuple(-(-(max(c[layer].length for c in caches) + new_tokens) // b) * b
+                      for layer in range(len(self.model.layers)))
+        known = self.graphs.get(B)
+        if known is None or known.sizes != sizes:
+            self.graphs.pop(B, None)  # its buffers go before the new ones are made
+            known = self.graphs[B] = BatchGraph(self.model, caches, sizes, self.block)
+        else:
+            for layer, cache in enumerate(known.caches):
+                cache.load([c[layer] for c in caches])
+        return known
+
+
+class BatchGraph:
+    """batch_step on BatchKVCaches of fixed sizes, captured in a CUDA graph at the first step (CUDA only)."""
+
+    def __init__(self, model, caches, sizes, block):
+        w = model.embed.weight
+        cfg, B = model.cfg, len(caches)
+        self.model, self.sizes, self.block = model, sizes, block
+        self.caches = [BatchKVCache(B, cfg.n_kv_heads, n, cfg.head_dim, w.dtype, w.device) for n in sizes]
+        self.step = torch.zeros(1, dtype=torch.long, device=w.device)
+        for layer, cache in enumerate(self.caches):
+            cache.step = self.step  # one tensor for every layer, set before each step
+            cache.load([c[layer] for c in caches])
+        if block is not batch_block:  # compiled: the cache size a symbol from the first compile, as GraphDecode's
+            import torch._dynamo as dynamo
+            for cache in self.caches:
+                for t, dim in ((cache.k, 2), (cache.v, 2), (cache.pos, 1)):
+                    dynamo.maybe_mark_dynamic(t, dim)
+        self.tokens = torch.zeros(B, dtype=torch.long, device=w.device)
+        self.pos = torch.zeros(B, dtype=torch.long, device=w.device)
+        self.graph = None
+
+    def run(self):
+        return batch_step(self.model, self.tokens, self.pos, self.caches, self.block)
+
+    def __call__(self, tokens, pos, i: int):
+        self.tokens.copy_(tokens)
+        self.pos.copy_(pos)
+        self.step.fill_(i)
+        if not self.tokens.is_cuda:
+            return self.run()
+        if self.graph is None:
+            # subtle: the warm-up runs inside capture write step i's rows, which the replay below writes again
+            self.graph, self.logits = capture(self.run)
+        self.graph.replay()
+        return self.logits.clone()  # the graph overwrites its output buffer at the next replay
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation
+
+
+@torch.no_grad()
+def generate_many(model, prompts, method=None, *, temperature=0.0, seed=0, decoder=None, batch_decoder=None,
+                  **keywords):
+    """generate.generate for each Prompt, the decode steps shared. Returns one Generation per prompt, in order.
+
+    Each question is prefilled alone (generate.prefill: its own length, kept set and positions; `decoder` as
+    generate's), then every question's pruned caches join one BatchKVCache per layer and one step decodes a row of
+    each until each has met its eos_id or its max_new_tokens. A question that is done still rides along (its row
+    is computed, not used) until the longest is done: the step's cost is the weights, not the rows.
+    `batch_decoder`: a BatchDecoder for this model (made here when None)."""
+    if not prompts:
+        return []
+    method = Method.from_keywords(method, **keywords)
+    methods = [resolve(model, method, p.video) for p in prompts]
+    for p in prompts:
+        check(model, p.embeds, p.max_new_tokens, p.video)
+    if batch_decoder is None:
+        batch_decoder = BatchDecoder(model, bucket=1)
+    elif batch_decoder.model is not model:
+        raise ValueError("the batch decoder was made for another model: make one per model")
+    dev = prompts[0].embeds.device
+    # --- each question alone: its prefill, its pruning, its first token -----------------------------------------
+    kept_caches, firsts, outs, generators = [], [], [], []
+    for p, method in zip(prompts, methods):
+        N = p.embeds.shape[1]
+        generator = torch.Generator().manual_seed(seed)  # generate's: one per question, seeded the same
+        caches = model.new_caches(batch=1, max_len=N + p.max_new_tokens)
+        t0 = clock(dev)
+        logits, pruning = prefill(model, p.embeds.to(model.embed.weight.dtype), caches, p.video, method, generator,
+                                  decoder)
+        # subtle: a FastDecoder's prefill hands over caches that its next replay overwrites: copy the rows now
+        kept_caches.append([_copy(c) for c in caches])
+        t1 = clock(dev)
+        kept = pruning.kept if pruning else torch.empty(0, dtype=torch.long)
+        outs.append(Generation(tokens=None, logits=None, kept=kept, cache_len=caches[0].length, prompt_len=N,
+                               cache_lens=[c.length for c in caches], pruning=pruning, prefill_s=t1 - t0))
+        firsts.append(logits)
+        generators.append(generator)
+    # --- all of them together: one decode step a token --------------------------------------------------------
+    t1 = clock(dev)
+    B, longest = len(prompts), max(p.max_new_tokens for p in prompts)
+    tokens, logits_seen = [[] for _ in prompts], [[] for _ in prompts]
+    done = [False] * B
+    logits = torch.stack(firsts)  # (B, V)
+    step = None
+    for i in range(longest):
+        new = torch.zeros(B, dtype=torch.long, device=dev)
+        for b, p in enumerate(prompts):
+            if done[b]:
+                continue
+            token = pick(logits[b], temperature, generators[b])
+            tokens[b].append(token)
+            logits_seen[b].append(logits[b])
+            new[b] = token
+            if (p.eos_id is not None and token.item() == p.eos_id) or i == p.max_new_tokens - 1:
+                done[b] = True
+        if all(done):
+            break
+        if step is None:  # made after the first token, as generate makes its steps
+            step = batch_decoder.begin(kept_caches, longest)
+            kept_caches = None  # the rows are in the batch's caches now
+        # subtle: each question's position goes on from its own N, the unpruned prompt length
+        pos = torch.tensor([o.prompt_len + i for o in outs], device=dev)
+        logits = step(new, pos, i)
+    decode_s = (clock(dev) - t1) / B  # each question's share of the shared steps
+    for b, o in enumerate(outs):
+        o.tokens, o.logits, o.decode_s = torch.stack(tokens[b]), torch.stack(logits_seen[b]), decode_s
+    return outs
+
+
+def _copy(cache):
+    """A KVCache holding only a filled cache's rows (its own buffers)."""
+    B, Hkv, _, D = cache.k.shape
+    mine = KVCache(B, Hkv, cache.length, D, cache.k.dtype, cache.k.device)
+    mine.append(cache.k[:, :, : cache.length], cache.v[:, :, : cache.length], cache.pos[: cache.length])
+    return mine
