@@ -280,6 +280,8 @@ def main(argv=None):
     e.add_argument("--no-compile", action="store_true", help="on CUDA, the CUDA graphs without torch.compile (the "
                    "default compiles the decoder block once for the loop, fast.compile_blocks, and the "
                    "decode step with autotuned products, fast.FastDecoder(compile=True))")
+    e.add_argument("--batch-size", type=int, default=1, help="questions answered at a time: each pruned by its own "
+                   "question, one decode step for all (minivtp/batch.py); the same answers as 1")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     g = sub.add_parser("generate", help="text from a LLaMA checkpoint (SmolLM2: python -m minivtp.smollm2)")
     g.add_argument("--weights", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")

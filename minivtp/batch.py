@@ -32,6 +32,7 @@ On CUDA the step is captured as a CUDA graph for each batch size and cache size 
 does for one question; on a CPU the same function simply runs, so the tests run the graphs' code without graphs.
 """
 
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -152,10 +153,11 @@ class BatchDecoder:
     Cache sizes are rounded up to a multiple of `bucket` (as fast.FastDecoder's), so batches of about the same
     rows share a graph. compile=True runs each block through torch.compile (AUTOTUNE on a GPU) inside the graph."""
 
-    def __init__(self, model, bucket: int = 256, compile: bool = False):
+    def __init__(self, model, bucket: int = 256, compile: bool = False, graphs: bool = True):
         if bucket < 1:
             raise ValueError(f"bucket={bucket} must be >= 1")
         self.model, self.bucket, self.compile, self.graphs = model, bucket, compile, {}
+        self.capture = graphs  # False: the step runs as it is on CUDA too (eval --eager)
         self.block = batch_block
         if compile:
             mode = AUTOTUNE if model.embed.weight.is_cuda else None
@@ -170,7 +172,7 @@ class BatchDecoder:
         known = self.graphs.get(B)
         if known is None or known.sizes != sizes:
             self.graphs.pop(B, None)  # its buffers go before the new ones are made
-            known = self.graphs[B] = BatchGraph(self.model, caches, sizes, self.block)
+            known = self.graphs[B] = BatchGraph(self.model, caches, sizes, self.block, self.capture)
         else:
             for layer, cache in enumerate(known.caches):
                 cache.load([c[layer] for c in caches])
@@ -180,7 +182,7 @@ class BatchDecoder:
 class BatchGraph:
     """batch_step on BatchKVCaches of fixed sizes, captured in a CUDA graph at the first step (CUDA only)."""
 
-    def __init__(self, model, caches, sizes, block):
+    def __init__(self, model, caches, sizes, block, capture=True):
         w = model.embed.weight
         cfg, B = model.cfg, len(caches)
         self.model, self.sizes, self.block = model, sizes, block
@@ -196,7 +198,7 @@ class BatchGraph:
                     dynamo.maybe_mark_dynamic(t, dim)
         self.tokens = torch.zeros(B, dtype=torch.long, device=w.device)
         self.pos = torch.zeros(B, dtype=torch.long, device=w.device)
-        self.graph = None
+        self.graph, self.capture = None, capture and w.is_cuda
 
     def run(self):
         return batch_step(self.model, self.tokens, self.pos, self.caches, self.block)
@@ -205,7 +207,7 @@ class BatchGraph:
         self.tokens.copy_(tokens)
         self.pos.copy_(pos)
         self.step.fill_(i)
-        if not self.tokens.is_cuda:
+        if not self.capture:
             return self.run()
         if self.graph is None:
             # subtle: the warm-up runs inside capture write step i's rows, which the replay below writes again
@@ -216,6 +218,16 @@ class BatchGraph:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Generation
+
+
+def refusal(model, method: Method, p: Prompt):
+    """The ValueError generate.generate would raise for this prompt before prefilling it, or None."""
+    try:
+        resolve(model, method, p.video)
+        check(model, p.embeds, p.max_new_tokens, p.video)
+    except ValueError as e:
+        return e
+    return None
 
 
 @torch.no_grad()
@@ -294,3 +306,53 @@ def _copy(cache):
     mine = KVCache(B, Hkv, cache.length, D, cache.k.dtype, cache.k.device)
     mine.append(cache.k[:, :, : cache.length], cache.v[:, :, : cache.length], cache.pos[: cache.length])
     return mine
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# eval --batch-size B
+
+
+def answer_rows(answer, questions, row_of, batch_size: int):
+    """eval's rows for `questions`, in their order, asked `batch_size` at a time: one row per question, as with one.
+
+    `row_of(q)` is evaluate's row generator for a question: it yields a Prompt where the model must answer and goes
+    on with the Generation sent back (a question of two prompts, as VideoChatGPT's consistency pairs, yields twice).
+    All the questions of a batch are run up to their prompt, those prompts answered by one generate_many, and so
+    on until every row is done; a prompt generate would refuse is thrown back into its row as generate's
+    ValueError. Each row's `seconds` is its share of the batch's wall-clock, decode_s its share of the steps."""
+    if answer.batch_decoder is None:
+        cuda = answer.llm.embed.weight.is_cuda
+        answer.batch_decoder = BatchDecoder(answer.llm, compile=cuda and not answer.args.no_compile,
+                                            graphs=not answer.args.eager)
+    for first in range(0, len(questions), batch_size):
+        chunk = questions[first : first + batch_size]
+        t0 = time.perf_counter()
+        rows, waiting = [None] * len(chunk), {}  # waiting: question -> the Prompt its row yielded
+
+        def advance(i, resume):  # run question i's row until its next prompt, or its end
+            try:
+                waiting[i] = resume()
+            except StopIteration as done:
+                rows[i] = done.value
+
+        gens = [row_of(q) for q in chunk]
+        for i, g in enumerate(gens):
+            advance(i, g.__next__)
+        while waiting:
+            asked, ready = dict(waiting), []
+            waiting.clear()
+            for i, p in asked.items():
+                error = refusal(answer.llm, answer.method or Method(), p)
+                if error is None:
+                    ready.append(i)
+                else:
+                    advance(i, lambda: gens[i].throw(error))
+            outs = generate_many(answer.llm, [asked[i] for i in ready], answer.method, decoder=answer.decoder,
+                                 batch_decoder=answer.batch_decoder)
+            for i, out in zip(ready, outs):
+                advance(i, lambda: gens[i].send(out))
+        share = (time.perf_counter() - t0) / len(chunk)
+        for row in rows:
+            if "seconds" in row:
+                row["seconds"] = share
+        yield from rows

@@ -91,7 +91,11 @@ def fast_decoder(llm, device, eager: bool, no_compile: bool):
 
 
 class Answerer:
-    """Loads a checkpoint once and answers one question at a time: (prediction, letter, facts)."""
+    """Loads a checkpoint once and answers questions: (prediction, letter, facts).
+
+    Its question methods are generators: where the model must answer they yield a batch.Prompt and go on with the
+    Generation sent back (`answered` sends generate's, one question at a time; batch.answer_rows sends those of
+    generate_many for --batch-size questions at once)."""
 
     def __init__(self, args):
         from minivtp.cli import load_checkpoint, method_of
@@ -113,22 +117,29 @@ class Answerer:
         # by where the model is, not by --device: the toy always runs on the CPU, and compiling it there (what a
         # GPU machine's default --device cuda asked for) cost every eval of the toy a CPU compile
         self.decoder = fast_decoder(self.llm, self.llm.embed.weight.device, args.eager, args.no_compile)
+        self.batch_decoder = None  # made by batch.answer_rows for --batch-size > 1
+
+    def run(self, p):
+        """generate's answer to one batch.Prompt, with this run's method and decoder."""
+        from minivtp.generate import generate
+        return generate(self.llm, p.embeds, p.max_new_tokens, video=p.video, method=self.method, eos_id=p.eos_id,
+                        decoder=self.decoder)
 
     def __call__(self, q: dict, videos: Path):
         path = videos / q["video"]
         if self.toy:
-            return self.ask_toy(q, path)
+            return (yield from self.ask_toy(q, path))
         from minivtp.vision import read_frames
         frames, _ = read_frames(path, self.model.frames, self.model.sample_indices)
-        text, facts = self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench", self.args.max_new_tokens or 5)
+        text, facts = yield from self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench", self.args.max_new_tokens or 5)
         prediction = "(" + text
         return prediction, letter_of(prediction), facts
 
     def generate(self, frames, question: str, template: str, max_new_tokens: int):
         """The model's answer to `question` about `frames` in PLLaVA's conversation `template` (Tarsier and the
         LLaVA-OneVision hosts: their own prompt, then the template's answer prompt), and what it cost."""
+        from minivtp.batch import Prompt
         from minivtp.cli import encode_prompt, is_qformer_host, qformer_inputs
-        from minivtp.generate import generate
         from minivtp.prompts import PLLAVA_TEMPLATES, build_prompt
         pixels = self.model.preprocess(frames).to(self.args.device)
         kind, extra = self.model.arrangement, {}
@@ -146,8 +157,7 @@ class Answerer:
         with torch.no_grad():
             embeds, video = self.model.prompt(ids, pixels, prumerge=merged, **extra)
         self.note(video)
-        out = generate(self.llm, embeds, max_new_tokens, video=video if self.method else None,
-                       method=self.method, eos_id=self.tok.eos, decoder=self.decoder)
+        out = yield Prompt(embeds, video if self.method else None, max_new_tokens, self.tok.eos)
         answer = self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
         n_video = video.unpruned_rows if merged else video.end - video.start
         kept = video.end - video.start if merged else out.kept.numel() if self.method else n_video
@@ -162,10 +172,10 @@ class Answerer:
         answers, facts = [], dict(kept_ratio=0.0, prefill_s=0.0, decode_s=0.0)
         for second in questions:
             if self.toy:
-                text, cost = self.toy_generate(frames, second or q["question"])
+                text, cost = yield from self.toy_generate(frames, second or q["question"])
             else:
                 prompt, template = benchmarks.prompt_of(benchmark, q, second)
-                text, cost = self.generate(frames, prompt, template, self.args.max_new_tokens or
+                text, cost = yield from self.generate(frames, prompt, template, self.args.max_new_tokens or
                                            (100 if open_ended else 5))  # PLLaVA's scripts: 100 for open-ended QA
             answers.append(text)
             facts = {k: facts[k] + cost[k] / len(questions) for k in facts}
@@ -199,9 +209,17 @@ class Answerer:
             raise ValueError(f"the toy knows only its own words ({' '.join(toy.VOCAB)}); the question is {question!r}")
         features = torch.stack([toy.frame_features(f) for f in frames])  # (T, Nv, P)
         self.note(VideoSpan(len(toy.PREFIX), toy.T, toy.NV))  # the span toy.ask prompts with
-        answer, out = toy.ask(self.model, toy.Sample(features, [], words, []), method=self.method)
+        answer, out = yield from self.ask_toy_model(toy.Sample(features, [], words, []))
         kept = out.kept.numel() / (toy.T * toy.NV) if self.method else 1.0
         return " ".join(answer), dict(kept_ratio=kept, prefill_s=out.prefill_s, decode_s=out.decode_s)
+
+    def ask_toy_model(self, sample):
+        """toy.ask's two words, the Prompt yielded: (the words, Generation)."""
+        from minivtp import toy
+        from minivtp.batch import Prompt
+        embeds, video = self.model.prompt(sample.features[None], [sample.question])
+        out = yield Prompt(embeds, video if self.method is not None else None, 2)
+        return [toy.VOCAB[t] for t in out.tokens.tolist()], out
 
     def ask_toy(self, q, path):
         from safetensors.torch import load_file
@@ -212,7 +230,7 @@ class Answerer:
             raise ValueError(f"{path}: not a toy video ({e})") from None
         sample = toy.Sample(features, [], q["question"].split(), [])
         self.note(VideoSpan(len(toy.PREFIX), toy.T, toy.NV))  # the span toy.ask prompts with
-        words, out = toy.ask(self.model, sample, method=self.method)
+        words, out = yield from self.ask_toy_model(sample)
         prediction = " ".join(words)
         options = q["candidates"]
         letter = LETTERS[options.index(prediction)] if prediction in options else None
@@ -255,6 +273,8 @@ def run(args) -> int:
 
     from minivtp.cli import check_prumerge_fits
     check_prumerge_fits(args)  # before the questions are read: no question could be answered
+    if getattr(args, "batch_size", 1) < 1:
+        raise ValueError(f"--batch-size {args.batch_size} must be >= 1 (the questions answered at a time)")
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -290,9 +310,14 @@ def run(args) -> int:
     answer = Answerer(args)
     videos = None if benchmark else Path(args.videos)
     start = time.perf_counter()
+    row_of = (lambda q: benchmark_row(answer, q, benchmark)) if benchmark else lambda q: questions_row(answer, q, videos)
+    if getattr(args, "batch_size", 1) > 1:  # --batch-size questions at a time, their rows in question order (minivtp/batch.py)
+        from minivtp.batch import answer_rows
+        rows = answer_rows(answer, mine, row_of, args.batch_size)
+    else:
+        rows = (answered(answer, row_of(q)) for q in mine)
     with open(shard, "a") as f:
-        for n, q in enumerate(mine, 1):
-            row = benchmark_row(answer, q, benchmark) if benchmark else questions_row(answer, q, videos)
+        for n, (q, row) in enumerate(zip(mine, rows), 1):
             f.write(json.dumps(row) + "\n")
             f.flush()
             status = "error: " + row["error"] if "error" in row else \
@@ -321,6 +346,21 @@ def run(args) -> int:
     return 0
 
 
+def answered(answer: Answerer, row):
+    """Run a row generator to its row, each Prompt it yields answered by generate (a ValueError thrown back in)."""
+    try:
+        prompt = next(row)
+        while True:
+            try:
+                out = answer.run(prompt)
+            except ValueError as e:  # a prompt generate refuses: the row records it, as when generate was called there
+                prompt = row.throw(e)
+                continue
+            prompt = row.send(out)
+    except StopIteration as done:
+        return done.value
+
+
 def questions_row(answer: Answerer, q: dict, videos: Path) -> dict:
     """The line for one question of a --questions file (MVBench's format, or the toy's)."""
     row = dict(id=q["id"], task_type=q["task_type"])
@@ -329,7 +369,7 @@ def questions_row(answer: Answerer, q: dict, videos: Path) -> dict:
     try:
         if problem:
             raise ValueError(f"question {q['id']}: {problem}")
-        prediction, letter, facts = answer(q, videos)
+        prediction, letter, facts = yield from answer(q, videos)
         truth = LETTERS[q["candidates"].index(q["answer"])]
         # the toy names any object in the video: each of those answers is right ("right_answers")
         right = prediction in q["right_answers"] if "right_answers" in q else letter == truth
@@ -349,7 +389,7 @@ def benchmark_row(answer: Answerer, q: dict, benchmark: str) -> dict:
     try:
         if "_error" in q:
             raise ValueError(q["_error"])
-        row.update(answer.ask_benchmark(q, benchmark), seconds=time.perf_counter() - t0)
+        row.update((yield from answer.ask_benchmark(q, benchmark)), seconds=time.perf_counter() - t0)
         if "letter" in row:  # multiple choice
             row.update(answer=q["answer"], correct=None if unscored else row["letter"] == q["answer"])
     except ValueError as e:  # a missing file, video or frame: recorded with its path, and the run goes on
