@@ -40,7 +40,14 @@ import torch
 from minivtp import vtp
 from minivtp.fast import AUTOTUNE, capture
 from minivtp.generate import Generation, Method, clock, pick, prefill
-from minivtp.model import EMPTY, KVCache, apply_rope, attention_fused, attention_manual, repeat_kv
+from minivtp.model import (
+    EMPTY,
+    KVCache,
+    apply_rope,
+    attention_fused,
+    attention_manual,
+    repeat_kv,
+)
 
 
 @dataclass
@@ -276,15 +283,17 @@ def generate_many(model, prompts, method=None, *, temperature=0.0, seed=0, decod
     logits = torch.stack(firsts)  # (B, V)
     step = None
     for i in range(longest):
-        new = torch.zeros(B, dtype=torch.long, device=dev)
+        if temperature == 0:  # pick's argmax, for all B rows at once: one wait for the GPU a step, not B
+            new = logits.argmax(dim=-1)  # (B,)
+        else:  # each question draws from its own generator, as alone
+            new = torch.stack([pick(logits[b], temperature, generators[b]) for b in range(B)])
+        chosen = new.tolist()
         for b, p in enumerate(prompts):
             if done[b]:
                 continue
-            token = pick(logits[b], temperature, generators[b])
-            tokens[b].append(token)
+            tokens[b].append(new[b])
             logits_seen[b].append(logits[b])
-            new[b] = token
-            if (p.eos_id is not None and token.item() == p.eos_id) or i == p.max_new_tokens - 1:
+            if chosen[b] == p.eos_id or i == p.max_new_tokens - 1:
                 done[b] = True
         if all(done):
             break
@@ -328,16 +337,9 @@ def answer_rows(answer, questions, row_of, batch_size: int):
         chunk = questions[first : first + batch_size]
         t0 = time.perf_counter()
         rows, waiting = [None] * len(chunk), {}  # waiting: question -> the Prompt its row yielded
-
-        def advance(i, resume):  # run question i's row until its next prompt, or its end
-            try:
-                waiting[i] = resume()
-            except StopIteration as done:
-                rows[i] = done.value
-
         gens = [row_of(q) for q in chunk]
         for i, g in enumerate(gens):
-            advance(i, g.__next__)
+            resume(gens, i, None, rows, waiting)
         while waiting:
             asked, ready = dict(waiting), []
             waiting.clear()
@@ -346,13 +348,23 @@ def answer_rows(answer, questions, row_of, batch_size: int):
                 if error is None:
                     ready.append(i)
                 else:
-                    advance(i, lambda: gens[i].throw(error))
+                    resume(gens, i, error, rows, waiting)
             outs = generate_many(answer.llm, [asked[i] for i in ready], answer.method, decoder=answer.decoder,
                                  batch_decoder=answer.batch_decoder)
             for i, out in zip(ready, outs):
-                advance(i, lambda: gens[i].send(out))
+                resume(gens, i, out, rows, waiting)
         share = (time.perf_counter() - t0) / len(chunk)
         for row in rows:
             if "seconds" in row:
                 row["seconds"] = share
         yield from rows
+
+
+def resume(gens, i, value, rows, waiting):
+    """Run question i's row generator on: started (value None), sent a Generation, or thrown a ValueError; it stops
+    at its next Prompt (into `waiting`) or at its end (its row into `rows`)."""
+    try:
+        g = gens[i]
+        waiting[i] = g.throw(value) if isinstance(value, ValueError) else next(g) if value is None else g.send(value)
+    except StopIteration as done:
+        rows[i] = done.value

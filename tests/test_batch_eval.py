@@ -137,6 +137,7 @@ def test_every_benchmark_in_batches(tmp_path_factory):
     pytest.importorskip("av", reason="the fake trees hold real video files: pip install av")
     pytest.importorskip("pyarrow", reason="Video-MME's questions are parquet: pip install pyarrow")
     import benchtrees
+
     from minivtp import benchmarks
     root = tmp_path_factory.mktemp("benchmarks_batch")
     for name in benchmarks.BENCHMARKS:
