@@ -39,9 +39,10 @@ Parts (--parts):
            then batch.generate_many's shared steps in a CUDA graph), decode ms per step, the step's floor (the
            weights once + the B caches' slots it reads, and + only the rows held), peak memory; the KV bytes per
            question pruned and unpruned and so the largest B that fits in this GPU's memory with and without
-           LLM-VTP; with --batch-compiled the compiled step (BatchDecoder(compile=True)) at B = 8; transformers' generate on the LLM alone
-           with its static cache (compiled by transformers), B prompts of the unpruned rows and of the rows LLM-VTP
-           a0.1 M10 keeps, at the same B, within --batch-budget seconds (a shape not reached is one printed line)
+           LLM-VTP; with --batch-compiled the compiled step (BatchDecoder(compile=True)) at B = 8; transformers'
+           generate on the LLM alone with its static cache (compiled by transformers), B prompts of the unpruned
+           rows and of the rows LLM-VTP a0.1 M10 keeps, at the same B, within --batch-budget seconds (a shape not
+           reached is one printed line)
 Variants (--variants), one bf16 model changed step by step as answer and eval change it:
   plain     the model as loaded                                   decoders: eager
   fused     fast.prepare(compile=False): q+k+v and gate+up fused (answer; eval --no-compile)
@@ -326,9 +327,9 @@ def hf_batch(s, rows_of, sizes, budget_s, res):
 
                 def one():
                     t = common.clock(s.device)
-                    out = llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
-                                       device=embeds.device), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                       pad_token_id=0, **gen)
+                    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+                    out = llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                       do_sample=False, pad_token_id=0, **gen)
                     assert out.shape == (B, n), out.shape
                     return common.clock(s.device) - t
 
@@ -372,7 +373,7 @@ def batch_table(s, rate, reps: int, budget_s: float, compiled: bool = False) -> 
     model = common.random_llm(s)
     fast.prepare(model, compile=False)  # fused (eval --no-compile): the prefill tail's graphs, no compile time
     decoder = fast.FastDecoder(model) if common.cuda(s) else None  # the prefill eval runs (its graph tails)
-    bdec = batch.BatchDecoder(model, bucket=16 if s.tiny else 256)
+    bdec = batch.BatchDecoder(model, bucket=16 if s.tiny else 32)  # eval's bucket at full size
     w = weight_bytes(model)
     res["weight_bytes_per_step"] = w
     sizes = (1, 4, 8, 16) if not s.tiny else (1, 3)

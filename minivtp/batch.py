@@ -19,14 +19,14 @@ projection is one matmul over B rows, the attention reads each question's own ca
 The cache: padded, not paged. BatchKVCache holds every layer's keys as (B, Hkv, size, D), each question's kept rows
 packed to the front of its own row, its slots after them at position EMPTY (the causal mask by positions,
 model.causal_mask's rule, hides them), its length in `start`. A decode step writes question b's new row at slot
-start[b] + step. The trade-off: a step reads size slots for every question, so a question with fewer rows than the
-longest pays for the difference; paged storage (a block table, attention that gathers blocks) reads only the rows
-each question has, but needs an attention kernel that reads through a table, which PyTorch does not ship. Under
-LLM-VTP the rows left differ by the question's length only (the video part is T * ceil(alpha*Nv) for every question
-of a benchmark's T frames): tens of rows in a few hundred, so the padding is a few percent of the KV bytes, and the KV
-bytes themselves are small beside the weights once pruned (bench/floors.py --parts batch prints both: the slots read
-against the rows held). Without pruning (2,400 rows a question) the padding is the same few tens of rows, a smaller
-share. Paging would pay where lengths differ by a lot (different frame counts in one batch).
+start[b] + step. The trade-off: a step reads every slot of every question, so each pays for the longest question's
+rows plus the rounding of the size to a bucket (BatchDecoder's, 32 slots: one graph serves batches of about the same
+length); paged storage (a block table, attention that gathers the blocks) reads only the rows each question has, but
+needs an attention kernel that reads through a table, which PyTorch does not ship. Under LLM-VTP the rows left differ
+by the question's length only (the video part is T * ceil(alpha*Nv) for every question of a benchmark's T frames),
+tens of rows in a few hundred, and the KV bytes are small beside the weights once pruned; bench/floors.py --parts
+batch prints the step's floor with the slots it reads and with only the rows held, and the padding's share. Paging
+would pay where lengths differ by a lot (different frame counts in one batch, unpruned long videos).
 
 On CUDA the step is captured as a CUDA graph for each batch size and cache size (BatchDecoder), as fast.GraphDecode
 does for one question; on a CPU the same function simply runs, so the tests run the graphs' code without graphs.
@@ -160,7 +160,7 @@ class BatchDecoder:
     Cache sizes are rounded up to a multiple of `bucket` (as fast.FastDecoder's), so batches of about the same
     rows share a graph. compile=True runs each block through torch.compile (AUTOTUNE on a GPU) inside the graph."""
 
-    def __init__(self, model, bucket: int = 256, compile: bool = False, graphs: bool = True):
+    def __init__(self, model, bucket: int = 32, compile: bool = False, graphs: bool = True):
         if bucket < 1:
             raise ValueError(f"bucket={bucket} must be >= 1")
         self.model, self.bucket, self.compile, self.graphs = model, bucket, compile, {}
@@ -330,9 +330,9 @@ def answer_rows(answer, questions, row_of, batch_size: int):
     on until every row is done; a prompt generate would refuse is thrown back into its row as generate's
     ValueError. Each row's `seconds` is its share of the batch's wall-clock, decode_s its share of the steps."""
     if answer.batch_decoder is None:
-        cuda = answer.llm.embed.weight.is_cuda
-        answer.batch_decoder = BatchDecoder(answer.llm, compile=cuda and not answer.args.no_compile,
-                                            graphs=not answer.args.eager)
+        # subtle: not compiled, even where eval compiles the one-question step: the batched step's compile has not
+        # yet run on a GPU (bench.floors --parts batch --batch-compiled times it); graphs unless --eager
+        answer.batch_decoder = BatchDecoder(answer.llm, graphs=not answer.args.eager)
     for first in range(0, len(questions), batch_size):
         chunk = questions[first : first + batch_size]
         t0 = time.perf_counter()

@@ -131,7 +131,8 @@ class Answerer:
             return (yield from self.ask_toy(q, path))
         from minivtp.vision import read_frames
         frames, _ = read_frames(path, self.model.frames, self.model.sample_indices)
-        text, facts = yield from self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench", self.args.max_new_tokens or 5)
+        text, facts = yield from self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench",
+                                               self.args.max_new_tokens or 5)
         prediction = "(" + text
         return prediction, letter_of(prediction), facts
 
@@ -176,7 +177,7 @@ class Answerer:
             else:
                 prompt, template = benchmarks.prompt_of(benchmark, q, second)
                 text, cost = yield from self.generate(frames, prompt, template, self.args.max_new_tokens or
-                                           (100 if open_ended else 5))  # PLLaVA's scripts: 100 for open-ended QA
+                                                      (100 if open_ended else 5))  # PLLaVA's: 100 for open-ended QA
             answers.append(text)
             facts = {k: facts[k] + cost[k] / len(questions) for k in facts}
         row = dict(video=q["video"], frames=indices, **facts)
@@ -310,8 +311,10 @@ def run(args) -> int:
     answer = Answerer(args)
     videos = None if benchmark else Path(args.videos)
     start = time.perf_counter()
-    row_of = (lambda q: benchmark_row(answer, q, benchmark)) if benchmark else lambda q: questions_row(answer, q, videos)
-    if getattr(args, "batch_size", 1) > 1:  # --batch-size questions at a time, their rows in question order (minivtp/batch.py)
+    def row_of(q):  # the question's row, as a generator that yields where the model answers (see Answerer)
+        return benchmark_row(answer, q, benchmark) if benchmark else questions_row(answer, q, videos)
+
+    if getattr(args, "batch_size", 1) > 1:  # B questions at a time, rows in question order (minivtp/batch.py)
         from minivtp.batch import answer_rows
         rows = answer_rows(answer, mine, row_of, args.batch_size)
     else:
@@ -353,7 +356,7 @@ def answered(answer: Answerer, row):
         while True:
             try:
                 out = answer.run(prompt)
-            except ValueError as e:  # a prompt generate refuses: the row records it, as when generate was called there
+            except ValueError as e:  # a prompt generate refuses: thrown into the row, which records it
                 prompt = row.throw(e)
                 continue
             prompt = row.send(out)

@@ -21,7 +21,8 @@ TIMES = ("seconds", "prefill_s", "decode_s")
 
 
 def rows(path):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMES} for line in Path(path).read_text().splitlines()]
+    lines = Path(path).read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMES} for line in lines]
 
 
 def untimed(summary: dict) -> dict:
@@ -98,7 +99,8 @@ def test_torchrun_with_batches_gives_the_one_process_results(bench, tmp_path):
 def test_a_bad_batch_size_is_one_line(bench, tmp_path):
     run = eval_main("--weights", toy.ASSETS, "--questions", bench / "mixed.json", "--videos", bench / "videos",
                     "--out", tmp_path / "r.jsonl", "--batch-size", 0)
-    assert run.returncode == 2 and run.stderr == "error: --batch-size 0 must be >= 1 (the questions answered at a time)\n"
+    assert run.returncode == 2
+    assert run.stderr == "error: --batch-size 0 must be >= 1 (the questions answered at a time)\n"
     assert not (tmp_path / "r.jsonl").exists()
 
 
@@ -114,8 +116,8 @@ def test_a_video_llm_checkpoint_in_batches(llava, tmp_path):
                                   "Who?", "What colour is the small box on the table near the window?", "Why?"]):
         save_file({"frames": torch.randint(0, 256, (5 + i, 30, 40, 3), dtype=torch.uint8, generator=g)},
                   videos / f"v{i}.safetensors")
-        qs.append(dict(video=f"v{i}.safetensors", question=question, candidates=["a dog", "a cat", "a cow"][: 2 + i % 2],
-                       answer="a cat", task_type="Action Sequence"))
+        qs.append(dict(video=f"v{i}.safetensors", question=question, answer="a cat", task_type="Action Sequence",
+                       candidates=["a dog", "a cat", "a cow"][: 2 + i % 2]))
     (tmp_path / "q.json").write_text(json.dumps({"Action Sequence": qs}))
     args = ["--weights", llava[1], "--questions", tmp_path / "q.json", "--videos", videos, "--alpha", 0.5, "--layer",
             2, "--device", "cpu", "--json", "--max-new-tokens", 12]
@@ -154,4 +156,5 @@ def test_every_benchmark_in_batches(tmp_path_factory):
         assert untimed(json.loads(a.stdout)) == untimed(json.loads(b.stdout))
         for suffix in (".submission.json", ".judge/inference_results.json"):
             if Path(f"{one}{suffix}").exists():
-                assert json.loads(Path(f"{one}{suffix}").read_text()) == json.loads(Path(f"{three}{suffix}").read_text())
+                a, b = (json.loads(Path(f"{f}{suffix}").read_text()) for f in (one, three))
+                assert a == b, (name, suffix)
