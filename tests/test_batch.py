@@ -137,3 +137,36 @@ def test_bad_prompts_get_generate_s_messages(model):
         with pytest.raises(ValueError) as batch_error:
             generate_many(model, [p, bad], method)
         assert str(batch_error.value) == str(alone_error.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="CUDA graphs need a GPU; on a CPU the tests above check the logic")
+class TestOnGPU:
+    """In float32 on CUDA (TF32 off by default), the batch's captured step and eval's prefill (fast.prepare's fused
+    model, a FastDecoder's graph tails) give each question's tokens alone on the readable path, logits to 1e-4."""
+
+    @pytest.fixture(scope="class")
+    def gpu_models(self, model):
+        import copy
+
+        from minivtp import fast
+        plain = copy.deepcopy(model).cuda()
+        return plain, fast.prepare(copy.deepcopy(plain), compile=False)
+
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+    @pytest.mark.parametrize("compile", [False, True], ids=["graphs", "compiled"])
+    @pytest.mark.parametrize("method", [Method(alpha=0.25, layer=2), Method("fastv", alpha=0.3, layer=2),
+                                        Method(alpha=1.0, layer=3)], ids=str)
+    def test_the_captured_step_gives_each_answer_alone(self, model, gpu_models, method, compile):
+        from minivtp.fast import FastDecoder
+        plain, fused = gpu_models
+        ps = [Prompt(p.embeds.cuda(), p.video, p.max_new_tokens) for p in questions(model, seed=9)]  # (CPU embeds)
+        dec = BatchDecoder(fused, bucket=16, compile=compile)
+        for chunk in (ps, ps[:3], ps):  # a second batch of the first size reuses its graph
+            got = generate_many(fused, chunk, method, decoder=FastDecoder(fused, bucket=16, prefill_bucket=8),
+                                batch_decoder=dec)
+            for g, p in zip(got, chunk):
+                want = alone(plain, p, method)
+                assert g.tokens.tolist() == want.tokens.tolist()
+                torch.testing.assert_close(g.logits, want.logits, rtol=1e-4, atol=1e-4)
+        assert all(graph.graph is not None for graph in dec.graphs.values())  # really captured
