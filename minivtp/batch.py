@@ -246,7 +246,9 @@ def generate_many(model, prompts, method=None, *, temperature=0.0, seed=0, decod
     generate's), then every question's pruned caches join one BatchKVCache per layer and one step decodes a row of
     each until each has met its eos_id or its max_new_tokens. A question that is done still rides along (its row
     is computed, not used) until the longest is done: the step's cost is the weights, not the rows.
-    `batch_decoder`: a BatchDecoder for this model (made here when None)."""
+    `batch_decoder`: a BatchDecoder for this model (made here when None). Memory: each question's pruned rows are
+    copied out of its prefill's caches (a FastDecoder reuses those) and then into the batch's, so for a moment
+    they are held twice; bench/floors.py's largest batch counts them twice."""
     if not prompts:
         return []
     method = Method.from_keywords(method, **keywords)
