@@ -330,7 +330,8 @@ def answer_rows(answer, questions, row_of, batch_size: int):
     on with the Generation sent back (a question of two prompts, as VideoChatGPT's consistency pairs, yields twice).
     All the questions of a batch are run up to their prompt, those prompts answered by one generate_many, and so
     on until every row is done; a prompt generate would refuse is thrown back into its row as generate's
-    ValueError. Each row's `seconds` is its share of the batch's wall-clock, decode_s its share of the steps."""
+    ValueError. Each row's `seconds` is its share of the batch's wall-clock, decode_s its share of the steps. The
+    rows of a batch come when the whole batch is done, so a killed run asks at most that batch again."""
     if answer.batch_decoder is None:
         # subtle: not compiled, even where eval compiles the one-question step: the batched step's compile has not
         # yet run on a GPU (bench.floors --parts batch --batch-compiled times it); graphs unless --eager

@@ -4,6 +4,7 @@ on one process or many (torchrun).
     python -m minivtp eval --weights pllava-7b --questions mvbench.json --videos DIR --alpha 0.1 --layer 10 \\
         --out results.jsonl
     torchrun --nproc-per-node 4 -m minivtp eval ... --out results.jsonl     # each rank answers its own share
+    python -m minivtp eval ... --batch-size 8       # 8 questions at a time (minivtp/batch.py), the same lines
 
 The questions file is MVBench's: a JSON list of {"video", "question", "candidates", "answer"} (optionally "id",
 "task_type", "start", "end"), or an object mapping each task's name to such a list. The prompt is PLLaVA's
