@@ -260,11 +260,12 @@ def released_table(s, reps: int) -> dict:
 BATCH_SETTINGS = {"unpruned": None, "a0.1 M10": Method(alpha=0.1, layer=10), "a0.2 M5": Method(alpha=0.2, layer=5)}
 
 
-def batch_prompts(s, n: int, new_tokens: int):
-    """n prompts of the bench's shape, random rows; question rows s.question + 0, 4, 8, 12 in turn."""
+def batch_prompts(s, n: int, new_tokens: int, pruned: bool = True):
+    """n prompts of the bench's shape, random rows; question rows s.question + 0, 4, 8, 12 in turn. Unpruned: no
+    video span (as eval asks without a method), so nothing is scored."""
     extra = (0, 4, 8, 12) if not s.tiny else (0, 1, 2, 3)
-    return [batch.Prompt(common.random_embeds(s, s.rows + extra[i % 4], seed=i), s.video, new_tokens)
-            for i in range(n)]
+    return [batch.Prompt(common.random_embeds(s, s.rows + extra[i % 4], seed=i), s.video if pruned else None,
+                         new_tokens) for i in range(n)]
 
 
 def kv_row_bytes(s) -> int:
@@ -275,7 +276,7 @@ def kv_row_bytes(s) -> int:
 @torch.no_grad()
 def batch_run(model, s, method, B, n, decoder, bdec, rate, reps):
     """One (setting, B, answer length) cell: questions/s, decode ms/step, floors, peak memory, padding."""
-    prompts = batch_prompts(s, B, n)
+    prompts = batch_prompts(s, B, n, pruned=method is not None)
     batch.generate_many(model, prompts, method, decoder=decoder, batch_decoder=bdec)  # captures, warms
     if common.cuda(s):
         torch.cuda.reset_peak_memory_stats()
@@ -387,8 +388,9 @@ def batch_table(s, rate, reps: int, budget_s: float, compiled: bool = False) -> 
             kept[name] = caches[0].length
         per_q = (kept[name] + max(s.new_tokens)) * kv_row_bytes(s)
         # the largest B: the free memory after the weights over what a question holds in the batch's caches (its
-        # padded rows) plus the copy of its pruned rows until the step takes them (generate_many), 10% kept back
-        largest = int(0.9 * (total - w) // (2 * per_q)) if total else None
+        # padded rows) plus the copy of its pruned rows until the step takes them (generate_many); 20% kept back for
+        # the prompts' embeddings, the logits kept (B x new tokens x V float32) and the prefill's activations
+        largest = int(0.8 * (total - w) // (2 * per_q)) if total else None
         res[f"kv {name}"] = dict(rows=kept[name], kv_bytes_per_question=per_q, largest_batch_estimate=largest)
         print(f"batch {name}: {kept[name]} rows a question, {per_q / 1e9:.3f} GB of KV with {max(s.new_tokens)} new "
               f"tokens" + (f"; the largest B that fits about {largest}" if largest else ""), flush=True)
