@@ -455,7 +455,7 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=None, help="prefill repeats per setting, the median kept (default 7; "
                    "3 with --tiny)")
     p.add_argument("--tiny", action="store_true", help="a tiny config, on the CPU when there is no GPU: a smoke test")
-    p.add_argument("--batch-budget", type=float, default=120, help="seconds for transformers' batched generate in "
+    p.add_argument("--batch-budget", type=float, default=90, help="seconds for transformers' batched generate in "
                    "the batch part (its compiles); the shapes not reached are printed as skipped")
     p.add_argument("--batch-compiled", action="store_true", help="the batch part also times BatchDecoder(compile="
                    "True) at B = 8 (a compile with autotuning: minutes)")
