@@ -5,6 +5,7 @@ prefill against the FLOPs ratio, and a float32 check that the fast path gives th
     python -m bench.floors --out OUT --parts check         # only the float32 token check
     python -m bench.floors --out OUT --variants compiled   # only eval's path (prefill and decode)
     python -m bench.floors --out OUT --tiny                # the same code at a tiny shape, on the CPU
+    python -m bench.floors --out OUT --parts batch         # many questions at once (eval --batch-size)
 
 Parts (--parts):
   check    float32 (where rounding cannot flip a near-tie of a random model): 72 greedy tokens through the fast
@@ -43,6 +44,16 @@ Parts (--parts):
   gemm       the four products of a Vicuna-7B layer (q+k+v, o, gate+up fused and gate alone, down) at 2,399 rows
              (the unpruned prompt), 2,304, 512, 336 (alpha 0.1 after layer M, padded to 16) and 256: us and TFLOP/s
            (attention and gemm need no model and no variant: what is left of a step besides its weights)
+  batch    many questions at once (minivtp/fast/batch.py, eval --batch-size): for unpruned and LLM-VTP a0.1 M10 / a0.2 M5,
+           at B = 1, 4, 8, 16 and the largest B that fits, 5- and 72-token answers: questions per second (B random
+           prompts, question rows 60..72 so the caches are padded, each prefilled alone through eval's FastDecoder,
+           then batch.generate_many's shared steps in a CUDA graph), decode ms per step, the step's floor (the
+           weights once + the B caches' slots it reads, and + only the rows held), peak memory; the KV bytes per
+           question pruned and unpruned and so the largest B that fits in this GPU's memory with and without
+           LLM-VTP; with --batch-compiled the compiled step (BatchDecoder(compile=True)) at B = 8; transformers'
+           generate on the LLM alone with its static cache (compiled by transformers), B prompts of the unpruned
+           rows and of the rows LLM-VTP a0.1 M10 keeps, at the same B, within --batch-budget seconds (a shape not
+           reached is one printed line)
 Variants (--variants), one bf16 model changed step by step as answer and eval change it:
   plain     the model as loaded                                   decoders: eager
   fused     fast.prepare(compile=False): q+k+v and gate+up fused (answer; eval --no-compile)
@@ -65,10 +76,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from bench import common
 from bench.common import LLM_VTP, PAPER_SETTINGS
 from minivtp import fast, vtp
+from minivtp.fast import batch
 from minivtp.flops import prefill_flops
 from minivtp.generate import Method, generate, prefill
 
-PARTS = ("check", "decode", "prefill", "released", "attention", "gemm")
+PARTS = ("check", "decode", "prefill", "released", "batch", "attention", "gemm")
 VARIANTS = {"plain": "plain", "fused": "fused q+k+v, gate+up", "compiled": "fused+compiled"}
 DECODERS = {"plain": ("eager",), "fused": ("graph", "answer_no_compile", "answer", "answer_tuned"),
             "compiled": ("graph", "graph_tuned")}
@@ -373,6 +385,193 @@ def gemm_part(tiny: bool) -> dict:
             row[k] = dict(us=ms * 1e3, tflops=2 * M * n * kin / (ms / 1e3) / 1e12)
         print(f"M={M}: " + ", ".join(f"{k} {r['us']:.0f} us {r['tflops']:.0f} TF/s" for k, r in row.items()), flush=True)
         res[f"M{M}"] = row
+BATCH_SETTINGS = {"unpruned": None, "a0.1 M10": Method(alpha=0.1, layer=10), "a0.2 M5": Method(alpha=0.2, layer=5)}
+
+
+def batch_prompts(s, n: int, new_tokens: int, pruned: bool = True):
+    """n prompts of the bench's shape, random rows; question rows s.question + 0, 4, 8, 12 in turn. Unpruned: no
+    video span (as eval asks without a method), so nothing is scored."""
+    extra = (0, 4, 8, 12) if not s.tiny else (0, 1, 2, 3)
+    return [batch.Prompt(common.random_embeds(s, s.rows + extra[i % 4], seed=i), s.video if pruned else None,
+                         new_tokens) for i in range(n)]
+
+
+def kv_row_bytes(s) -> int:
+    """K and V of one row in every layer."""
+    return 2 * s.text.n_layers * s.text.n_kv_heads * s.text.head_dim * torch.finfo(s.dtype).bits // 8
+
+
+@torch.no_grad()
+def batch_run(model, s, method, B, n, decoder, bdec, rate, reps):
+    """One (setting, B, answer length) cell: questions/s, decode ms/step, floors, peak memory, padding."""
+    prompts = batch_prompts(s, B, n, pruned=method is not None)
+    batch.generate_many(model, prompts, method, decoder=decoder, batch_decoder=bdec)  # captures, warms
+    if common.cuda(s):
+        torch.cuda.reset_peak_memory_stats()
+    walls, decode = [], []
+    for _ in range(reps):
+        t = common.clock(s.device)
+        outs = batch.generate_many(model, prompts, method, decoder=decoder, batch_decoder=bdec)
+        walls.append(common.clock(s.device) - t)
+        decode.append(outs[0].decode_s * B / max(1, n - 1))  # the shared steps' wall-clock, per step
+    wall, step_s = sorted(walls)[len(walls) // 2], sorted(decode)[len(decode) // 2]
+    held = [o.cache_len + n for o in outs]  # rows each question holds at its last step (LLM-VTP: every layer alike)
+    slots = sum(bdec.graphs[B].sizes) / len(bdec.graphs[B].sizes) * B  # rows the step reads, padding included
+    row_bytes = kv_row_bytes(s) / s.text.n_layers  # one layer's K and V of a row
+    w = weight_bytes(model)
+    res = dict(questions_per_s=B / wall, wall_s=wall, decode_ms_per_step=step_s * 1e3,
+               prefill_s_per_question=sum(o.prefill_s for o in outs) / B,
+               floor_ms=(w + slots * row_bytes * s.text.n_layers) / rate * 1e3,
+               floor_held_ms=(w + sum(held) * kv_row_bytes(s)) / rate * 1e3,
+               kv_rows_held=sum(held), kv_slots_read=slots, padding=1 - sum(held) / slots,
+               peak_gb=torch.cuda.max_memory_allocated() / 1e9 if common.cuda(s) else None)
+    res["x_floor"] = res["decode_ms_per_step"] / res["floor_ms"]
+    return res
+
+
+@torch.no_grad()
+def hf_batch(s, rows_of, sizes, budget_s, res):
+    """transformers' generate on the LLM alone, B equal prompts of `rows` rows, its static cache (transformers
+    compiles its decode step for it), as many cells as fit in budget_s; the first run of a shape (its compile) is
+    timed apart."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return common.skip("transformers' batched generate", "transformers is not installed")
+    _, llm, _ = common.hf_models(*common.config_dicts(s), s.device, s.dtype, init=False)
+    common.randomize(llm)
+    static = common.cuda(s)  # a CPU compiles for minutes: there its default cache, only to run the code
+    if not static:
+        common.skip("transformers' static cache", "it compiles its step: minutes on a CPU; its default cache here")
+    gen = dict(cache_implementation="static") if static else {}
+    t_end = time.perf_counter() + budget_s
+    for n in reversed(s.new_tokens[-1:] if s.tiny else s.new_tokens):  # 72 tokens first: the decode-bound case
+        for kind, rows in rows_of.items():
+            for B in sizes:
+                key = f"transformers {kind} | B {B} | {n}"
+                if time.perf_counter() > t_end:
+                    common.skip(key, f"past --batch-budget {budget_s:.0f} s")
+                    continue
+                embeds = torch.cat([common.random_embeds(s, rows, seed=i) for i in range(B)])  # (B, rows, C)
+
+                def one():
+                    t = common.clock(s.device)
+                    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+                    out = llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                       do_sample=False, pad_token_id=0, **gen)
+                    assert out.shape == (B, n), out.shape
+                    return common.clock(s.device) - t
+
+                try:
+                    first = one()
+                    wall = min(one() for _ in range(1 if s.tiny else 2))
+                except Exception as e:  # out of memory, or a compile that fails here: a result too
+                    res[key] = dict(error=repr(e)[:300])
+                    print(f"{key}: failed {e!r}"[:300], flush=True)
+                    if common.cuda(s):
+                        torch.cuda.empty_cache()
+                    continue
+                res[key] = dict(questions_per_s=B / wall, wall_s=wall, first_s=first, prompt_rows=rows)
+                print(f"{key}: {B / wall:.2f} questions/s ({wall:.3f} s; first {first:.1f} s)", flush=True)
+
+
+@torch.no_grad()
+def agreement(model, s, decoder, bdec, B: int) -> dict:
+    """How many of B answers (LLM-VTP a0.1 M10, the longest answer) a batch gives as generate gives them one at a
+    time with eval's decoders, and where the first that differ part. In float32 (the CPU) all should agree; in
+    bf16 a batch's products round in another order than one row's, and a near-tie of a random model may flip."""
+    method, n = BATCH_SETTINGS["a0.1 M10"], max(s.new_tokens)
+    prompts = batch_prompts(s, B, n)
+    many = batch.generate_many(model, prompts, method, decoder=decoder, batch_decoder=bdec)
+    one_decoder = fast.FastDecoder(model) if common.cuda(s) else None
+    same, first_diff = 0, []
+    for p, got in zip(prompts, many):
+        want = generate(model, p.embeds, n, video=p.video, method=method, decoder=one_decoder).tokens.tolist()
+        same += got.tokens.tolist() == want
+        diff = next((i for i, (a, b) in enumerate(zip(got.tokens.tolist(), want)) if a != b), None)
+        if diff is not None:
+            first_diff.append(diff)
+    print(f"batch agreement, a0.1 M10, B {B}, {n} tokens, {str(s.dtype).removeprefix('torch.')}: {same} of {B} "
+          f"answers as one at a time" + (f"; the others part at steps {first_diff}" if first_diff else ""), flush=True)
+    return dict(batch=B, new_tokens=n, same=same, first_differing_step=first_diff, dtype=str(s.dtype))
+
+
+def batch_table(s, rate, reps: int, budget_s: float, compiled: bool = False) -> dict:
+    """The "batch" part (see the module's docstring)."""
+    res = dict(copy_bytes_per_s=rate)
+    model = common.random_llm(s)
+    fast.prepare(model, compile=False)  # fused (eval --no-compile): the prefill tail's graphs, no compile time
+    decoder = fast.FastDecoder(model) if common.cuda(s) else None  # the prefill eval runs (its graph tails)
+    bdec = batch.BatchDecoder(model, bucket=16 if s.tiny else 32)  # eval's bucket at full size
+    w = weight_bytes(model)
+    res["weight_bytes_per_step"] = w
+    sizes = (1, 4, 8, 16) if not s.tiny else (1, 3)
+    total = torch.cuda.get_device_properties(0).total_memory if common.cuda(s) else None
+    kept = {}
+    for name, method in BATCH_SETTINGS.items():
+        with torch.no_grad():  # rows one question keeps: prefill alone
+            p = batch_prompts(s, 1, 1)[0]
+            caches = model.new_caches(1, s.rows + 1)
+            prefill(model, p.embeds, caches, s.video if method else None, method or Method(layer=1))
+            kept[name] = caches[0].length
+        per_q = (kept[name] + max(s.new_tokens)) * kv_row_bytes(s)
+        # the largest B: the free memory after the weights over what a question holds in the batch's caches (its
+        # padded rows) plus the copy of its pruned rows until the step takes them (generate_many); 20% kept back for
+        # the prompts' embeddings, the logits kept (B x new tokens x V float32) and the prefill's activations
+        largest = int(0.8 * (total - w) // (2 * per_q)) if total else None
+        res[f"kv {name}"] = dict(rows=kept[name], kv_bytes_per_question=per_q, largest_batch_estimate=largest)
+        print(f"batch {name}: {kept[name]} rows a question, {per_q / 1e9:.3f} GB of KV with {max(s.new_tokens)} new "
+              f"tokens" + (f"; the largest B that fits about {largest}" if largest else ""), flush=True)
+        run_sizes = sizes + ((largest,) if largest and largest > sizes[-1] else ())
+        for B in run_sizes:
+            bdec.graphs.clear()  # the last B's caches and graph go before this B's are made
+            if common.cuda(s):
+                torch.cuda.empty_cache()
+            for n in s.new_tokens:
+                key = f"{name} | B {B} | {n}"
+                try:
+                    r = res[key] = batch_run(model, s, method, B, n, decoder, bdec, rate, 1 if B > 16 else reps)
+                except torch.cuda.OutOfMemoryError as e:
+                    res[key] = dict(error=repr(e)[:300])
+                    print(f"batch {key}: out of memory", flush=True)
+                    bdec.graphs.clear()
+                    torch.cuda.empty_cache()
+                    continue
+                base = res.get(f"{name} | B 1 | {n}")
+                gain = f" ({r['questions_per_s'] / base['questions_per_s']:.2f}x B 1)" if base and B > 1 else ""
+                print(f"batch {key}: {r['questions_per_s']:.2f} questions/s{gain}, "
+                      f"decode {r['decode_ms_per_step']:.2f} ms/step ({r['x_floor']:.2f}x the floor "
+                      f"{r['floor_ms']:.2f}; {r['floor_held_ms']:.2f} without padding), prefill "
+                      f"{r['prefill_s_per_question'] * 1e3:.1f} ms/question"
+                      + (f", peak {r['peak_gb']:.1f} GB" if r["peak_gb"] else ""), flush=True)
+    res["agreement"] = agreement(model, s, decoder, bdec, sizes[-1] if s.tiny else 8)
+    # the compiled step at B = 8 (eval's default on CUDA compiles the single-question step; here the batch's)
+    if not compiled:
+        common.skip("the compiled batch step", "give --batch-compiled (its autotuned compile takes minutes)")
+    elif common.cuda(s):
+        B = 8
+        try:
+            cdec = batch.BatchDecoder(model, compile=True)
+            t = time.perf_counter()
+            r = batch_run(model, s, BATCH_SETTINGS["a0.1 M10"], B, max(s.new_tokens), decoder, cdec, rate, reps)
+            r["with_compile_s"] = time.perf_counter() - t
+            res[f"a0.1 M10 compiled | B {B} | {max(s.new_tokens)}"] = r
+            print(f"batch compiled step, a0.1 M10, B {B}: {r['decode_ms_per_step']:.2f} ms/step "
+                  f"({r['x_floor']:.2f}x the floor), {r['questions_per_s']:.2f} questions/s", flush=True)
+            del cdec
+        except Exception as e:
+            res["compiled error"] = repr(e)[:300]
+            print(f"batch compiled step failed: {e!r}"[:300], flush=True)
+        bdec.graphs.clear()
+        torch.cuda.empty_cache()
+    else:
+        common.skip("the compiled batch step", "it compiles only on CUDA here")
+    del model, decoder, bdec
+    if common.cuda(s):
+        torch.cuda.empty_cache()
+    hf_batch(s, {"unpruned": s.rows, "a0.1 M10 rows": kept["a0.1 M10"]}, sizes, budget_s, res)
+    if common.cuda(s):
+        torch.cuda.empty_cache()
     return res
 
 
@@ -384,6 +583,10 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=None, help="prefill repeats per setting, the median kept (default 7; "
                    "3 with --tiny)")
     p.add_argument("--tiny", action="store_true", help="a tiny config, on the CPU when there is no GPU: a smoke test")
+    p.add_argument("--batch-budget", type=float, default=90, help="seconds for transformers' batched generate in "
+                   "the batch part (its compiles); the shapes not reached are printed as skipped")
+    p.add_argument("--batch-compiled", action="store_true", help="the batch part also times BatchDecoder(compile="
+                   "True) at B = 8 (a compile with autotuning: minutes)")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
                    help="print the timings two JSON files share, side by side (the old bench/fast_path.py's "
                         "fast_path.json against floors.json); runs nothing")
@@ -407,6 +610,11 @@ def main(argv=None):
         save()
     if "released" in chosen:
         res["released"] = released_table(s, args.reps)
+        save()
+    if "batch" in chosen:
+        t = time.perf_counter()
+        res["batch"] = batch_table(s, copy_rate(s), 2 if not args.tiny else 1, args.batch_budget, args.batch_compiled)
+        res["batch"]["part_s"] = time.perf_counter() - t
         save()
     if {"decode", "prefill"} & set(chosen):
         res["copy_bytes_per_s"] = rate = copy_rate(s)

@@ -223,6 +223,8 @@ def main(argv=None):
     add_method_options(e, alpha=1.0)
     e.add_argument("--max-new-tokens", type=int, default=None, help="default 5 (the letter and a few words); 100 "
                    "for open-ended QA, as PLLaVA's scripts")
+    e.add_argument("--batch-size", type=int, default=1, help="questions answered at a time: each pruned by its own "
+                   "question, one decode step for all (minivtp/fast/batch.py); the same answers as 1")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     g = sub.add_parser("generate", help="text from a LLaMA checkpoint (SmolLM2: python -m minivtp smollm2)")
     g.add_argument("--weights", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")

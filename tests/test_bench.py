@@ -64,8 +64,8 @@ def test_e2e_tiny_writes_every_question_and_the_growth(tmp_path):
 
 @ON_CPU
 def test_floors_tiny_fast_path_gives_the_eager_tokens(tmp_path):
-    assert floors.main(["--tiny", "--out", str(tmp_path)]) == 0
-    res = read(tmp_path / "floors.json")
+    assert floors.main(["--tiny", "--out", str(tmp_path), "--parts", "check,decode,prefill,released"]) == 0
+    res = read(tmp_path / "floors.json")  # the batch part: its own test below
     check = res["check_float32"]
     assert check["all_same_tokens"] is True
     assert all(check[k]["logits_rel_err"] < 1e-4 for k in common.PAPER_SETTINGS if k != "none")
@@ -83,6 +83,28 @@ def test_floors_tiny_fast_path_gives_the_eager_tokens(tmp_path):
             # the graph tail pads the rows after M; the real rows' logits are the loop's (float32)
             assert table[name]["logits_rel_err_graph_vs_loop"] < 1e-5
             assert table[name]["loop_ms"] > 0 and table[name]["graph_of_ratio"] > 0
+
+
+@ON_CPU
+def test_floors_tiny_batch_part(tmp_path):
+    """bench.floors --parts batch on the CPU: every cell written, the kept rows those of Eq. 5, the floors' bytes
+    from the config, every batched answer the one-at-a-time answer (float32)."""
+    assert floors.main(["--tiny", "--out", str(tmp_path), "--parts", "batch", "--batch-budget", "60"]) == 0
+    res = read(tmp_path / "floors.json")["batch"]
+    assert res["kv unpruned"]["rows"] == S.rows and res["kv a0.1 M10"]["rows"] == KEPT_ROWS
+    row = 2 * S.text.n_layers * S.text.n_kv_heads * S.text.head_dim * 4  # K and V of a row, every layer, float32
+    assert res["kv unpruned"]["kv_bytes_per_question"] == (S.rows + max(S.new_tokens)) * row
+    for name in floors.BATCH_SETTINGS:
+        for B in (1, 3):
+            for n in S.new_tokens:
+                r = res[f"{name} | B {B} | {n}"]
+                assert r["questions_per_s"] > 0 and r["decode_ms_per_step"] > 0
+                assert 0 <= r["padding"] < 1 and r["floor_held_ms"] <= r["floor_ms"]
+                # the floor: the weights but the embedding table, once, and the slots the step reads
+                assert r["floor_ms"] == pytest.approx((res["weight_bytes_per_step"] + r["kv_slots_read"] * row)
+                                                      / res["copy_bytes_per_s"] * 1e3)
+    assert res["agreement"]["same"] == res["agreement"]["batch"] == 3
+    assert res["transformers unpruned | B 3 | 4"]["questions_per_s"] > 0
 
 
 def test_frames_tiny_keeps_sixteen_frames_with_both_readers(tmp_path):

@@ -4,6 +4,7 @@ on one process or many (torchrun).
     python -m minivtp eval --weights pllava-7b --questions mvbench.json --videos DIR --alpha 0.1 --layer 10 \\
         --out results.jsonl
     torchrun --nproc-per-node 4 -m minivtp eval ... --out results.jsonl     # each rank answers its own share
+    python -m minivtp eval ... --batch-size 8       # 8 questions at a time (minivtp/fast/batch.py), the same lines
 
 The questions file is MVBench's: a JSON list of {"video", "question", "candidates", "answer"} (optionally "id",
 "task_type", "start", "end"), or an object mapping each task's name to such a list. The prompt is PLLaVA's
@@ -42,6 +43,7 @@ from minivtp.evaluation.benchmarks import (  # noqa: F401
     letter_of,
     qa_text,
 )
+from minivtp.evaluation import pipeline
 from minivtp.evaluation.pipeline import Pipeline
 from minivtp.vtp import VideoSpan
 
@@ -81,8 +83,11 @@ def check_entry(q: dict):
 
 
 class Answerer:
-    """Loads a checkpoint once (evaluation/pipeline.py) and answers one question at a time: (prediction, letter,
-    facts)."""
+    """Loads a checkpoint once (evaluation/pipeline.py) and answers questions: (prediction, letter, facts).
+
+    Its question methods are generators: where the model must answer they yield the pipeline's Question (the LLM's
+    part of it) and go on with the Generation sent back (`answered` sends generate's, one question at a time;
+    fast.batch.answer_rows sends those of generate_many for --batch-size questions at once)."""
 
     def __init__(self, args):
         import weights
@@ -105,22 +110,33 @@ class Answerer:
         if hasattr(self.method, "resolved"):  # a bad --layer, ratio or variant is one error now, not one per question
             self.method.resolved(self.llm.cfg.n_layers)
         self.noted = False  # the released count's zero-token note, said once a run
+        # by where the model is, not by --device: the toy always runs on the CPU, and compiling it there (what a
+        # GPU machine's default --device cuda asked for) cost every eval of the toy a CPU compile
+        self.decoder = None if self.toy else self.pipe.decoder
+        self.in_llm = None if hasattr(self.method, "prompt") else self.method  # PruMerge+ prunes before the LLM
+        self.batch_decoder = None  # made by fast.batch.answer_rows for --batch-size > 1
+
+    def run(self, q):
+        """generate's answer to one Question, with this run's decoder."""
+        return pipeline.generate_for(self.llm, q, self.in_llm, self.decoder)
 
     def __call__(self, q: dict, videos: Path):
         path = videos / q["video"]
         if self.toy:
-            return self.ask_toy(q, path)
+            return (yield from self.ask_toy(q, path))
         frames, _ = self.pipe.read(path)
-        text, facts = self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench", self.args.max_new_tokens or 5)
+        text, facts = yield from self.generate(frames, qa_text(q) + POST_QUERY, "eval_mvbench",
+                                               self.args.max_new_tokens or 5)
         prediction = "(" + text
         return prediction, letter_of(prediction), facts
 
     def generate(self, frames, question: str, template: str, max_new_tokens: int):
         """The model's answer to `question` about `frames` in PLLaVA's conversation `template` (the other hosts:
         their own prompt, then the template's answer prompt), and what it cost."""
-        a = self.pipe.answer(frames, question, self.method, max_new_tokens, template)
+        job = self.pipe.begin(frames, question, self.method, max_new_tokens, template)
+        out = yield job.question
+        a = self.pipe.finish(job, out)
         self.say(a.note)
-        out = a.generation
         return a.text, dict(kept_ratio=a.kept_ratio, prefill_s=out.prefill_s, decode_s=out.decode_s)
 
     def ask_benchmark(self, q: dict, benchmark: str) -> dict:
@@ -132,11 +148,11 @@ class Answerer:
         answers, facts = [], dict(kept_ratio=0.0, prefill_s=0.0, decode_s=0.0)
         for second in questions:
             if self.toy:
-                text, cost = self.toy_generate(frames, second or q["question"])
+                text, cost = yield from self.toy_generate(frames, second or q["question"])
             else:
                 prompt, template = benchmarks.prompt_of(benchmark, q, second)
-                text, cost = self.generate(frames, prompt, template, self.args.max_new_tokens or
-                                           (100 if open_ended else 5))  # PLLaVA's scripts: 100 for open-ended QA
+                text, cost = yield from self.generate(frames, prompt, template, self.args.max_new_tokens or
+                                                      (100 if open_ended else 5))  # PLLaVA's: 100 for open-ended QA
             answers.append(text)
             facts = {k: facts[k] + cost[k] / len(questions) for k in facts}
         row = dict(video=q["video"], frames=indices, **facts)
@@ -171,9 +187,17 @@ class Answerer:
             raise ValueError(f"the toy knows only its own words ({' '.join(toy.VOCAB)}); the question is {question!r}")
         features = torch.stack([toy.frame_features(f) for f in frames])  # (T, Nv, P)
         self.note(VideoSpan(len(toy.PREFIX), toy.T, toy.NV))  # the span toy.ask prompts with
-        answer, out = toy.ask(self.model, toy.Sample(features, [], words, []), method=self.method)
+        answer, out = yield from self.ask_toy_model(toy.Sample(features, [], words, []))
         kept = out.kept.numel() / (toy.T * toy.NV) if self.method else 1.0
         return " ".join(answer), dict(kept_ratio=kept, prefill_s=out.prefill_s, decode_s=out.decode_s)
+
+    def ask_toy_model(self, sample):
+        """toy.ask's two words, the Question yielded: (the words, Generation)."""
+        from minivtp.lab import toy
+        from minivtp.fast.batch import Question
+        embeds, video = self.model.prompt(sample.features[None], [sample.question])
+        out = yield Question(embeds, video if self.method is not None else None, 2)
+        return [toy.VOCAB[t] for t in out.tokens.tolist()], out
 
     def ask_toy(self, q, path):
         from safetensors.torch import load_file
@@ -185,7 +209,7 @@ class Answerer:
             raise ValueError(f"{path}: not a toy video ({e})") from None
         sample = toy.Sample(features, [], q["question"].split(), [])
         self.note(VideoSpan(len(toy.PREFIX), toy.T, toy.NV))  # the span toy.ask prompts with
-        words, out = toy.ask(self.model, sample, method=self.method)
+        words, out = yield from self.ask_toy_model(sample)
         prediction = " ".join(words)
         options = q["candidates"]
         letter = LETTERS[options.index(prediction)] if prediction in options else None
@@ -229,7 +253,8 @@ def run(args) -> int:
     from minivtp.cli import method_of
     from minivtp.evaluation.pipeline import check_fits
     check_fits(args.weights, method_of(args))  # before the questions are read: no question could be answered
-
+    if getattr(args, "batch_size", 1) < 1:
+        raise ValueError(f"--batch-size {args.batch_size} must be >= 1 (the questions answered at a time)")
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -265,9 +290,16 @@ def run(args) -> int:
     answer = Answerer(args)
     videos = None if benchmark else Path(args.videos)
     start = time.perf_counter()
+    def row_of(q):  # the question's row, as a generator that yields where the model answers (see Answerer)
+        return benchmark_row(answer, q, benchmark) if benchmark else questions_row(answer, q, videos)
+
+    if getattr(args, "batch_size", 1) > 1:  # B questions at a time, rows in question order (minivtp/fast/batch.py)
+        from minivtp.fast.batch import answer_rows
+        rows = answer_rows(answer, mine, row_of, args.batch_size)
+    else:
+        rows = (answered(answer, row_of(q)) for q in mine)
     with open(shard, "a") as f:
-        for n, q in enumerate(mine, 1):
-            row = benchmark_row(answer, q, benchmark) if benchmark else questions_row(answer, q, videos)
+        for n, (q, row) in enumerate(zip(mine, rows), 1):
             f.write(json.dumps(row) + "\n")
             f.flush()
             status = "error: " + row["error"] if "error" in row else \
@@ -296,6 +328,21 @@ def run(args) -> int:
     return 0
 
 
+def answered(answer: Answerer, row):
+    """Run a row generator to its row, each Question it yields answered by generate (a ValueError thrown back in)."""
+    try:
+        prompt = next(row)
+        while True:
+            try:
+                out = answer.run(prompt)
+            except ValueError as e:  # a prompt generate refuses: thrown into the row, which records it
+                prompt = row.throw(e)
+                continue
+            prompt = row.send(out)
+    except StopIteration as done:
+        return done.value
+
+
 def questions_row(answer: Answerer, q: dict, videos: Path) -> dict:
     """The line for one question of a --questions file (MVBench's format, or the toy's)."""
     row = dict(id=q["id"], task_type=q["task_type"])
@@ -304,7 +351,7 @@ def questions_row(answer: Answerer, q: dict, videos: Path) -> dict:
     try:
         if problem:
             raise ValueError(f"question {q['id']}: {problem}")
-        prediction, letter, facts = answer(q, videos)
+        prediction, letter, facts = yield from answer(q, videos)
         truth = LETTERS[q["candidates"].index(q["answer"])]
         # the toy names any object in the video: each of those answers is right ("right_answers")
         right = prediction in q["right_answers"] if "right_answers" in q else letter == truth
@@ -324,7 +371,7 @@ def benchmark_row(answer: Answerer, q: dict, benchmark: str) -> dict:
     try:
         if "_error" in q:
             raise ValueError(q["_error"])
-        row.update(answer.ask_benchmark(q, benchmark), seconds=time.perf_counter() - t0)
+        row.update((yield from answer.ask_benchmark(q, benchmark)), seconds=time.perf_counter() - t0)
         if "letter" in row:  # multiple choice
             row.update(answer=q["answer"], correct=None if unscored else row["letter"] == q["answer"])
     except ValueError as e:  # a missing file, video or frame: recorded with its path, and the run goes on

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from minivtp.cli import DTYPES, check_device, zero_count_note
+from minivtp.fast.batch import Question
 from minivtp.generate import Generation, generate
 from minivtp.hosts import Prompt
 from minivtp.hosts.frames import read_frames
@@ -85,6 +86,12 @@ class Pipeline:
 
     def answer(self, frames, question: str, method=None, max_new_tokens: int = 64, template: str = None) -> Answer:
         """The host's answer, pruned by `method` (a generate.Method, a rival of minivtp/rivals/, or None: all)."""
+        job = self.begin(frames, question, method, max_new_tokens, template)
+        return self.finish(job, generate_for(self.vm.llm, job.question, job.method, self.decoder))
+
+    def begin(self, frames, question: str, method=None, max_new_tokens: int = 64, template: str = None) -> "Job":
+        """Everything before the LLM answers: the prompt built, and what generate will be asked (Job.question).
+        eval's --batch-size answers many jobs' questions at once (fast.batch.generate_many), then finishes each."""
         t = time.perf_counter()
         p = self.prompt(frames, question, template, method)
         if p.embeds.is_cuda:
@@ -95,19 +102,39 @@ class Pipeline:
             raise ValueError(f"the prompt is {p.embeds.shape[1]} rows ({p.video.end - p.video.start} of them video) "
                              f"and {max_new_tokens} new tokens more would exceed the model's {n_max} positions")
         in_llm = None if hasattr(method, "prompt") else method  # PruMerge+ already pruned: the LLM runs unpruned
-        note = zero_count_note(in_llm, p.video)
-        out = generate(self.vm.llm, p.embeds, max_new_tokens, video=p.video if in_llm else None, method=in_llm,
-                       eos_id=self.tok.eos, decoder=self.decoder)
+        q = Question(p.embeds, p.video if in_llm else None, max_new_tokens, self.tok.eos)
+        return Job(q, p, in_llm, hasattr(method, "prompt"), encode_s, zero_count_note(in_llm, p.video))
+
+    def finish(self, job: "Job", out: Generation) -> Answer:
+        """The answer's text, up to the host's stop text, and what was kept, from the LLM's Generation."""
         text = self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
         if self.vm.stop_text:  # ST-LLM, VideoChat2: the answer ends where the next "###" turn begins
             text = text.split(self.vm.stop_text)[0]
-        if hasattr(method, "prompt"):
-            n_video, kept = p.video.unpruned_rows, p.video.end - p.video.start
+        video = job.prompt.video
+        if job.merged:
+            n_video, kept = video.unpruned_rows, video.end - video.start
         else:
-            n_video = p.video.end - p.video.start
-            kept = int(out.kept.numel()) if in_llm else n_video
-        return Answer(text, out, p, n_video, kept, encode_s, note)
+            n_video = video.end - video.start
+            kept = int(out.kept.numel()) if job.method else n_video
+        return Answer(text, out, job.prompt, n_video, kept, job.encode_s, job.note)
 
+
+@dataclass
+class Job:
+    """A question on its way: what generate is asked, the prompt it came from, how it was pruned."""
+
+    question: Question  # the LLM's part: embeds, the video to prune (None: nothing), max_new_tokens, eos_id
+    prompt: Prompt
+    method: object  # what prunes inside the LLM: a generate.Method, FastV, Look-M, or None
+    merged: bool  # PruMerge+ pruned the video in the tower
+    encode_s: float
+    note: str = None
+
+
+def generate_for(llm, q: Question, method=None, decoder=None) -> Generation:
+    """generate on one question as the pipeline asks it (the one call of generate on this path)."""
+    return generate(llm, q.embeds, q.max_new_tokens, video=q.video, method=method if q.video is not None else None,
+                    eos_id=q.eos_id, decoder=decoder)
 
 def check_fits(weights_dir, method):
     """What can be refused before a checkpoint is read (eval: before the questions are): PruMerge+ on a Q-Former
