@@ -38,6 +38,7 @@ def answer(args):
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
+    check_device(args.device)  # a bad name is one line, before the decode step reads it
     method = method_of(args)
     # one question: the Triton step on CUDA, no compile (bench/RESULTS.md: a compile costs more than the answer)
     pipe = Pipeline.load(args.weights, args.dtype, args.device, args.lora_alpha, method, decode_step(args, "triton"))

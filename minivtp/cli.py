@@ -93,7 +93,6 @@ def add_method_options(p, alpha: float):
 def decode_step(args, default: str):
     """--decode, or its shorthands: --eager, --no-compile (plain); else `default` on CUDA, the readable path
     elsewhere (fast.decoder_for takes the name)."""
-    check_device(args.device)  # a bad name is one line here, before anything reads it
     if args.eager:
         return "eager"
     if args.no_compile:

@@ -89,14 +89,15 @@ class Answerer:
     part of it) and go on with the Generation sent back (`answered` sends generate's, one question at a time;
     fast.batch.answer_rows sends those of generate_many for --batch-size questions at once)."""
 
-    def __init__(self, args):
+    def __init__(self, args, method):
+        """`method`: what cli.method_of made of the command line (a Method, a rival, or None)."""
         import weights
-        from minivtp.cli import decode_step, method_of
+        from minivtp.cli import decode_step
 
         self.args = args
         cfg = weights.read_config(Path(args.weights)) if Path(args.weights).is_dir() else {}
         self.toy = cfg.get("model_type") == "minivtp-toy"
-        self.method = method_of(args)
+        self.method = method
         if self.toy:
             from minivtp.lab import toy
             self.model = toy.load(args.weights)
@@ -252,7 +253,8 @@ def run(args) -> int:
 
     from minivtp.cli import method_of
     from minivtp.evaluation.pipeline import check_fits
-    check_fits(args.weights, method_of(args))  # before the questions are read: no question could be answered
+    method = method_of(args)  # a bad --alpha or --variant is one line before anything is read
+    check_fits(args.weights, method)  # before the questions are read: no question could be answered
     if getattr(args, "batch_size", 1) < 1:
         raise ValueError(f"--batch-size {args.batch_size} must be >= 1 (the questions answered at a time)")
 
@@ -287,7 +289,7 @@ def run(args) -> int:
         dist.barrier()
     done = {r["id"] for r in read_jsonl(out)} | {r["id"] for r in read_jsonl(shard)}
     mine = [q for i, q in enumerate(questions) if i % world == rank and q["id"] not in done]
-    answer = Answerer(args)
+    answer = Answerer(args, method)
     videos = None if benchmark else Path(args.videos)
     start = time.perf_counter()
     def row_of(q):  # the question's row, as a generator that yields where the model answers (see Answerer)
