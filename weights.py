@@ -114,6 +114,7 @@ HF_TO_OURS = [
     (r"model\.layers\.(\d+)\.self_attn\.k_proj\.", r"layers.\1.attn.wk."),
     (r"model\.layers\.(\d+)\.self_attn\.v_proj\.", r"layers.\1.attn.wv."),
     (r"model\.layers\.(\d+)\.self_attn\.o_proj\.", r"layers.\1.attn.wo."),
+    (r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.", r"layers.\1.attn.\2_norm."),  # Qwen3's per-head norms
     (r"model\.layers\.(\d+)\.mlp\.gate_proj\.", r"layers.\1.mlp.w_gate."),
     (r"model\.layers\.(\d+)\.mlp\.up_proj\.", r"layers.\1.mlp.w_up."),
     (r"model\.layers\.(\d+)\.mlp\.down_proj\.", r"layers.\1.mlp.w_down."),
