@@ -19,7 +19,8 @@ MROPE_DEFAULTS = {"qwen2_vl_text": (16, 24, 24), "qwen2_5_vl_text": (16, 24, 24)
 def config_from_hf(hf: dict) -> Config:
     """Build from a Hugging Face LLaMA, Qwen2 or Qwen2.5-VL / Qwen3-VL text `config.json` (already parsed)."""
     if (kind := hf.get("model_type", "llama")) not in ("llama",) + QWEN2_LAYERS + QWEN3_LAYERS:
-        raise ValueError(f"model_type {kind!r} is not a LLaMA, Qwen2 or Qwen2.5-VL / Qwen3-VL text decoder")
+        raise ValueError(f"model_type {kind!r} is not a LLaMA or Qwen2 decoder (nor a Qwen2.5-VL / Qwen3-VL "
+                         "text model)")
     check_sliding_window(hf)
     if (act := hf.get("hidden_act", "silu")) != "silu":
         raise ValueError(f"hidden_act {act!r} is not supported (LLaMA uses 'silu')")
