@@ -347,6 +347,11 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
         if lora_alpha is not None:
             raise CheckpointError(f"{path}: --lora-alpha is for PLLaVA's adapters; a {kind} checkpoint has none")
         return llava_onevision.load(path, hf, files, index, dtype, device, progress)
+    if kind == "qwen2_5_vl":  # Qwen2.5-VL: its ViT, M-RoPE positions and names live in minivtp/hosts/qwen2_5_vl.py
+        from minivtp.hosts import qwen2_5_vl
+        if lora_alpha is not None:
+            raise CheckpointError(f"{path}: --lora-alpha is for PLLaVA's adapters; a {kind} checkpoint has none")
+        return qwen2_5_vl.load(path, hf, files, index, dtype, device, progress)
     if kind == "minivtp-toy":
         raise CheckpointError(f"{path}: this is minivtp's toy video LLM, which answers through python -m minivtp.demo "
                               "(from Python: minivtp.toy.load(path))")

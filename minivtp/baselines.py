@@ -243,12 +243,12 @@ def merge_evicted(cache, kept, evicted, how: str = "average"):
         cache.k[:, :, :n], cache.v[:, :, :n] = merged[0].to(cache.k.dtype), merged[1].to(cache.v.dtype)
 
 
-def look_m_prefill(model, x, cos, sin, pos, caches, video: VideoSpan, method):
+def look_m_prefill(model, x, cos, sin, pos, caches, video: VideoSpan, method, added=None):
     """Look-M's prefill: every layer on every row, each layer's cache compressed right after that layer ran.
     Returns the last layer's output (1, N, C) and what layer 1's cache kept: (video rows S, rows, its scores)."""
     kept = None
     for l in range(len(model.layers)):
-        x_in, x = x, model.forward_layers(x, cos, sin, pos, caches, start=l, stop=l + 1)  # layer l+1
+        x_in, x = x, model.forward_layers(x, cos, sin, pos, caches, start=l, stop=l + 1, added=added)  # layer l+1
         scores = received_attention(model.layers[l], x_in, cos, sin, pos, caches[l])  # (N,)
         rows, evicted = look_m_rows(scores, video, method.recent, method.important)
         merge_evicted(caches[l], rows, evicted, method.merge)

@@ -1,0 +1,247 @@
+"""Qwen2.5-VL: frames in pairs through its own ViT (minivtp/hosts/qwen_vit.py), merged 2 x 2, spliced into a Qwen2
+decoder whose RoPE is M-RoPE: a video token's position is its (t, h, w), not its row.
+
+The prompt as the chat template writes it, ONE <|video_pad|> expanded as the processor expands it (t temporal
+groups of Nv = grid_h * grid_w / 4 merged tokens; here t = 3, a 2 x 3 block grid, so Nv = 6):
+
+    prompt rows   <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<|vision_start|>
+                                                             prefix: always kept; positions 0..s-1 on all three axes
+                  g0: m(0,0) m(0,1) m(0,2) m(1,0) m(1,1) m(1,2)     frame 0 (span)  (t, h, w) = (s, s+i, s+j)
+                  g1: m(0,0) ...                   m(1,2)           frame 1 (span)  (s + 1*dt, s+i, s+j)
+                  g2: m(0,0) ...                   m(1,2)           frame 2 (span)  (s + 2*dt, s+i, s+j)
+                  <|vision_end|>{question}<|im_end|>\\n<|im_start|>assistant\\n     question rows: from s + 3
+                                                                                    (s + max(blocks a side))
+
+dt = tokens_per_second * seconds per group (2 frames / the sampled fps): 2 * 1 = 2 for Qwen2.5-VL-7B at 2 fps.
+The first generated token sits at (largest prompt position) + 1 on all three axes, transformers' `rope_deltas`:
+the positions transformers' get_rope_index gives these rows (tested against it).
+
+What LLM-VTP ranks: each temporal group is a frame (T = t, Nv = blocks a group); the span is one contiguous run.
+
+## Pruning and 3D positions
+
+The released LLM-VTP code (Visual-AI/PruneVid) runs on PLLaVA's LLaMA, where a token's position is its row: its
+pruning selects rows and the position_ids follow them (kept row 57 stays at 57). It could not have said what to do
+with positions that are not rows, because it never had them: whether a kept video token keeps its (t, h, w),
+whether the question after a pruned video should move up to close the gap, where decoding continues.
+
+Every implementation for these hosts we read answers the same way, and so does minivtp: kept video tokens keep
+their original 3D positions, text positions are left alone, decoding continues from the unpruned prompt's
+largest position + 1.
+- FlashVID (Qwen2.5-VL): position_ids[:, :, keep], the kept columns of the 3D position tensor.
+- FastVID and VidCom2 (Qwen2.5-VL): the kept tokens' rows of position_ids, the rest unchanged.
+- vLLM's EVS (Qwen2.5-VL, Qwen3-VL; recompute_mrope_positions): the kept video tokens' original (t, h, w), the text
+  after the video continuing as it would have, and the decode delta from the unpruned layout.
+In minivtp the rows' RoPE tables (cos, sin) are made once from the (3, N) positions and pruning selects rows of
+them (vtp.drop_rows), so this is what happens without a line of code for it; generate decodes from
+positions.max() + 1, pruned or not.
+
+PruMerge+ does not apply: it ranks patches by their attention to a class token, and this ViT has none.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+import weights
+from minivtp.hf_config import config_from_hf
+from minivtp.hosts.qwen_vit import QwenViT, QwenViTConfig, patchify
+from minivtp.model import Transformer
+from minivtp.vision import CLIP_MEAN, CLIP_STD
+from minivtp.vtp import VideoSpan
+
+# the video processor's defaults (transformers' Qwen2VLVideoProcessor): pixels a frame, after resizing
+MIN_PIXELS, MAX_PIXELS = 128 * 28 * 28, 768 * 28 * 28
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+
+
+def chat_prompt(question: str) -> str:
+    """The chat template's text for one user turn of a video then the question, and the assistant's turn opened.
+
+    >>> chat_prompt("Why?")
+    '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    return f"{SYSTEM}<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n" \
+           "<|im_start|>assistant\n"
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
+    """Qwen2-VL's resize rule: both sides multiples of `factor`, the area within [min_pixels, max_pixels], the aspect
+    ratio kept as nearly as that allows. -> (height, width)"""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"a frame of {height} x {width}: the aspect ratio must be at most 200")
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = max(factor, math.floor(height / beta / factor) * factor), max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def sample_indices(n_available: int, n: int, group: int = 2):
+    """The video processor's sampling (sample_frames with num_frames): n rounded to a multiple of the temporal group,
+    then frames 0, k, 2k, ... with k = n_available / n, truncated."""
+    n = round(n / group) * group
+    if n_available < 1:
+        raise ValueError("the video has no frames")
+    if n > n_available:
+        raise ValueError(f"the video has {n_available} frames, fewer than the {n} Qwen2.5-VL samples")
+    return torch.arange(0, n_available, n_available / n).int().tolist()
+
+
+@dataclass
+class Prompt:
+    """What the host gives generate: the prompt's embeddings (1, N, C), the video's rows, and every row's (t, h, w)."""
+
+    embeds: torch.Tensor
+    video: VideoSpan
+    positions: torch.Tensor  # (3, N) long
+
+    def __iter__(self):  # embeds, video, positions = host.prompt(...)
+        return iter((self.embeds, self.video, self.positions))
+
+
+class Qwen25VL(nn.Module):
+    arrangement = "qwen2.5-vl"
+    placeholder = "<|video_pad|>"
+
+    def __init__(self, text, vision: QwenViTConfig, video_token=151656, frames=16, fps=2.0, mean=CLIP_MEAN,
+                 std=CLIP_STD, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS):
+        super().__init__()
+        self.vision = QwenViT(vision)
+        self.llm = Transformer(text)
+        self.image_token, self.frames, self.fps = video_token, frames, fps
+        self.mean, self.std, self.min_pixels, self.max_pixels = tuple(mean), tuple(std), min_pixels, max_pixels
+
+    @classmethod
+    def from_hf(cls, hf: dict, preprocessor: dict = None) -> "Qwen25VL":
+        """From a transformers `qwen2_5_vl` config.json: v5's text_config, or the text fields at the top level as
+        Qwen/Qwen2.5-VL-7B-Instruct's config.json has them."""
+        text = dict(hf.get("text_config") or {k: v for k, v in hf.items() if k != "vision_config"})
+        text["model_type"] = "qwen2_5_vl_text"
+        text.setdefault("tie_word_embeddings", hf.get("tie_word_embeddings", False))
+        p = preprocessor or {}
+        size = p.get("size") or {}
+        return cls(config_from_hf(text), QwenViTConfig.from_hf(hf.get("vision_config") or {}),
+                   video_token=hf.get("video_token_id", text.get("video_token_id", 151656)),
+                   frames=hf.get("num_frames") or 16, mean=p.get("image_mean", CLIP_MEAN), std=p.get("image_std", CLIP_STD),
+                   min_pixels=p.get("min_pixels") or size.get("shortest_edge") or MIN_PIXELS,
+                   max_pixels=p.get("max_pixels") or size.get("longest_edge") or MAX_PIXELS)
+
+    def sample_indices(self, n_available: int, n: int):
+        return sample_indices(n_available, n, self.vision.cfg.temporal_patch_size)
+
+    def preprocess(self, frames):
+        """Frames (H, W, 3) uint8, all one size -> (T, 3, H', W') float32: resized by smart_resize (bicubic,
+        antialiased, rounded to uint8 as the processor's resize of uint8 frames is), scaled to 0..1, normalised; the
+        last frame repeated when T is odd (the processor's padding to whole temporal groups)."""
+        frames = torch.stack(list(frames)) if not isinstance(frames, torch.Tensor) else frames
+        if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be (T, H, W, 3) uint8, got {tuple(frames.shape)} {frames.dtype}")
+        cfg = self.vision.cfg
+        factor = cfg.patch_size * cfg.merge_size
+        h, w = smart_resize(*frames.shape[1:3], factor, self.min_pixels, self.max_pixels)
+        x = rearrange(frames, "t h w c -> t c h w").float()
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False).round().clamp(0, 255)
+        if pad := -x.shape[0] % cfg.temporal_patch_size:
+            x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
+        mean, std = torch.tensor(self.mean)[:, None, None], torch.tensor(self.std)[:, None, None]
+        return (x / 255 - mean) / std
+
+    def video_tokens(self, pixels):
+        """pixels (T, 3, H, W) -> merged tokens (t * Nv, C) and the grid (t, h, w) in patches."""
+        patches, grid = patchify(pixels, self.vision.cfg)
+        return self.vision(patches, grid), grid
+
+    def positions(self, n_before: int, grid, n_after: int):
+        """transformers' get_rope_index for [text; video; text]: (3, N). Text rows count up on all three axes; a
+        video token's t is the group times tokens_per_second * seconds a group, its h and w its merge block's row
+        and column, all from where the text stopped; the text after goes on from there + max(blocks a side)."""
+        cfg = self.vision.cfg
+        t, h, w = grid[0], grid[1] // cfg.merge_size, grid[2] // cfg.merge_size
+        dt = cfg.tokens_per_second * cfg.temporal_patch_size / self.fps  # positions per temporal group
+        before = torch.arange(n_before).expand(3, -1)
+        tt, hh, ww = torch.meshgrid((torch.arange(t) * dt).long(), torch.arange(h), torch.arange(w), indexing="ij")
+        video = torch.stack([tt, hh, ww]).reshape(3, -1) + n_before
+        after = torch.arange(n_after).expand(3, -1) + n_before + max(h, w)
+        return torch.cat([before, video, after], dim=1)
+
+    def prompt(self, ids: torch.Tensor, pixels, prumerge=False) -> Prompt:
+        """Token ids (N0,) with ONE <|video_pad|> -> Prompt(embeds (1, N, C), the VideoSpan, positions (3, N))."""
+        if prumerge:
+            raise ValueError("PruMerge+ ranks patches by their attention to a class token; Qwen2.5-VL's ViT has "
+                             "none, so PruMerge+ does not apply to Qwen2.5-VL")
+        where = (ids == self.image_token).nonzero().flatten()
+        if where.numel() != 1:
+            raise ValueError(f"the prompt must hold exactly one video placeholder (token {self.image_token}, "
+                             f"{self.placeholder}); it holds {where.numel()}")
+        i = where.item()
+        video, grid = self.video_tokens(pixels)  # (t * Nv, C)
+        e = self.llm.embed
+        # Eq. 1: X = [X_v; X_q], the groups' tokens where the placeholder was
+        embeds = torch.cat([e(ids[:i]), video.to(e.weight.dtype), e(ids[i + 1 :])])[None]  # (1, N, C)
+        span = VideoSpan(i, grid[0], video.shape[0] // grid[0])
+        span.check(embeds.shape[1], video_rows=video.shape[0])
+        positions = self.positions(i, grid, ids.numel() - i - 1).to(ids.device)
+        return Prompt(embeds, span, positions)
+
+    @torch.no_grad()
+    def logits(self, ids, pixels):
+        """Float32 logits (N, V) of every prompt row: the plain model, nothing pruned."""
+        embeds, _, positions = self.prompt(ids, pixels)
+        return self.llm.forward_embeds(embeds, rope_pos=positions)[0].float()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading: transformers' names (v5's model.visual / model.language_model, and the older visual / model) -> ours
+
+VISION_RULES = [
+    (r"patch_embed\.proj\.weight", "patch_embed"),
+    (r"blocks\.(\d+)\.norm([12])\.", r"blocks.\1.norm\2."),
+    (r"blocks\.(\d+)\.attn\.qkv\.", r"blocks.\1.qkv."),
+    (r"blocks\.(\d+)\.attn\.proj\.", r"blocks.\1.proj."),
+    (r"blocks\.(\d+)\.mlp\.gate_proj\.", r"blocks.\1.w_gate."),
+    (r"blocks\.(\d+)\.mlp\.up_proj\.", r"blocks.\1.w_up."),
+    (r"blocks\.(\d+)\.mlp\.down_proj\.", r"blocks.\1.w_down."),
+    (r"merger\.ln_q\.", "merger.norm."),
+    (r"merger\.mlp\.0\.", "merger.fc1."),
+    (r"merger\.mlp\.2\.", "merger.fc2."),
+]
+
+
+def transformers_to_ours(name: str):
+    m = re.match(r"(?:model\.)?visual\.(.*)", name)
+    if m:
+        ours = weights.apply_rules(m.group(1), VISION_RULES)
+        return ours and "vision." + ours
+    name = re.sub(r"^model\.language_model\.", "model.", name)  # v5: model.language_model.layers -> model.layers
+    if weights.DERIVED.fullmatch(name):
+        return ""
+    ours = weights.hf_to_ours(name)
+    return None if ours is None else "llm." + ours
+
+
+def load(path, hf: dict, files, index, dtype=torch.float32, device="cpu", progress=None) -> Qwen25VL:
+    """A ready host from an opened checkpoint directory (weights.load_video_llm calls this)."""
+    pre = next((f for f in (path / "video_preprocessor_config.json", path / "preprocessor_config.json") if f.is_file()),
+               None)
+    with torch.device("meta"):
+        try:
+            model = Qwen25VL.from_hf(hf, weights.read_json(pre) if pre else None)
+        except (ValueError, KeyError, TypeError) as e:
+            raise weights.CheckpointError(f"{path / 'config.json'}: {e}") from None
+    tied = model.llm.cfg.tie_embeddings
+    rename = lambda n: "" if tied and n == "lm_head.weight" else transformers_to_ours(n)  # noqa: E731
+    info = weights.load_into(model, files, rename, dtype, device, index, progress)
+    if tied:
+        model.llm.output.weight = model.llm.embed.weight
+    model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)
+    return model.eval()
