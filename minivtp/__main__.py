@@ -34,7 +34,7 @@ def answer(args):
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
     merged, method = args.method == "prumerge+", method_of(args)  # PruMerge+ prunes in the vision tower
     model, tok, load_s = load_checkpoint(args)
-    if args.template and model.arrangement in ("llava-onevision", "llava-video"):
+    if args.template and model.arrangement in ("llava-onevision", "llava-video", "qwen2.5-vl"):
         raise ValueError(f"--template is PLLaVA's; a {model.arrangement} checkpoint has its own prompt")
     frames, note = read_frames(args.video, model.frames, model.sample_indices)
     if note:
@@ -52,7 +52,9 @@ def answer(args):
     decoder = one_shot_decoder(model.llm, args)
     t = time.perf_counter()
     with torch.no_grad():
-        embeds, video = model.prompt(ids, pixels, prumerge=merged, **extra)  # vision tower, projector, ..., splice
+        embeds, video, *positions = model.prompt(ids, pixels, prumerge=merged, **extra)  # tower, projector, splice
+    positions = positions[0] if positions else None  # Qwen2.5-VL: each row's (t, h, w) for M-RoPE
+    decoder = None if positions is not None else decoder  # fast.py's decoders rotate a row by its row
     if embeds.is_cuda:
         torch.cuda.synchronize()
     encode_s = time.perf_counter() - t
@@ -64,7 +66,7 @@ def answer(args):
     if note:
         print(f"note: {note}", file=sys.stderr)
     out = generate(model.llm, embeds, args.max_new_tokens, video=video if method else None, method=method,
-                   eos_id=tok.eos, decoder=decoder)
+                   eos_id=tok.eos, decoder=decoder, positions=positions)
     n_video = video.unpruned_rows if merged else video.end - video.start
     kept = video.end - video.start if merged else int(out.kept.numel()) if method else n_video
     text = tok.decode([t for t in out.tokens.tolist() if t != tok.eos], skip_special=True)

@@ -136,7 +136,7 @@ class Answerer:
             ids, extra = qformer_inputs(self.model, self.tok, question.removesuffix(POST_QUERY), self.args.device,
                                         mvbench=template == "eval_mvbench")
         else:
-            if kind in ("tarsier", "llava-onevision", "llava-video"):
+            if kind in ("tarsier", "llava-onevision", "llava-video", "qwen2.5-vl"):
                 text = build_prompt(kind, question, placeholder=self.model.placeholder) + \
                     (PLLAVA_TEMPLATES[template][6] or "")
             else:
@@ -144,10 +144,12 @@ class Answerer:
             ids = torch.tensor(encode_prompt(self.tok, text, self.model), device=self.args.device)
         merged = self.args.method == "prumerge+"
         with torch.no_grad():
-            embeds, video = self.model.prompt(ids, pixels, prumerge=merged, **extra)
+            embeds, video, *positions = self.model.prompt(ids, pixels, prumerge=merged, **extra)
+        positions = positions[0] if positions else None  # Qwen2.5-VL's M-RoPE positions (3, N)
         self.note(video)
         out = generate(self.llm, embeds, max_new_tokens, video=video if self.method else None,
-                       method=self.method, eos_id=self.tok.eos, decoder=self.decoder)
+                       method=self.method, eos_id=self.tok.eos, decoder=None if positions is not None else self.decoder,
+                       positions=positions)
         answer = self.tok.decode([t for t in out.tokens.tolist() if t != self.tok.eos], skip_special=True)
         n_video = video.unpruned_rows if merged else video.end - video.start
         kept = video.end - video.start if merged else out.kept.numel() if self.method else n_video

@@ -74,6 +74,9 @@ def build_prompt(kind: str, question: str, template: str = None, placeholder: st
         return tarsier_prompt(question)
     if kind in ("llava-onevision", "llava-video"):
         return qwen_prompt(question, placeholder)
+    if kind == "qwen2.5-vl":  # the host writes its chat template's prompt
+        from minivtp.hosts.qwen2_5_vl import chat_prompt
+        return chat_prompt(question)
     return pllava_prompt(question, template or "plain")
 
 

@@ -230,3 +230,68 @@ def test_chat_prompt_is_the_chat_templates():
     card = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
             "<|vision_start|><|image_pad|><|vision_end|>Describe this image.<|im_end|>\n<|im_start|>assistant\n")
     assert chat_prompt("Describe this image.") == card.replace("<|image_pad|>", "<|video_pad|>")
+
+
+# ---- the command line ------------------------------------------------------------------------------------------
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "minivtp", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def small(qwen, tmp_path_factory):
+    """The checkpoint with 4 frames a video and a processor config that keeps frames small (56 x 84 from 40 x 50),
+    and a clip of 8 frames: 2 groups of 2 x 3 merged tokens."""
+    d, _, _ = qwen
+    local = tmp_path_factory.mktemp("q4") / "qwen2.5-vl-4"
+    local.mkdir()
+    for f in d.iterdir():
+        if f.name != "config.json":
+            (local / f.name).symlink_to(f)
+    (local / "config.json").write_text(json.dumps(dict(json.loads((d / "config.json").read_text()), num_frames=4)))
+    (local / "video_preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 3136,
+                                                                               "longest_edge": 12544}}))
+    clip = local.parent / "clip.safetensors"
+    save_file({"frames": torch.randint(0, 256, (8, 40, 50, 3), dtype=torch.uint8,
+                                       generator=torch.Generator().manual_seed(2))}, clip)
+    return local, clip
+
+
+@pytest.mark.parametrize("method, extra, kept", [("llm-vtp", ["--alpha", 0.3, "--layer", 2], 2 * 2),
+                                                 ("llm-vtp", ["--alpha", 0.5, "--layer", 2, "--variant", "released"],
+                                                  2 * 3),
+                                                 ("fastv", ["--alpha", 0.3, "--layer", 2], 4),
+                                                 ("look-m", [], None)])
+def test_cli_answer(small, method, extra, kept):
+    local, clip = small
+    out = run("answer", "--weights", local, "--video", clip, "--question", "What is it?", "--method", method, *extra,
+              "--max-new-tokens", 3, "--device", "cpu", "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["video_tokens"] == 2 * 6 and r["new_tokens"] >= 1
+    if kept is None:  # Look-M: every layer's cache smaller after a full prefill
+        assert max(r["cache_rows_per_layer"]) < r["prompt_rows"]
+    else:
+        assert r["kept_video_tokens"] == kept
+    if method == "llm-vtp":  # Eq. 7-8: layers 1..M forget the dropped rows too
+        assert r["cache_rows"] == r["prompt_rows"] - (12 - kept)
+
+
+def test_cli_prumerge_is_one_clear_error(small):
+    local, clip = small
+    out = run("answer", "--weights", local, "--video", clip, "--question", "Why?", "--method", "prumerge+",
+              "--device", "cpu")
+    assert out.returncode != 0 and "class token" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_eval_runs(small, tmp_path):
+    local, clip = small
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps({"action": [
+        {"video": clip.name, "question": "What happens?", "candidates": ["a cat", "a dog"], "answer": "a dog"}]}))
+    out = run("eval", "--weights", local, "--questions", questions, "--videos", clip.parent, "--out",
+              tmp_path / "r.jsonl", "--method", "llm-vtp", "--alpha", 0.5, "--layer", 2, "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "r.jsonl").read_text().strip()
