@@ -133,3 +133,50 @@ def test_qwen3_text_model_with_deepstack_equals_transformers():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     # and the features matter: without them the output moves far past the tolerance
     assert (ours.norm(ours.forward_layers(x, cos, sin, torch.arange(N))) - want).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_pruning_drops_the_deepstack_rows_of_dropped_tokens(layer):
+    """Qwen3-VL pruned at layer M: the DeepStack features still to come (after layers M+1..) are added at the kept
+    video rows only. Against transformers' decoder layers run by hand: every row up to M, then the kept rows at
+    their own 3D positions, each with its own features. alpha = 1 equals the unpruned model exactly."""
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel
+    from minivtp.generate import Method, generate, prefill
+    from minivtp.vtp import VideoSpan
+    torch.manual_seed(2)
+    hf_cfg = qwen3_text()
+    hf_cfg._attn_implementation = "eager"
+    hf = Qwen3VLTextModel(hf_cfg).eval()
+    ours = ours_from(hf, hf_cfg)
+    torch.nn.init.normal_(ours.output.weight, std=0.5)
+    pos = positions_3d()  # 3 text rows, a 2 x (2 x 3) video at rows 3..14, 4 text rows
+    N = pos.shape[1]
+    x = torch.randn(1, N, 64)
+    video = VideoSpan(3, 2, 6)
+    deep = [torch.randn(12, 64) for _ in range(2)]
+    added = {i: torch.zeros(N, 64).index_copy(0, torch.arange(3, 15), d) for i, d in enumerate(deep)}
+    caches = ours.new_caches(max_len=N + 1)
+    logits, pruning = prefill(ours, x, caches, video, Method(alpha=0.5, layer=layer), positions=pos, added=added)
+    rows = pruning.rows
+    is_video = (rows >= 3) & (rows < 15)
+
+    def layers(h, p, start, stop, feats):
+        n = h.shape[1]
+        mask = torch.full((n, n), float("-inf")).triu(1)[None, None]
+        cos_sin = hf.rotary_emb(h, p[:, None])
+        for i in range(start, stop):
+            h = hf.layers[i](h, attention_mask=mask, position_embeddings=cos_sin)
+            if i < len(feats):  # transformers' _deepstack_process: the features added at the visual rows
+                h = hf._deepstack_process(h, feats[i][1][None], feats[i][0])
+        return h
+
+    with torch.no_grad():
+        every = [(d, torch.arange(N).ge(3) & torch.arange(N).lt(15)) for d in deep]
+        h = layers(x, pos, 0, layer, every)
+        kept = [(d[rows[is_video] - 3], is_video) for d in deep]  # the kept tokens' own features, at their rows
+        h = layers(h[:, rows], pos[:, rows], layer, 3, kept)
+        want = ours.output(hf.norm(h))[0, -1]
+    torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
+    full = generate(ours, x, 4, video=video, alpha=1.0, layer=layer, positions=pos, added=added)
+    plain = generate(ours, x, 4, positions=pos, added=added)
+    assert torch.equal(full.tokens, plain.tokens) and torch.equal(full.logits, plain.logits)
