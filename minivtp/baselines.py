@@ -88,6 +88,8 @@ def last_row_scores(block, x_in, cos, sin, pos, cache, video: VideoSpan):
     """FastV's score of every video token: the last prompt row's attention at this layer, mean over heads."""
     last = torch.tensor([x_in.shape[1] - 1], device=x_in.device)
     A = vtp.layer_attention(block, x_in, cos, sin, pos, cache, last)  # (H, 1, Nk)
+    if video.frame_starts:  # frames separated by text: the video's own columns
+        return A.mean(dim=0)[0, video.rows(A.device)]
     return A.mean(dim=0)[0, video.start : video.end]  # (T*Nv,)
 
 
@@ -214,6 +216,8 @@ def look_m_rows(scores, video: VideoSpan, recent: float, important: float):
         return torch.arange(N, device=dev), torch.empty(0, dtype=torch.long, device=dev)
     older = torch.arange(N - n_recent, device=dev)
     is_video = (older >= video.start) & (older < video.end)
+    if video.frame_starts:  # frames separated by text: that text is not video
+        is_video = torch.isin(older, video.rows(dev))
     by_score = scores[:N - n_recent].argsort(descending=True, stable=True)
     # the text prior: text rows before every video row, by score within each (a stable sort keeps that order)
     ranked = by_score[is_video[by_score].int().argsort(stable=True)]
@@ -253,5 +257,5 @@ def look_m_prefill(model, x, cos, sin, pos, caches, video: VideoSpan, method, ad
         rows, evicted = look_m_rows(scores, video, method.recent, method.important)
         merge_evicted(caches[l], rows, evicted, method.merge)
         if l == 0:
-            kept = rows[(rows >= video.start) & (rows < video.end)], rows, scores[video.start : video.end]
+            kept = rows[torch.isin(rows, video.rows(rows.device))], rows, scores[video.rows(scores.device)]
     return x, kept
