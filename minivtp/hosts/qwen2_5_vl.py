@@ -112,7 +112,7 @@ class Qwen25VL(nn.Module):
     arrangement = "qwen2.5-vl"
     placeholder = "<|video_pad|>"
 
-    def __init__(self, text, vision: QwenViTConfig, video_token=151656, frames=16, fps=2.0, mean=CLIP_MEAN,
+    def __init__(self, text, vision: QwenViTConfig, video_token=151656, frames=32, fps=2.0, mean=CLIP_MEAN,
                  std=CLIP_STD, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS):
         super().__init__()
         self.vision = QwenViT(vision)
@@ -131,7 +131,7 @@ class Qwen25VL(nn.Module):
         size = p.get("size") or {}
         return cls(config_from_hf(text), QwenViTConfig.from_hf(hf.get("vision_config") or {}),
                    video_token=hf.get("video_token_id", text.get("video_token_id", 151656)),
-                   frames=hf.get("num_frames") or 16, mean=p.get("image_mean", CLIP_MEAN), std=p.get("image_std", CLIP_STD),
+                   frames=hf.get("num_frames") or 32, mean=p.get("image_mean", CLIP_MEAN), std=p.get("image_std", CLIP_STD),
                    min_pixels=p.get("min_pixels") or size.get("shortest_edge") or MIN_PIXELS,
                    max_pixels=p.get("max_pixels") or size.get("longest_edge") or MAX_PIXELS)
 
