@@ -277,6 +277,7 @@ def qwen_part(tiny: bool, reps: int) -> dict:
     ours.load_state_dict({transformers_to_ours(k): v for k, v in hf.state_dict().items()}, assign=True)  # shared
     ours.eval()
     ours.min_pixels = ours.max_pixels = q["side"] ** 2  # the frames as they are
+    ours.text_after = "grid"  # transformers 5.x's positions after the video, so the answers can be compared
     frames = torch.randint(0, 256, (q["frames"], q["side"], q["side"], 3), dtype=torch.uint8)
     g = torch.Generator().manual_seed(1)
     ids = torch.cat([torch.randint(0, V - 8, (14,), generator=g), torch.tensor([V - 4, V - 2, V - 3]),

@@ -145,6 +145,7 @@ def test_logits_and_positions_equal_transformers(qwen, T, H, W):
     d, hf, token_ids = qwen
     host = weights.load_video_llm(d)
     host.min_pixels = 28 * 28  # tiny frames: no upscaling to 128 * 28 * 28 pixels
+    host.text_after = "grid"  # the installed transformers' rule for the text after the video (the host's docstring)
     ids = prompt_ids(token_ids)
     pixels = host.preprocess(frames_of(T, H, W))
     embeds, video, positions = host.prompt(ids, pixels)
@@ -163,6 +164,7 @@ def test_generation_continues_from_rope_deltas_as_transformers_generates(qwen):
     d, hf, token_ids = qwen
     host = weights.load_video_llm(d)
     host.min_pixels = 28 * 28
+    host.text_after = "grid"
     ids = prompt_ids(token_ids)
     pixels = host.preprocess(frames_of(4, 84, 112, seed=1))
     embeds, video, positions = host.prompt(ids, pixels)
@@ -185,6 +187,7 @@ def test_pruned_prefill_keeps_the_kept_rows_3d_positions(qwen, method):
     d, hf, token_ids = qwen
     host = weights.load_video_llm(d)
     host.min_pixels = 28 * 28
+    host.text_after = "grid"
     ids = prompt_ids(token_ids)
     pixels = host.preprocess(frames_of(6, 84, 112, seed=2))
     embeds, video, positions = host.prompt(ids, pixels)
@@ -215,6 +218,26 @@ def test_pruned_prefill_keeps_the_kept_rows_3d_positions(qwen, method):
         wrong = hf.lm_head(text.norm(layers(layers(embeds, hf_pos, 0, 2)[:, rows],
                                             torch.arange(rows.numel()).expand(3, 1, -1), 2, 3)))[0, -1]
     assert (wrong - want).abs().max() > 1e-3
+
+
+def test_text_after_a_long_video_starts_past_its_largest_position():
+    """Qwen's own get_rope_index (and vLLM's): the text after the video from the video's largest position + 1, t
+    included. Written out here for 3 groups of 2 x 3 blocks at dt = 2 (t reaches s + 4 > s + max(2, 3)); the
+    'grid' rule of transformers 5.x starts it at s + 3; for 2 groups (t up to s + 2) they agree."""
+    host = qwen2_5_vl.Qwen25VL.__new__(qwen2_5_vl.Qwen25VL)
+    torch.nn.Module.__init__(host)
+    host.vision = QwenViT.__new__(QwenViT)
+    host.vision.cfg, host.fps, host.text_after = QwenViTConfig(), 2.0, "max"
+    pos = host.positions(5, (3, 4, 6), 4)
+    assert pos[:, :5].tolist() == [list(range(5))] * 3
+    assert pos[0, 5:23].tolist() == [5] * 6 + [7] * 6 + [9] * 6  # t: s + group * 2
+    assert pos[1, 5:11].tolist() == [5, 5, 5, 6, 6, 6] and pos[2, 5:11].tolist() == [5, 6, 7, 5, 6, 7]
+    assert pos[:, 23:].tolist() == [[10, 11, 12, 13]] * 3  # 9 + 1
+    host.text_after = "grid"
+    assert host.positions(5, (3, 4, 6), 4)[:, 23:].tolist() == [[8, 9, 10, 11]] * 3  # 5 + max(2, 3)
+    grid_rule = host.positions(5, (2, 4, 6), 4)
+    host.text_after = "max"
+    assert torch.equal(host.positions(5, (2, 4, 6), 4), grid_rule)
 
 
 def test_prumerge_says_why_it_does_not_apply(qwen):

@@ -9,12 +9,17 @@ groups of Nv = grid_h * grid_w / 4 merged tokens; here t = 3, a 2 x 3 block grid
                   g0: m(0,0) m(0,1) m(0,2) m(1,0) m(1,1) m(1,2)     frame 0 (span)  (t, h, w) = (s, s+i, s+j)
                   g1: m(0,0) ...                   m(1,2)           frame 1 (span)  (s + 1*dt, s+i, s+j)
                   g2: m(0,0) ...                   m(1,2)           frame 2 (span)  (s + 2*dt, s+i, s+j)
-                  <|vision_end|>{question}<|im_end|>\\n<|im_start|>assistant\\n     question rows: from s + 3
-                                                                                    (s + max(blocks a side))
+                  <|vision_end|>{question}<|im_end|>\\n<|im_start|>assistant\\n     question rows: from s + 2*dt + 1
+                                                                      (the video's largest position + 1)
 
 dt = tokens_per_second * seconds per group (2 frames / the sampled fps): 2 * 1 = 2 for Qwen2.5-VL-7B at 2 fps.
-The first generated token sits at (largest prompt position) + 1 on all three axes, transformers' `rope_deltas`:
-the positions transformers' get_rope_index gives these rows (tested against it).
+The first generated token sits at (largest prompt position) + 1 on all three axes, transformers' `rope_deltas`.
+
+subtle: where the text after the video starts is not the same everywhere. Qwen's own get_rope_index (the Qwen2.5-VL
+repository, vLLM, transformers 4.x) starts it at the video's largest position + 1, t included; the transformers the
+tests run against (5.x) starts it at s + max(blocks a side), below the last groups' t when the video is long. The
+model was trained with the first; `text_after = "max"` (the default) follows it, `"grid"` follows transformers 5.x
+(the parity tests use it; the two agree while (t - 1) * dt < max(blocks a side)).
 
 What LLM-VTP ranks: each temporal group is a frame (T = t, Nv = blocks a group); the span is one contiguous run.
 
@@ -119,6 +124,7 @@ class Qwen25VL(nn.Module):
         self.llm = Transformer(text)
         self.image_token, self.frames, self.fps = video_token, frames, fps
         self.mean, self.std, self.min_pixels, self.max_pixels = tuple(mean), tuple(std), min_pixels, max_pixels
+        self.text_after = "max"  # where the text after the video starts: see the module's docstring
 
     @classmethod
     def from_hf(cls, hf: dict, preprocessor: dict = None) -> "Qwen25VL":
@@ -162,16 +168,21 @@ class Qwen25VL(nn.Module):
         return self.vision(patches, grid), grid
 
     def positions(self, n_before: int, grid, n_after: int):
-        """transformers' get_rope_index for [text; video; text]: (3, N). Text rows count up on all three axes; a
-        video token's t is the group times tokens_per_second * seconds a group, its h and w its merge block's row
-        and column, all from where the text stopped; the text after goes on from there + max(blocks a side)."""
+        """get_rope_index for [text; video; text]: (3, N). Text rows count up on all three axes; a video token's t is
+        the group times tokens_per_second * seconds a group, its h and w its merge block's row and column, all from
+        where the text stopped; the text after goes on from the video's largest position + 1 (text_after "max") or
+        from where the text stopped + max(blocks a side) (text_after "grid", transformers 5.x)."""
         cfg = self.vision.cfg
         t, h, w = grid[0], grid[1] // cfg.merge_size, grid[2] // cfg.merge_size
         dt = cfg.tokens_per_second * cfg.temporal_patch_size / self.fps  # positions per temporal group
         before = torch.arange(n_before).expand(3, -1)
         tt, hh, ww = torch.meshgrid((torch.arange(t) * dt).long(), torch.arange(h), torch.arange(w), indexing="ij")
         video = torch.stack([tt, hh, ww]).reshape(3, -1) + n_before
-        after = torch.arange(n_after).expand(3, -1) + n_before + max(h, w)
+        if self.text_after not in ("max", "grid"):
+            raise ValueError(f"text_after={self.text_after!r} must be 'max' (Qwen's get_rope_index) or 'grid' "
+                             "(transformers 5.x)")
+        first = int(video.max()) + 1 if self.text_after == "max" else n_before + max(h, w)
+        after = torch.arange(n_after).expand(3, -1) + first
         return torch.cat([before, video, after], dim=1)
 
     def prompt(self, ids: torch.Tensor, pixels, prumerge=False) -> Prompt:
