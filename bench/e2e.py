@@ -297,8 +297,10 @@ def qwen_part(tiny: bool, reps: int) -> dict:
         grid = patches[1]
         i = (ids == V - 2).nonzero().item()
         full = torch.cat([ids[:i], ids[i:i + 1].repeat(grid[0] * grid[1] * grid[2] // 4), ids[i + 1:]])[None]
-        out = hf.generate(input_ids=full, pixel_values_videos=patches[0], video_grid_thw=torch.tensor([grid], device=dev),
-                          second_per_grid_ts=torch.tensor([1.0], device=dev), mm_token_type_ids=(full == V - 2).int() * 2,
+        out = hf.generate(input_ids=full, pixel_values_videos=patches[0],
+                          video_grid_thw=torch.tensor([grid], device=dev),
+                          second_per_grid_ts=torch.tensor([1.0], device=dev),
+                          mm_token_type_ids=(full == V - 2).int() * 2,
                           max_new_tokens=n, min_new_tokens=n, do_sample=False)
         return out[0, full.shape[1]:].tolist()
 

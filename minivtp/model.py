@@ -48,7 +48,7 @@ class Config:  # read from a Hugging Face config.json by minivtp/hf_config.py, w
     qkv_bias: bool = False  # bias on q, k and v but not o: Qwen2's one change to LLaMA's layer
     qk_norm: bool = False  # Qwen3: each head's q and k RMS-normalised (over D) before RoPE
     mrope_section: tuple = ()  # M-RoPE (Qwen2.5-VL, Qwen3-VL): how many of the D/2 frequencies turn with t, h, w
-    mrope_layout: str = "chunked"  # "chunked" t..t h..h w..w (Qwen2-VL, Qwen2.5-VL); "interleaved" t h w t h w (Qwen3-VL)
+    mrope_layout: str = "chunked"  # "chunked" t..t h..h w..w (Qwen2.5-VL); "interleaved" t h w t h w (Qwen3-VL)
 
     def __post_init__(self):
         if self.head_dim == 0:

@@ -83,7 +83,8 @@ def test_preprocess_equals_the_image_processor_on_frames_of_the_target_size():
     torch.nn.Module.__init__(host)
     host.vision = QwenViT.__new__(QwenViT)
     host.vision.cfg = QwenViTConfig()
-    host.mean, host.std, host.min_pixels, host.max_pixels = qwen2_5_vl.CLIP_MEAN, qwen2_5_vl.CLIP_STD, 56 * 56, 28 * 28 * 16
+    host.mean, host.std = qwen2_5_vl.CLIP_MEAN, qwen2_5_vl.CLIP_STD
+    host.min_pixels, host.max_pixels = 56 * 56, 28 * 28 * 16
     pixels = host.preprocess(frame[None])  # one frame: padded to a group of two
     patches, grid = patchify(pixels, host.vision.cfg)
     assert list(grid) == want["image_grid_thw"][0].tolist() == [1, 4, 6]
@@ -170,8 +171,8 @@ def test_generation_continues_from_rope_deltas_as_transformers_generates(qwen):
     embeds, video, positions = host.prompt(ids, pixels)
     inputs = hf_inputs(host, ids, pixels, token_ids)
     with torch.no_grad():
-        want = hf.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True,
-                           eos_token_id=None)
+        want = hf.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True,
+                           return_dict_in_generate=True, eos_token_id=None)
     out = generate(host.llm, embeds, 6, positions=positions)
     assert out.tokens.tolist() == want.sequences[0, inputs["input_ids"].shape[1]:].tolist()
     torch.testing.assert_close(out.logits, torch.cat(want.logits).float(), rtol=1e-4, atol=1e-4)

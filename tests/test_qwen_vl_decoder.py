@@ -64,7 +64,8 @@ def test_config_reads_sections_and_layouts():
 
 def test_mrope_axes_spelled_out():
     # chunked (2, 3, 3): t t h h h w w w; interleaved (4, 2, 2): t h w t h w t t
-    assert mrope_axes(Config(dim=64, n_heads=4, n_kv_heads=4, head_dim=16, mrope_section=(2, 3, 3))).tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
+    chunked = Config(dim=64, n_heads=4, n_kv_heads=4, head_dim=16, mrope_section=(2, 3, 3))
+    assert mrope_axes(chunked).tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
     assert mrope_axes(Config(dim=64, n_heads=4, n_kv_heads=4, head_dim=16, mrope_section=(4, 2, 2),
                              mrope_layout="interleaved")).tolist() == [0, 1, 2, 0, 1, 2, 0, 0]
 

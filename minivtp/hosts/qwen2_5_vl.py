@@ -57,22 +57,13 @@ import weights
 from minivtp.hf_config import config_from_hf
 from minivtp.hosts.qwen_vit import QwenViT, QwenViTConfig, patchify
 from minivtp.model import Transformer
+from minivtp.prompts import qwen_vl_prompt
 from minivtp.vision import CLIP_MEAN, CLIP_STD
 from minivtp.vtp import VideoSpan
 
 # the video processor's defaults (transformers' Qwen2VLVideoProcessor): pixels a frame, after resizing
 MIN_PIXELS, MAX_PIXELS = 128 * 28 * 28, 768 * 28 * 28
-SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-
-
-def chat_prompt(question: str) -> str:
-    """The chat template's text for one user turn of a video then the question, and the assistant's turn opened.
-
-    >>> chat_prompt("Why?")
-    '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\\n<|im_start|>assistant\\n'
-    """
-    return f"{SYSTEM}<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n" \
-           "<|im_start|>assistant\n"
+chat_prompt = qwen_vl_prompt  # the chat template's text for a video and a question (minivtp/prompts.py)
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
@@ -83,7 +74,8 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = MI
     h, w = round(height / factor) * factor, round(width / factor) * factor
     if h * w > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
-        h, w = max(factor, math.floor(height / beta / factor) * factor), max(factor, math.floor(width / beta / factor) * factor)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
     elif h * w < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
         h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
@@ -137,7 +129,8 @@ class Qwen25VL(nn.Module):
         size = p.get("size") or {}
         return cls(config_from_hf(text), QwenViTConfig.from_hf(hf.get("vision_config") or {}),
                    video_token=hf.get("video_token_id", text.get("video_token_id", 151656)),
-                   frames=hf.get("num_frames") or 32, mean=p.get("image_mean", CLIP_MEAN), std=p.get("image_std", CLIP_STD),
+                   frames=hf.get("num_frames") or 32, mean=p.get("image_mean", CLIP_MEAN),
+                   std=p.get("image_std", CLIP_STD),
                    min_pixels=p.get("min_pixels") or size.get("shortest_edge") or MIN_PIXELS,
                    max_pixels=p.get("max_pixels") or size.get("longest_edge") or MAX_PIXELS)
 
