@@ -469,6 +469,8 @@ def describe_video(model) -> str:
                         f"{v.patch_size}px patches; Q-Former {q.n_layers} layers, width {q.dim}, {q.n_query} queries")
         lines.insert(3, f"video        {model.arrangement}: {model.frames} frames, {model.tokens_per_frame()} tokens "
                         f"per frame")
+    elif hasattr(model, "describe_lines"):  # a host that says itself (minivtp/hosts/qwen2_5_vl.py)
+        lines[2:2] = model.describe_lines()
     elif hasattr(model, "vision"):
         v = model.vision.cfg
         tower = "SigLIP" if type(model).__module__.startswith("minivtp.hosts") else "CLIP ViT"

@@ -7,7 +7,8 @@ generate.
 Prefill runs layers 1..M on the whole prompt. At layer M it scores the video tokens by the question's
 attention (Eq. 4-6), then only the prefix, the kept video rows and the question rows go on to layers
 M+1..L, and the caches of layers 1..M drop the other rows (Eq. 7-8). Positions travel with the rows: a kept
-token keeps its RoPE position, and the first generated token sits at the *original* prompt length.
+token keeps its RoPE position, and the first generated token sits at the *original* prompt length (M-RoPE hosts,
+whose positions are (t, h, w): a kept token keeps its three, the first generated token sits at the largest + 1).
 """
 
 import functools

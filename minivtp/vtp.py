@@ -7,6 +7,16 @@ here is shifted by `VideoSpan.start`:
                   start .. end-1        video, T frames of Nv tokens, frame by frame      (paper: :TNv)
                   end .. N-1            question rows, template words like "ASSISTANT:" included (paper: TNv:)
 
+Frames separated by text (Qwen3-VL writes "<0.5 seconds>" before each temporal group) name where each begins,
+VideoSpan.frame_starts; the text between them is kept like the prefix and never ranked:
+
+    prompt rows   0 .. start-1                            prefix
+                  frame_starts[0] .. +Nv-1                frame 0
+                  ..                                      "<1.0 seconds>": kept, not scored, not ranked
+                  frame_starts[1] .. +Nv-1                frame 1
+                  ...
+                  end .. N-1  (end = frame_starts[-1] + Nv)   question rows
+
 Dimensions: T frames, Nv tokens per frame, Nq question rows, H heads, N prompt rows, S kept video tokens.
 
 A worked example with made-up scores, 2 frames of 4 tokens, alpha = 0.5 (keep ceil(0.5 * 4) = 2 per frame):
@@ -186,8 +196,8 @@ def layer_attention(block, x_in, cos, sin, pos, cache, rows=None, rope="after", 
     elif rope == "before":
         # released: llama.py:447, `attn_weights_wo_pos` from query_states, key_states before apply_rotary_pos_emb
         # (it has no repeat_kv there, so it runs only where Hkv = H, as in Vicuna-7B; here the kv heads repeat)
-        q = attn.heads(attn.wq(h), attn.n_heads)  # (1, H, Nr, D), no RoPE
-        k = repeat_kv(attn.heads(attn.wk(block.attn_norm(x_in)), attn.n_kv_heads), n_rep)  # (1, H, N, D)
+        q = attn.q_heads(attn.wq(h))  # (1, H, Nr, D), no RoPE (Qwen3: after its per-head norm)
+        k = repeat_kv(attn.k_heads(attn.wk(block.attn_norm(x_in))), n_rep)  # (1, H, N, D)
         k_pos = pos  # (N,)
     else:
         raise ValueError(f"rope={rope!r} must be 'after' (the paper) or 'before' (the released code)")

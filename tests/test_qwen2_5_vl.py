@@ -319,3 +319,11 @@ def test_eval_runs(small, tmp_path):
               tmp_path / "r.jsonl", "--method", "llm-vtp", "--alpha", 0.5, "--layer", 2, "--device", "cpu")
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "r.jsonl").read_text().strip()
+
+
+def test_weights_cli_describes_the_host(small):
+    local, _ = small
+    out = subprocess.run([sys.executable, "weights.py", str(local)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Qwen2.5-VL ViT, 4 blocks (whole frames in [1, 3]" in out.stdout and "M-RoPE [2, 3, 3]" in out.stdout

@@ -181,3 +181,26 @@ def test_pruning_drops_the_deepstack_rows_of_dropped_tokens(layer):
     full = generate(ours, x, 4, video=video, alpha=1.0, layer=layer, positions=pos, added=added)
     plain = generate(ours, x, 4, positions=pos, added=added)
     assert torch.equal(full.tokens, plain.tokens) and torch.equal(full.logits, plain.logits)
+
+
+def test_released_scores_before_rope_go_through_qwen3s_norms():
+    """The released variant's scores (q, k before RoPE) on a model with per-head q/k norms: at position 0 for every
+    row RoPE turns nothing, so they equal the paper's after-RoPE scores, norms and all (a path that skipped the
+    norms would not)."""
+    from minivtp import vtp
+    torch.manual_seed(3)
+    cfg = config_from_hf(qwen3_text().to_dict())
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attn.q_norm.weight.uniform_(0.2, 3.0), layer.attn.k_norm.weight.uniform_(0.2, 3.0)
+    x = torch.randn(1, 9, 64)
+    zero = torch.zeros(3, 9, dtype=torch.long)
+    cos, sin = model.rope(zero)
+    caches = model.new_caches(max_len=9)
+    rows = torch.arange(9)
+    with torch.no_grad():
+        model.forward_layers(x, cos, sin, rows, caches, stop=1)
+        after = vtp.layer_attention(model.layers[0], x, cos, sin, rows, caches[0], causal=False)
+        before = vtp.layer_attention(model.layers[0], x, cos, sin, rows, caches[0], rope="before", causal=False)
+    torch.testing.assert_close(before, after, rtol=1e-5, atol=1e-6)

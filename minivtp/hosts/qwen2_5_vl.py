@@ -134,6 +134,14 @@ class Qwen25VL(nn.Module):
                    min_pixels=p.get("min_pixels") or size.get("shortest_edge") or MIN_PIXELS,
                    max_pixels=p.get("max_pixels") or size.get("longest_edge") or MAX_PIXELS)
 
+    def describe_lines(self) -> list:  # for `python weights.py DIR`
+        v = self.vision.cfg
+        return [f"vision       Qwen2.5-VL ViT, {v.depth} blocks (whole frames in {list(v.fullatt_block_indexes)}, "
+                f"{v.window_size}px windows in the rest), width {v.dim}, {v.temporal_patch_size} x {v.patch_size} x "
+                f"{v.patch_size} patches, {v.merge_size} x {v.merge_size} merger",
+                f"video        qwen2.5-vl: {self.frames} frames in groups of {v.temporal_patch_size}, (H/28) x (W/28) "
+                f"tokens a group, M-RoPE {list(self.llm.cfg.mrope_section)}"]
+
     def sample_indices(self, n_available: int, n: int):
         return sample_indices(n_available, n, self.vision.cfg.temporal_patch_size)
 
