@@ -142,6 +142,9 @@ def heatmap(frames, scores, kept, video, model, size=168):
     from minivtp import png
 
     T, Nv = video.frames, video.tokens_per_frame
+    if model.arrangement == "qwen2.5-vl":
+        raise ValueError("--heatmap draws square token grids; Qwen2.5-VL's are (H/28) x (W/28) per group of 2 frames, "
+                         "not drawn yet")
     if getattr(model, "newline", None) == "frame":
         raise ValueError("--heatmap draws a frame's tokens on its grid; with a newline token after every frame "
                          "(mm_newline_position 'frame') that layout is not drawn")

@@ -327,3 +327,10 @@ def test_weights_cli_describes_the_host(small):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Qwen2.5-VL ViT, 4 blocks (whole frames in [1, 3]" in out.stdout and "M-RoPE [2, 3, 3]" in out.stdout
+
+
+def test_cli_heatmap_is_one_clear_error(small, tmp_path):
+    local, clip = small
+    out = run("answer", "--weights", local, "--video", clip, "--question", "Why?", "--alpha", 0.5, "--layer", 2,
+              "--heatmap", tmp_path / "h.png", "--max-new-tokens", 1, "--device", "cpu")
+    assert out.returncode != 0 and "not drawn yet" in out.stderr and "Traceback" not in out.stderr
