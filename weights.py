@@ -24,7 +24,7 @@ from minivtp.checkpoint import (
     read_config,
 )
 from minivtp.hf_config import config_from_hf
-from minivtp.hosts import instructblip, llava, llava_onevision, stllm, videochat2
+from minivtp.hosts import instructblip, llava, llava_onevision, qwen2_5_vl, stllm, videochat2
 from minivtp.model import Transformer
 
 # config.json's model_type -> the host file whose load(path, dtype, device, progress, lora_alpha) builds it
@@ -32,6 +32,7 @@ HOSTS = {
     "llava": llava, "pllava": llava, "tarsier": llava,  # the paper's hosts: CLIP tower, LLaMA decoder
     "llava_onevision": llava_onevision, "llava_qwen": llava_onevision,  # transformers' / LLaVA-NeXT's layout
     "instructblipvideo": instructblip, "st_llm_hf": stllm, "videochat2": videochat2,  # the Q-Former hosts (Tab. 8)
+    "qwen2_5_vl": qwen2_5_vl,  # Qwen2.5-VL: its ViT, M-RoPE positions and names
 }
 QFORMER_HOSTS = ("instructblipvideo", "st_llm_hf", "videochat2")
 
@@ -119,6 +120,8 @@ def describe_video(model) -> str:
                         f"{v.patch_size}px patches; Q-Former {q.n_layers} layers, width {q.dim}, {q.n_query} queries")
         lines.insert(3, f"video        {model.arrangement}: {model.frames} frames, {model.tokens_per_frame()} tokens "
                         f"per frame")
+    elif hasattr(model, "describe_lines"):  # a host that says itself (minivtp/hosts/qwen2_5_vl.py)
+        lines[2:2] = model.describe_lines()
     elif hasattr(model, "vision"):
         v = model.vision.cfg
         tower = "SigLIP" if type(model.vision).__name__ == "SiglipTower" else "CLIP ViT"

@@ -26,6 +26,10 @@ Parts (--parts, in this order; the model changes from one to the next as eval an
              FastDecoder(step="tuned") (the decode step through the autotuned block)
   hf         transformers: CLIPVisionModel + LlamaForCausalLM.generate on the same embeddings, its default cache
   hf-static  the same with cache_implementation="static" (which compiles the decode step)
+  qwen2.5-vl (only when named) Qwen2.5-VL-7B's shape, random weights shared by both: minivtp's host
+             (minivtp/hosts/qwen2_5_vl.py, eager: M-RoPE prompts decode without fast.py) unpruned and LLM-VTP
+             (alpha 0.1 M 10) against transformers' Qwen2_5_VLForConditionalGeneration.generate, 32 frames at
+             448 x 448 (16 groups of 256 tokens), per question; CUDA only (--tiny runs it on the CPU)
 Settings: unpruned, LLM-VTP (alpha 0.1 M 10; alpha 0.2 M 5), FastV (alpha 0.1, K 10), Look-M (recent = important =
 0.05), PruMerge+ (in the vision tower). Names and JSON keys are those bench/e2e.py has always printed, so runs of
 earlier commits compare line by line: "SETTING[ eager| compiled] | TOKENS" -> first_s, median_s.
@@ -33,6 +37,7 @@ earlier commits compare line by line: "SETTING[ eager| compiled] | TOKENS" -> fi
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +50,7 @@ from minivtp.generate import generate
 from minivtp.rivals import PruMergePlus
 
 PARTS = ("eager", "graphs", "answer", "growth", "compiled", "hf", "hf-static")
+NAMED_ONLY = ("qwen2.5-vl",)  # run when --parts names them, never by default
 KINDS = {"eager": " eager", "graphs": "", "answer": " answer", "compiled": " compiled"}  # the old e2e.py's suffixes
 
 
@@ -236,6 +242,99 @@ def summary(res):
                                                                           "at none of these lengths"))
 
 
+QWEN = {  # Qwen/Qwen2.5-VL-7B-Instruct's config.json, and a tiny twin (frames, side in pixels)
+    "7b": dict(text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+                         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24])),
+               vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                           window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
+               frames=32, side=448, layer=10),
+    "tiny": dict(text=dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=8192,
+                           rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 3, 3])),
+                 vision=dict(depth=4, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                             window_size=56, fullatt_block_indexes=[1, 3]),
+                 frames=4, side=112, layer=2),
+}
+
+
+def qwen_part(tiny: bool, reps: int) -> dict:
+    """minivtp's Qwen2.5-VL host against transformers' pipeline, per question (pixels in, answer out), same weights."""
+    import transformers
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
+    from minivtp.generate import Method
+    from minivtp.hosts.qwen2_5_vl import Qwen25VL, transformers_to_ours
+    q = QWEN["tiny" if tiny else "7b"]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if dev == "cuda" and not tiny else torch.float32
+    V = q["text"]["vocab_size"]
+    ids_of = dict(vision_start_token_id=V - 4, vision_end_token_id=V - 3, video_token_id=V - 2, image_token_id=V - 1)
+    cfg = Qwen2_5_VLConfig(text_config=q["text"], vision_config=q["vision"], **ids_of)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        hf = transformers.Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval()
+    with torch.device("meta"):
+        ours = Qwen25VL.from_hf(cfg.to_dict())
+    ours.load_state_dict({transformers_to_ours(k): v for k, v in hf.state_dict().items()}, assign=True)  # shared
+    ours.eval()
+    ours.min_pixels = ours.max_pixels = q["side"] ** 2  # the frames as they are
+    ours.text_after = "grid"  # transformers 5.x's positions after the video, so the answers can be compared
+    frames = torch.randint(0, 256, (q["frames"], q["side"], q["side"], 3), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.cat([torch.randint(0, V - 8, (14,), generator=g), torch.tensor([V - 4, V - 2, V - 3]),
+                     torch.randint(0, V - 8, (57,), generator=g)]).to(dev)
+    res = dict(device=dev, dtype=str(dtype), frames=q["frames"], side=q["side"], minivtp={}, transformers={})
+
+    def ours_answer(n, method):
+        pixels = ours.preprocess(frames).to(dev, dtype)
+        embeds, video, positions = ours.prompt(ids, pixels)
+        out = generate(ours.llm, embeds, n, video=video if method else None, method=method, positions=positions)
+        res["video_tokens"], res["prompt_rows"] = video.frames * video.tokens_per_frame, embeds.shape[1]
+        return out.tokens.tolist()
+
+    def hf_answer(n):
+        pixels = ours.preprocess(frames).to(dev, dtype)  # the processor's pixels are the host's (tests/test_qwen2_5_vl)
+        patches = rearrange_patches(ours, pixels)
+        grid = patches[1]
+        i = (ids == V - 2).nonzero().item()
+        full = torch.cat([ids[:i], ids[i:i + 1].repeat(grid[0] * grid[1] * grid[2] // 4), ids[i + 1:]])[None]
+        out = hf.generate(input_ids=full, pixel_values_videos=patches[0],
+                          video_grid_thw=torch.tensor([grid], device=dev),
+                          second_per_grid_ts=torch.tensor([1.0], device=dev),
+                          mm_token_type_ids=(full == V - 2).int() * 2,
+                          max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return out[0, full.shape[1]:].tolist()
+
+    settings = {"unpruned": None, "llm-vtp a0.1 M10": Method(alpha=0.1, layer=q["layer"])}
+    with torch.no_grad():
+        for n in (5, 72) if not tiny else (2, 4):
+            for name, method in settings.items():
+                res["minivtp"][f"{name} | {n}"] = timed(lambda: ours_answer(n, method), reps, dev)
+            res["transformers"][f"unpruned | {n}"] = timed(lambda: hf_answer(n), reps, dev)
+            same = ours_answer(n, None) == hf_answer(n)
+            res[f"same_answer | {n}"] = same
+            print(f"qwen2.5-vl {n} tokens: " + ", ".join(f"{k.split(' |')[0]} {v['median_s']:.3f} s" for k, v in
+                                                     res["minivtp"].items() if k.endswith(f"| {n}")) +
+                  f"; transformers {res['transformers'][f'unpruned | {n}']['median_s']:.3f} s; same answer: {same}",
+                  flush=True)
+    return res
+
+
+def rearrange_patches(host, pixels):
+    from minivtp.hosts.qwen_vit import patchify
+    return patchify(pixels, host.vision.cfg)
+
+
+def timed(fn, reps: int, dev) -> dict:
+    """The first call apart, then the median of the rest, in seconds (the GPU synchronised around each)."""
+    times = []
+    for _ in range(max(2, reps)):
+        t = clock(dev)
+        fn()
+        times.append(clock(dev) - t)
+    return dict(first_s=times[0], median_s=statistics.median(times[1:]))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, help="folder for e2e.json (required unless --compare)")
@@ -251,7 +350,11 @@ def main(argv=None):
         return common.compare(*args.compare)
     if args.out is None:
         p.error("--out is required")
-    chosen = common.parts(args.parts, PARTS)
+    chosen = common.parts(args.parts, PARTS + NAMED_ONLY) if args.parts else list(PARTS)
+    if "qwen2.5-vl" in chosen and not args.tiny and not torch.cuda.is_available():
+        print("error: --parts qwen2.5-vl runs Qwen2.5-VL-7B's shape on CUDA (about 17 GB in bf16) and this machine "
+              "has no GPU; --tiny runs it at a tiny shape on the CPU", file=sys.stderr)
+        return 2
     s = common.shape(args.tiny)
     reps = args.reps or (2 if args.tiny else 4)
     res = dict(common.machine(), script="e2e", tiny=args.tiny, parts=chosen, prompt_rows=s.rows,
@@ -260,6 +363,12 @@ def main(argv=None):
     def save():
         return common.write_json(args.out, "e2e.json", res)
 
+    if "qwen2.5-vl" in chosen:
+        res["qwen2.5-vl"] = qwen_part(args.tiny, reps)
+        save()
+        if set(chosen) <= set(NAMED_ONLY):
+            print("wrote", save())
+            return 0
     torch.manual_seed(0)
     model = common.random_video_llm(s)
     pixels, ids = common.random_pixels(s), common.prompt_ids(s)

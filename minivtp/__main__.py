@@ -32,7 +32,7 @@ from minivtp.cli import (
 
 
 def answer(args):
-    from minivtp.evaluation.pipeline import Pipeline
+    from minivtp.evaluation.pipeline import Pipeline, generate_for
     from minivtp.hosts.prompts import PLLAVA_TEMPLATES
     from minivtp.lab import png
 
@@ -48,10 +48,15 @@ def answer(args):
     frames, note = pipe.read(args.video)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    if args.heatmap and pipe.vm.cells(pipe.vm.tokens_per_frame()) is None:  # said before the answer, not after
-        raise ValueError("--heatmap draws over a frame's patches; this host's video tokens have no place in the "
-                         "frame (a Q-Former's queries, a newline after every frame)")
-    a = pipe.answer(frames, args.question, method, args.max_new_tokens, args.template)
+    if args.heatmap and (method is None or args.method in ("look-m", "random", "prumerge+")):
+        raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
+                         "--method llm-vtp, complement or fastv")
+    job = pipe.begin(frames, args.question, method, args.max_new_tokens, args.template)
+    if args.heatmap and pipe.vm.cells(job.prompt.video.tokens_per_frame) is None:  # said before the answer
+        raise ValueError("--heatmap draws over a frame's patches; this host's video tokens have no place on a "
+                         "square grid of the frame (a Q-Former's queries, a newline after every frame, Qwen-VL's "
+                         "groups of two frames)")
+    a = pipe.finish(job, generate_for(pipe.vm.llm, job.question, job.method, pipe.decoder))
     if a.note:
         print(f"note: {a.note}", file=sys.stderr)
     out, video = a.generation, a.prompt.video
@@ -65,9 +70,6 @@ def answer(args):
     if a.note:
         result["note"] = a.note
     if args.heatmap:
-        if method is None or args.method in ("look-m", "random", "prumerge+"):
-            raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
-                             "--method llm-vtp, complement or fastv")
         png.write_png(args.heatmap, heatmap(frames, out.pruning.scores.float().cpu(), out.kept.cpu(), video, pipe.vm))
         result["heatmap"] = str(args.heatmap)
     print(json.dumps(result) if args.json else report(result))

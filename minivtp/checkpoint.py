@@ -102,6 +102,7 @@ HF_TO_OURS = [
     (r"model\.layers\.(\d+)\.mlp\.down_proj\.", r"layers.\1.mlp.w_down."),
     (r"model\.layers\.(\d+)\.input_layernorm\.", r"layers.\1.attn_norm."),
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.", r"layers.\1.mlp_norm."),
+    (r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.", r"layers.\1.attn.\2_norm."),  # Qwen3's per-head norms
     (r"model\.norm\.", "norm."),
     (r"lm_head\.", "output."),
 ]

@@ -3,6 +3,7 @@
     python -m minivtp flops --preset pllava-7b --alpha 0.2 --layer 5 --json
     python -m minivtp flops --preset pllava-7b --method prumerge+ --keep 0.365
     python -m minivtp flops --preset llava-ov-7b --alpha 0.1 --layer 10      # LLaVA-OneVision-7B; llava-video-7b
+    python -m minivtp flops --preset qwen2.5-vl-7b --alpha 0.1 --layer 10    # Qwen2.5-VL-7B; qwen3-vl-8b
 
 A multiply-add is 2 FLOPs. Per decoder layer, for n rows that attend to n rows:
 
@@ -31,6 +32,13 @@ VICUNA_7B = Config(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_hea
 QWEN2_7B = Config(vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, hidden_dim=18944,
                   norm_eps=1e-6, rope_theta=1e6, max_seq_len=32768, qkv_bias=True)
 QWEN2_7B_OV = replace(QWEN2_7B, vocab_size=152128)
+# Qwen/Qwen2.5-VL-7B-Instruct's config.json: Qwen2-7B's decoder shapes, M-RoPE sections [16, 24, 24]
+QWEN25_VL_7B = replace(QWEN2_7B, max_seq_len=128000, mrope_section=(16, 24, 24))
+# Qwen/Qwen3-VL-8B-Instruct's text_config: 36 layers, 32 query heads, 8 key/value heads of 128, MLP 12288, theta
+# 5e6, per-head q/k norms, interleaved M-RoPE [24, 20, 20]
+QWEN3_VL_8B = Config(vocab_size=151936, dim=4096, n_layers=36, n_heads=32, n_kv_heads=8, head_dim=128,
+                     hidden_dim=12288, norm_eps=1e-6, rope_theta=5e6, max_seq_len=262144, qk_norm=True,
+                     mrope_section=(24, 20, 20), mrope_layout="interleaved")
 
 # Host models built on Vicuna-7B, with the token counts of the paper's setting. prefix = system prompt rows
 # before the video, question = every row after it (question, options, "ASSISTANT:"). The text lengths are
@@ -58,13 +66,22 @@ PRESETS = {
     # system prompt and "###Human: <Video>", after it "</Video>\n###Human: ", the system prompt again and the
     # question
     "videochat2": dict(cfg=VICUNA_7B, prefix=1 + 35 + 8, frames=1, tokens_per_frame=96, question=8 + 35 + 60),
+    # Qwen2.5-VL-7B (minivtp/hosts/qwen2_5_vl.py): 32 frames at 448 x 448, as the 2025 pruning papers run it (FastVID,
+    # FlashVID, VidCom2 use 32 or more); 2 frames a temporal group, 32 x 32 patches merged 2 x 2: 16 "frames" of
+    # 16 x 16 = 256 tokens. prefix: the chat template's system turn, "<|im_start|>user\n<|vision_start|>" (about 15)
+    "qwen2.5-vl-7b": dict(cfg=QWEN25_VL_7B, prefix=15, frames=16, tokens_per_frame=16 * 16, question=60),
+    # Qwen3-VL-8B: 32 frames at 512 x 512, 16 x 16 patches merged 2 x 2: 16 groups of 16 x 16 = 256 tokens. Its
+    # prompt puts "<t seconds>" and the vision markers before each group (about 7 rows each): those rows are never
+    # pruned, so they are counted with the prefix (FLOPs do not depend on where kept rows sit). DeepStack's adds are
+    # O(n C) and left out with the norms.
+    "qwen3-vl-8b": dict(cfg=QWEN3_VL_8B, prefix=4 + 16 * 7, frames=16, tokens_per_frame=16 * 16, question=60),
 }
 # Tab. 8 (alpha 0.1, M 10): ST-LLM 5.4 -> 2.1 TFLOPs, VideoChat2 1.1 -> 0.5
 PAPER_TAB8 = {"st-llm": (5.4, 2.1), "videochat2": (1.1, 0.5)}
 QFORMER_PRESETS = tuple(PAPER_TAB8)
 
 
-SIGLIP_PRESETS = ("llava-ov-7b", "llava-video-7b")  # no class token: PruMerge+ does not apply
+SIGLIP_PRESETS = ("llava-ov-7b", "llava-video-7b", "qwen2.5-vl-7b", "qwen3-vl-8b")  # no class token: no PruMerge+
 
 
 def layer_flops(cfg: Config, n: int) -> int:
@@ -154,7 +171,7 @@ def main(argv=None):
     preset = dict(PRESETS[args.preset])
     cfg = preset.pop("cfg")
     if args.method == "prumerge+" and args.preset in SIGLIP_PRESETS:
-        print(f"error: PruMerge+ ranks patches by their attention to CLIP's class token; {args.preset}'s SigLIP "
+        print(f"error: PruMerge+ ranks patches by their attention to CLIP's class token; {args.preset}'s vision "
               "tower has none", file=sys.stderr)
         return 2
     if args.frames:

@@ -7,7 +7,8 @@ generate.
 Prefill runs layers 1..M on the whole prompt. At layer M it scores the video tokens by the question's
 attention (Eq. 4-6), then only the prefix, the kept video rows and the question rows go on to layers
 M+1..L, and the caches of layers 1..M drop the other rows (Eq. 7-8). Positions travel with the rows: a kept
-token keeps its RoPE position, and the first generated token sits at the *original* prompt length.
+token keeps its RoPE position, and the first generated token sits at the *original* prompt length (M-RoPE hosts,
+whose positions are (t, h, w): a kept token keeps its three, the first generated token sits at the largest + 1).
 """
 
 import functools
@@ -128,24 +129,29 @@ def choose(method: Method, a_v, video, generator=None):
 
 
 @torch.no_grad()
-def prefill(model, embeds, caches, video=None, method=None, generator=None, decoder=None, **keywords):
+def prefill(model, embeds, caches, video=None, method=None, generator=None, decoder=None, positions=None, added=None,
+            **keywords):
     """Run the prompt (1, N, C) through every layer, pruning at layer M. Returns (last row's logits (V,), Pruning).
 
     `method` is a Method (or its name, with the keywords of Method: alpha=, layer=, ...). Layers M+1..L run
-    through `decoder.rest` when a decoder is given (see generate), through model.forward_layers otherwise."""
+    through `decoder.rest` when a decoder is given (see generate), through model.forward_layers otherwise.
+    `positions`: what RoPE turns each row by, (N,) or M-RoPE's (3, N); default the rows' own 0..N-1. `added`:
+    {layer i: (N, C)} added to the hidden states after layer i+1 (Qwen3-VL's DeepStack, model.forward_layers)."""
     method = Method.from_keywords(method, **keywords).resolved(model.cfg.n_layers)
     if video is not None and not isinstance(video, vtp.VideoSpan):
         raise ValueError(f"video must be a VideoSpan, got {type(video).__name__} (a video PruMerge+ already pruned "
                          "goes to generate with video=None)")
     N = embeds.shape[1]
     pos = torch.arange(N, device=embeds.device)  # (N,) positions; after layer M only the kept ones remain
-    cos, sin = model.rope(pos)
+    # subtle: under M-RoPE a row's rotation is not its row: `pos` orders the rows (the causal mask, the caches),
+    # `positions` turns them; cos and sin are per row, so a kept row keeps its (t, h, w) rotation after pruning
+    cos, sin = model.rope(pos if positions is None else positions)
     if video is None:  # nothing to prune: every layer on every row
-        x = model.forward_layers(embeds, cos, sin, pos, caches)
+        x = model.forward_layers(embeds, cos, sin, pos, caches, added=added)
         return model.head(x[:, -1:])[0, -1], None
     M = method.layer
-    x_in = model.forward_layers(embeds, cos, sin, pos, caches, stop=M - 1)  # layers 1..M-1 on the whole prompt
-    x = model.forward_layers(x_in, cos, sin, pos, caches, start=M - 1, stop=M)  # layer M; x_in scores the video
+    x_in = model.forward_layers(embeds, cos, sin, pos, caches, stop=M - 1, added=added)  # layers 1..M-1, every row
+    x = model.forward_layers(x_in, cos, sin, pos, caches, start=M - 1, stop=M, added=added)  # layer M; x_in scores
     block, cache = model.layers[M - 1], caches[M - 1]
     score = vtp.scores_fast if method.scores == "fast" else vtp.scores_literal
     a_v = score(block, x_in, cos, sin, pos, cache, video, method.head_pool, method.rope, method.causal,
@@ -153,19 +159,25 @@ def prefill(model, embeds, caches, video=None, method=None, generator=None, deco
     S = choose(method, a_v, video, generator)  # Eq. 5-6
     rows = vtp.rows_to_keep(N, video, S)  # prefix + S + question rows
     x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, caches[:M], rows)  # layers M+1..L; Eq. 7-8 on 1..M
+    if added:  # DeepStack's features still to come (after layers M+1..) go with their rows
+        added = {i: a[rows] for i, a in added.items() if i >= M}
+        x = model.forward_layers(x, cos, sin, pos, caches, M, added=added)  # layers M+1..L on the kept rows
+        return model.head(x[:, -1:])[0, -1], Pruning(layer=M, kept=S, rows=rows, scores=a_v)
     rest = model.forward_layers if decoder is None else decoder.rest  # the same function, or its fast twin
     x = rest(x, cos, sin, pos, caches, M)  # layers M+1..L on the kept rows
     return model.head(x[:, -1:])[0, -1], Pruning(layer=M, kept=S, rows=rows, scores=a_v)  # (V,)
 
 
 @torch.no_grad()
-def decode_one_token(model, token, pos: int, caches):
-    """One new token at position `pos`, appended after the last filled row of every cache. Returns logits (V,)."""
+def decode_one_token(model, token, pos: int, caches, rope_pos: int = None):
+    """One new token at position `pos`, appended after the last filled row of every cache. Returns logits (V,).
+    `rope_pos`: where RoPE puts it when that is not `pos` (M-RoPE: the largest prompt position + 1 + i)."""
     # subtle: after pruning a cache holds fewer rows than `pos` says came before (and under FastV the layers do
     # not even agree on how many), so each cache appends after its own last row; the position is the same for
     # all: the original prompt length plus the tokens decoded so far
     p = torch.tensor([pos], device=token.device)  # (1,)
-    return model.forward_embeds(model.embed(token.view(1, 1)), p, caches)[0, -1]
+    r = None if rope_pos is None else torch.tensor([rope_pos], device=token.device)  # a text token: t = h = w
+    return model.forward_embeds(model.embed(token.view(1, 1)), p, caches, r)[0, -1]
 
 
 def pick(logits, temperature: float, generator=None):
@@ -184,7 +196,7 @@ def clock(device) -> float:  # wall-clock seconds, after the GPU has finished wh
 
 @torch.no_grad()
 def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, temperature=0.0, eos_id=None, seed=0,
-             decoder=None, **keywords) -> Generation:
+             decoder=None, positions=None, added=None, **keywords) -> Generation:
     """Answer a prompt of embeddings (1, N, C), pruning at layer M when `video` (a VideoSpan) is given.
 
         generate(model, embeds, 64, video=VideoSpan(35, 16, 144), alpha=0.1, layer=10)
@@ -198,6 +210,8 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
     with `model`, `rest(x, cos, sin, pos, caches, start)` in place of model.forward_layers for layers M+1..L,
     and `steps(caches, new_tokens)`, a function (token, position) -> logits in place of decode_one_token. The
     same numbers, faster on a GPU. None: the functions of this file, as written.
+
+    `positions` (N,) or (3, N), and `added`: the host's RoPE positions and DeepStack rows (see prefill).
     """
     if embeds.dim() != 3 or embeds.shape[0] != 1:
         raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
@@ -215,14 +229,20 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
                          f"model's {model.cfg.max_seq_len} positions")
     if decoder is not None and decoder.model is not model:
         raise ValueError("the decoder was made for another model: make one per model")
+    if positions is not None and positions.shape[-1] != N:
+        raise ValueError(f"positions {tuple(positions.shape)} must give each of the {N} prompt rows a position")
+    if decoder is not None and (positions is not None or added):
+        raise ValueError("decoder= decodes rows whose rotation is their row: a prompt with M-RoPE positions or "
+                         "DeepStack rows decodes with decoder=None")
+    rope_next = N if positions is None else int(positions.max()) + 1  # transformers' rope_deltas: the next token's
     generator = torch.Generator().manual_seed(seed)
     caches = model.new_caches(batch=1, max_len=N + max_new_tokens)
     t0 = clock(embeds.device)
     x = embeds.to(model.embed.weight.dtype)
     if video is None or isinstance(method, Method):
-        logits, pruning = prefill(model, x, caches, video, method, generator, decoder)
+        logits, pruning = prefill(model, x, caches, video, method, generator, decoder, positions, added)
     else:  # a rival of minivtp/rivals/ brings its own prefill
-        logits, pruning = method.prefill(model, x, caches, video, generator, decoder)
+        logits, pruning = method.prefill(model, x, caches, video, generator, decoder, positions, added)
     cache_len, cache_lens = caches[0].length, [c.length for c in caches]
     t1 = clock(embeds.device)
     if decoder is None:
@@ -237,7 +257,8 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
         if (eos_id is not None and token.item() == eos_id) or i == max_new_tokens - 1:
             break
         # subtle: the new token's position goes on from N, the unpruned prompt length, not from the cache's rows
-        logits = step(token, N + i)
+        # (under M-RoPE its rotation goes on from the largest prompt position + 1, pruned or not)
+        logits = step(token, N + i) if rope_next == N else step(token, N + i, rope_pos=rope_next + i)
     t2 = clock(embeds.device)
     kept = pruning.kept if pruning else torch.empty(0, dtype=torch.long)  # video=None: nothing was scored
     return Generation(tokens=torch.stack(tokens), logits=torch.stack(all_logits), kept=kept, cache_len=cache_len,

@@ -46,6 +46,9 @@ class Config:  # read from a Hugging Face config.json by minivtp/hf_config.py, w
     mlp_bias: bool = False
     fused_attention: bool = True  # F.scaled_dot_product_attention; False: the math written out (same numbers)
     qkv_bias: bool = False  # bias on q, k and v but not o: Qwen2's one change to LLaMA's layer
+    qk_norm: bool = False  # Qwen3: each head's q and k RMS-normalised (over D) before RoPE
+    mrope_section: tuple = ()  # M-RoPE (Qwen2.5-VL, Qwen3-VL): how many of the D/2 frequencies turn with t, h, w
+    mrope_layout: str = "chunked"  # "chunked" t..t h..h w..w (Qwen2.5-VL); "interleaved" t h w t h w (Qwen3-VL)
 
     def __post_init__(self):
         if self.head_dim == 0:
@@ -56,6 +59,11 @@ class Config:  # read from a Hugging Face config.json by minivtp/hf_config.py, w
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         if (kind := self.rope_scaling.get("rope_type", "default")) not in ("default", "linear", "llama3"):
             raise ValueError(f"rope_type {kind!r} is not supported (minivtp knows default, linear, llama3)")
+        if self.mrope_section and (sum(self.mrope_section) != self.head_dim // 2 or len(self.mrope_section) != 3
+                                   or self.mrope_layout not in ("chunked", "interleaved")):
+            raise ValueError(f"mrope_section={list(self.mrope_section)} must be 3 numbers (t, h, w) adding up to "
+                             f"head_dim/2 = {self.head_dim // 2}, mrope_layout {self.mrope_layout!r} 'chunked' or "
+                             "'interleaved'")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -103,9 +111,27 @@ def rope_inv_freq(cfg: Config, device=None) -> torch.Tensor:
     return inv_freq
 
 
+def mrope_axes(cfg: Config, device=None) -> torch.Tensor:
+    """M-RoPE: which of a token's three positions (0: t, 1: h, 2: w) turns each of the D/2 frequencies. (D/2,)"""
+    t, h, w = cfg.mrope_section
+    if cfg.mrope_layout == "chunked":  # Qwen2.5-VL: the first t frequencies read t, the next h read h, the last w
+        return torch.tensor([0] * t + [1] * h + [2] * w, device=device)
+    j = torch.arange(t + h + w, device=device)  # Qwen3-VL: t h w t h w ..., until h's and w's counts run out
+    return torch.where((j % 3 == 1) & (j < 3 * h), 1, torch.where((j % 3 == 2) & (j < 3 * w), 2, 0))
+
+
 def rope_cos_sin(cfg: Config, pos: torch.Tensor):
-    """cos and sin for each position. `pos` is explicit: after pruning, positions skip the dropped rows."""
-    freqs = pos.float()[:, None] * rope_inv_freq(cfg, pos.device)[None, :]  # (N, D/2)
+    """cos and sin for each position. `pos` is explicit: after pruning, positions skip the dropped rows.
+
+    pos is (N,), or (3, N) under M-RoPE: each token's (t, h, w); a text token's three are equal."""
+    if pos.dim() == 1:
+        freqs = pos.float()[:, None] * rope_inv_freq(cfg, pos.device)[None, :]  # (N, D/2)
+    else:
+        # subtle: M-RoPE splits the D/2 frequencies between three positions: frequency j turns with t, h or w,
+        # as mrope_axes says. A text token has t = h = w, so its rotation is exactly 1D RoPE's at that position.
+        freqs = pos.float()[:, :, None] * rope_inv_freq(cfg, pos.device)  # (3, N, D/2): every axis at every speed
+        axes = mrope_axes(cfg, pos.device)  # (D/2,)
+        freqs = freqs.gather(0, axes.expand(1, pos.shape[1], -1))[0]  # (N, D/2): frequency j from axis axes[j]
     # subtle: Hugging Face LLaMA checkpoints use the *split-halves* layout: the pair rotated together is
     # (x[i], x[i + D/2]), not the interleaved (x[2i], x[2i+1]) of the RoPE paper. Their q/k weights were
     # permuted to match at conversion time, so interleaving here would silently give a different model.
@@ -223,13 +249,22 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attention_bias)
         self.fused = cfg.fused_attention  # chosen once, as nanoGPT chooses flash: the kernel, or the math above
+        self.qk_norm = cfg.qk_norm  # Qwen3: q and k of each head RMS-normalised, one gain of D channels each
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps), RMSNorm(cfg.head_dim, cfg.norm_eps)
 
     def heads(self, y, n):  # (B, N, n*D) -> (B, n, N, D)
         B, N, _ = y.shape
         return y.view(B, N, n, self.head_dim).transpose(1, 2)
 
     def query(self, x, cos, sin):  # (B, N, C) -> (B, H, N, D), RoPE applied
-        return apply_rope(self.heads(self.wq(x), self.n_heads), cos, sin)
+        return apply_rope(self.q_heads(self.wq(x)), cos, sin)
+
+    def q_heads(self, q):  # (B, N, H*D) -> (B, H, N, D) before RoPE; Qwen3 normalises each head
+        return self.q_norm(self.heads(q, self.n_heads)) if self.qk_norm else self.heads(q, self.n_heads)
+
+    def k_heads(self, k):  # (B, N, Hkv*D) -> (B, Hkv, N, D) before RoPE; Qwen3 normalises each head
+        return self.k_norm(self.heads(k, self.n_kv_heads)) if self.qk_norm else self.heads(k, self.n_kv_heads)
 
     def project(self, x):  # Eq. 2: Q = X W_Q, K = X W_K, V = X W_V -> (B, N, H*D), (B, N, Hkv*D) x2
         return self.wq(x), self.wk(x), self.wv(x)
@@ -237,8 +272,8 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, pos, cache=None):
         B, N, C = x.shape
         q, k, v = self.project(x)
-        q = apply_rope(self.heads(q, self.n_heads), cos, sin)  # (B, H, N, D): RoPE turns positions into rotations
-        k = apply_rope(self.heads(k, self.n_kv_heads), cos, sin)  # (B, Hkv, N, D)
+        q = apply_rope(self.q_heads(q), cos, sin)  # (B, H, N, D): RoPE turns positions into rotations
+        k = apply_rope(self.k_heads(k), cos, sin)  # (B, Hkv, N, D)
         v = self.heads(v, self.n_kv_heads)  # (B, Hkv, N, D)
         k_pos = pos
         if cache is not None:  # this layer's keys so far, these N rows included
@@ -302,7 +337,7 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.output.weight = self.embed.weight
 
-    def rope(self, pos):  # (N,) -> cos, sin (N, D), computed once and shared by every layer
+    def rope(self, pos):  # (N,) or (3, N) -> cos, sin (N, D), computed once and shared by every layer
         cos, sin = rope_cos_sin(self.cfg, pos)  # float32, then in the weights' dtype like q and k
         return cos.to(self.embed.weight.dtype), sin.to(self.embed.weight.dtype)
 
@@ -316,17 +351,24 @@ class Transformer(nn.Module):
         return [KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, w.dtype, w.device)
                 for _ in self.layers]
 
-    def forward_layers(self, x, cos, sin, pos, caches=None, start=0, stop=None):
+    def forward_layers(self, x, cos, sin, pos, caches=None, start=0, stop=None, added=None):
         """Layers start+1..stop (all of them by default) on x (B, N, C) at positions `pos`; layer i writes its
-        keys and values into caches[i] when caches are given. The one loop over the decoder layers."""
+        keys and values into caches[i] when caches are given. The one loop over the decoder layers.
+
+        `added` {i: (N, C)}: rows added to the hidden states after layer i+1 (Qwen3-VL's DeepStack: visual
+        features at the video rows, zeros elsewhere)."""
         stop = len(self.layers) if stop is None else stop
         for i in range(start, stop):
             x = self.layers[i](x, cos, sin, pos, None if caches is None else caches[i])  # (B, N, C)
+            if added is not None and i in added:
+                x = x + added[i].to(x.dtype)
         return x
 
-    def forward_embeds(self, x, pos=None, caches=None):  # (B, N, C) -> (B, N, V)
+    def forward_embeds(self, x, pos=None, caches=None, rope_pos=None):  # (B, N, C) -> (B, N, V)
+        """`pos` (N,) orders the rows (the causal mask, the caches); `rope_pos`, what RoPE rotates by, is the same
+        unless given: (3, N) under M-RoPE, where a token's position is not its row."""
         pos = torch.arange(x.shape[1], device=x.device) if pos is None else pos  # (N,)
-        cos, sin = self.rope(pos)
+        cos, sin = self.rope(pos if rope_pos is None else rope_pos)
         return self.head(self.forward_layers(x, cos, sin, pos, caches))
 
     def forward(self, tokens):

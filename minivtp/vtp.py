@@ -7,6 +7,16 @@ here is shifted by `VideoSpan.start`:
                   start .. end-1        video, T frames of Nv tokens, frame by frame      (paper: :TNv)
                   end .. N-1            question rows, template words like "ASSISTANT:" included (paper: TNv:)
 
+Frames separated by text (Qwen3-VL writes "<0.5 seconds>" before each temporal group) name where each begins,
+VideoSpan.frame_starts; the text between them is kept like the prefix and never ranked:
+
+    prompt rows   0 .. start-1                            prefix
+                  frame_starts[0] .. +Nv-1                frame 0
+                  ..                                      "<1.0 seconds>": kept, not scored, not ranked
+                  frame_starts[1] .. +Nv-1                frame 1
+                  ...
+                  end .. N-1  (end = frame_starts[-1] + Nv)   question rows
+
 Dimensions: T frames, Nv tokens per frame, Nq question rows, H heads, N prompt rows, S kept video tokens.
 
 A worked example with made-up scores, 2 frames of 4 tokens, alpha = 0.5 (keep ceil(0.5 * 4) = 2 per frame):
@@ -46,21 +56,42 @@ from minivtp.model import attention_weights, causal_mask, repeat_kv
 
 @dataclass(frozen=True)
 class VideoSpan:
-    """Where the video sits in the prompt: `frames * tokens_per_frame` consecutive rows from `start`."""
+    """Where the video sits in the prompt: `frames * tokens_per_frame` consecutive rows from `start`.
+
+    Frames separated by text (Qwen3-VL writes a timestamp before each) give `frame_starts`, the row each frame
+    begins at; the rows between frames are then neither video nor question: kept like the prefix, never ranked.
+
+        VideoSpan(3, 2, 4)                         video rows 3..10                        (end = 11)
+        VideoSpan(3, 2, 4, frame_starts=(3, 10))   video rows 3..6 and 10..13; 7..9 text   (end = 14)
+    """
 
     start: int
     frames: int  # T
     tokens_per_frame: int  # Nv
+    frame_starts: tuple = ()  # () : one run, frame t from start + t * Nv
 
     def __post_init__(self):
         for name in ("start", "frames", "tokens_per_frame"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "start" else 1):
                 raise ValueError(f"VideoSpan.{name}={value!r} must be an integer >= {0 if name == 'start' else 1}")
+        s = self.frame_starts
+        if s and (len(s) != self.frames or s[0] != self.start
+                  or any(b < a + self.tokens_per_frame for a, b in zip(s, s[1:]))):
+            raise ValueError(f"VideoSpan.frame_starts={s!r} must give each of the {self.frames} frames its first row, "
+                             f"from start={self.start}, each at least tokens_per_frame={self.tokens_per_frame} after "
+                             "the one before")
 
     @property
     def end(self) -> int:  # first question row
+        if self.frame_starts:
+            return self.frame_starts[-1] + self.tokens_per_frame
         return self.start + self.frames * self.tokens_per_frame
+
+    def rows(self, device=None):
+        """(T*Nv,) the prompt rows of the video tokens, frame by frame: start..end-1 when the frames are one run."""
+        starts = torch.tensor(self.frame_starts or range(self.start, self.end, self.tokens_per_frame), device=device)
+        return (starts[:, None] + torch.arange(self.tokens_per_frame, device=device)).flatten()
 
     def check(self, prompt_len: int, video_rows: int = None):
         """Raise ValueError unless the span fits a prompt of `prompt_len` rows with question rows after it.
@@ -129,6 +160,8 @@ def question_to_video(A, video: VideoSpan):
     """Eq. 4: A_qv = A[TNv:, :TNv], the question rows x video columns of the full (N, N) matrix.
 
     With a prefix before the video, "TNv:" becomes "end:" and ":TNv" becomes "start:end"."""
+    if video.frame_starts:  # frames separated by text (Qwen3-VL's timestamps): the video's own columns
+        return A[video.end:][:, video.rows(A.device)]
     return A[video.end:, video.start : video.end]  # (Nq, T*Nv)
 
 
@@ -163,8 +196,8 @@ def layer_attention(block, x_in, cos, sin, pos, cache, rows=None, rope="after", 
     elif rope == "before":
         # released: llama.py:447, `attn_weights_wo_pos` from query_states, key_states before apply_rotary_pos_emb
         # (it has no repeat_kv there, so it runs only where Hkv = H, as in Vicuna-7B; here the kv heads repeat)
-        q = attn.heads(attn.wq(h), attn.n_heads)  # (1, H, Nr, D), no RoPE
-        k = repeat_kv(attn.heads(attn.wk(block.attn_norm(x_in)), attn.n_kv_heads), n_rep)  # (1, H, N, D)
+        q = attn.q_heads(attn.wq(h))  # (1, H, Nr, D), no RoPE (Qwen3: after its per-head norm)
+        k = repeat_kv(attn.k_heads(attn.wk(block.attn_norm(x_in))), n_rep)  # (1, H, N, D)
         k_pos = pos  # (N,)
     else:
         raise ValueError(f"rope={rope!r} must be 'after' (the paper) or 'before' (the released code)")
@@ -191,6 +224,8 @@ def scores_fast(block, x_in, cos, sin, pos, cache, video, head_pool="max", rope=
     q_rows = torch.arange(video.end, x_in.shape[1], device=x_in.device)
     A_q = layer_attention(block, x_in, cos, sin, pos, cache, q_rows, rope, causal)  # (H, Nq, N)
     A_q = pool_heads(A_q, head_pool)  # (Nq, N)
+    if video.frame_starts:  # frames separated by text: the video's own columns
+        return video_scores(A_q[:, video.rows(A_q.device)], question_pool)
     return video_scores(A_q[:, video.start : video.end], question_pool)  # Eq. 4's column slice -> (T*Nv,)
 
 
@@ -211,13 +246,16 @@ def select_per_frame(a_v, video: VideoSpan, alpha: float, count: str = "ceil"):
     # Eq. 6: S = U_t { (t-1) Nv + j | j in S_t }   (the paper's t = 1..T; ours t = 0..T-1, so t * Nv + j)
     frame_offset = torch.arange(T, device=a_v.device)[:, None] * Nv  # (T, 1)
     S = (frame_offset + S_t).flatten().sort().values  # (T*k,)
+    if video.frame_starts:  # frames separated by text: token j of frame t sits at frame_starts[t] + j
+        return video.rows(S.device)[S]
     return video.start + S  # prompt positions
 
 
 def select_whole_sequence(a_v, video: VideoSpan, alpha: float, count: str = "ceil"):
     """Tab. 5's alternative: the top ceil(alpha*T*Nv) over the whole video, whatever frame they are in."""
     k = n_keep(alpha, a_v.numel(), count)
-    return video.start + a_v.topk(k).indices.sort().values  # (k,)
+    S = a_v.topk(k).indices.sort().values  # (k,)
+    return video.rows(S.device)[S] if video.frame_starts else video.start + S
 
 
 def select_random(video: VideoSpan, alpha: float, generator=None, count: str = "ceil"):
@@ -228,9 +266,8 @@ def select_random(video: VideoSpan, alpha: float, generator=None, count: str = "
 
 def complement(S, video: VideoSpan):
     """Baseline "pruned tokens" (Tab. 10): every video token that S drops. May be empty when S keeps all."""
-    keep = torch.ones(video.end - video.start, dtype=torch.bool)
-    keep[S.cpu() - video.start] = False
-    return video.start + keep.nonzero().flatten().to(S.device)
+    rows = video.rows()  # (T*Nv,)
+    return rows[~torch.isin(rows, S.cpu())].to(S.device)
 
 
 def rows_to_keep(prompt_len: int, video: VideoSpan, S):
@@ -238,6 +275,9 @@ def rows_to_keep(prompt_len: int, video: VideoSpan, S):
     dev = S.device
     prefix = torch.arange(video.start, device=dev)
     question = torch.arange(video.end, prompt_len, device=dev)
+    if video.frame_starts:  # the text between frames (Qwen3-VL's timestamps) is kept, as the prefix is
+        between = torch.arange(video.start, video.end, device=dev)
+        return torch.cat([prefix, S, between[~torch.isin(between, video.rows(dev))], question]).sort().values
     return torch.cat([prefix, S, question])  # sorted, since S is sorted and inside the video span
 
 

@@ -175,3 +175,18 @@ def test_prumerge_on_a_qformer_preset_is_an_error():
     out = subprocess.run([sys.executable, "-m", "minivtp", "flops", "--preset", "st-llm", "--method", "prumerge+"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "PruMerge+ does not apply to st-llm" in out.stderr and "[CLS]" in out.stderr
+
+
+def test_qwen_vl_presets_have_the_published_decoder_sizes():
+    """The decoders of the qwen2.5-vl-7b and qwen3-vl-8b presets hold the parameters their model cards give: Qwen2.5-7B
+    7.61 B (Qwen2.5-VL-7B's LLM), Qwen3-8B 8.19 B (Qwen3-VL-8B's); PruMerge+ is refused (no class token)."""
+    import torch
+    from minivtp import flops
+    from minivtp.model import Transformer
+    for cfg, billions in ((flops.QWEN25_VL_7B, 7.61), (flops.QWEN3_VL_8B, 8.19)):
+        with torch.device("meta"):
+            n = sum(p.numel() for p in Transformer(cfg).parameters())
+        assert abs(n / 1e9 - billions) < 0.01
+    for preset in ("qwen2.5-vl-7b", "qwen3-vl-8b"):
+        assert flops.main(["--preset", preset, "--method", "prumerge+"]) == 2
+        assert flops.PRESETS[preset]["frames"] * flops.PRESETS[preset]["tokens_per_frame"] == 4096

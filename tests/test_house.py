@@ -86,7 +86,7 @@ def test_the_readable_core_knows_nothing_of_the_fast_path():
         text = (ROOT / f"minivtp/{name}.py").read_text().lower()
         for word in ("cuda graph", "torch.compile", "staticcache", "static cache", "fuse_qkv", "q+k+v"):
             assert word not in text, f"minivtp/{name}.py names {word!r}"
-    assert len((ROOT / "minivtp/model.py").read_text().splitlines()) <= 360
+    assert len((ROOT / "minivtp/model.py").read_text().splitlines()) <= 380
     assert len((ROOT / "minivtp/generate.py").read_text().splitlines()) <= 300
 
 

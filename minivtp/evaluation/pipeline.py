@@ -102,7 +102,9 @@ class Pipeline:
             raise ValueError(f"the prompt is {p.embeds.shape[1]} rows ({p.video.end - p.video.start} of them video) "
                              f"and {max_new_tokens} new tokens more would exceed the model's {n_max} positions")
         in_llm = None if hasattr(method, "prompt") else method  # PruMerge+ already pruned: the LLM runs unpruned
-        q = Question(p.embeds, p.video if in_llm else None, max_new_tokens, self.tok.eos)
+        rows = torch.arange(p.embeds.shape[1], device=p.positions.device)
+        positions = None if torch.equal(p.positions, rows) else p.positions  # a Qwen-VL host's 3D positions
+        q = Question(p.embeds, p.video if in_llm else None, max_new_tokens, self.tok.eos, positions)
         return Job(q, p, in_llm, hasattr(method, "prompt"), encode_s, zero_count_note(in_llm, p.video))
 
     def finish(self, job: "Job", out: Generation) -> Answer:
@@ -132,9 +134,11 @@ class Job:
 
 
 def generate_for(llm, q: Question, method=None, decoder=None) -> Generation:
-    """generate on one question as the pipeline asks it (the one call of generate on this path)."""
+    """generate on one question as the pipeline asks it (the one call of generate on this path). The fast path's
+    decoders rotate a row by its row, so a host with 3D positions decodes through generate's own functions."""
     return generate(llm, q.embeds, q.max_new_tokens, video=q.video, method=method if q.video is not None else None,
-                    eos_id=q.eos_id, decoder=decoder)
+                    eos_id=q.eos_id, decoder=decoder if q.positions is None else None, positions=q.positions)
+
 
 def check_fits(weights_dir, method):
     """What can be refused before a checkpoint is read (eval: before the questions are): PruMerge+ on a Q-Former

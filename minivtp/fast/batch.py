@@ -58,6 +58,7 @@ class Question:
     video: vtp.VideoSpan = None
     max_new_tokens: int = 5
     eos_id: int = None
+    positions: torch.Tensor = None  # RoPE's positions when they are not the rows' (M-RoPE's (3, N)): asked alone
 
 
 def resolve(model, method, video):
@@ -355,6 +356,10 @@ def answer_rows(answer, questions, row_of, batch_size: int):
                     ready.append(i)
                 else:
                     resume(gens, i, error, rows, waiting)
+            alone = [i for i in ready if asked[i].positions is not None]  # 3D positions: one at a time (generate)
+            for i in alone:
+                resume(gens, i, answer.run(asked[i]), rows, waiting)
+            ready = [i for i in ready if i not in alone]
             outs = generate_many(answer.llm, [asked[i] for i in ready], answer.in_llm, decoder=answer.decoder,
                                  batch_decoder=answer.batch_decoder)
             for i, out in zip(ready, outs):

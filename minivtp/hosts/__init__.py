@@ -90,7 +90,7 @@ class Host(nn.Module):
     def logits(self, ids, pixels, **extra):
         """(N, V) float32: the logits of every prompt row, unpruned."""
         p = self.prompt(ids, pixels, **extra)
-        return self.llm.forward_embeds(p.embeds, p.positions)[0].float()
+        return self.llm.forward_embeds(p.embeds, rope_pos=p.positions)[0].float()
 
     def cells(self, Nv: int):
         """([(row, column) or None for each of a frame's Nv tokens], the grid's (rows, columns)); None when the

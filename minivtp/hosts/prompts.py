@@ -73,11 +73,24 @@ def qwen_prompt(question: str, placeholder: str = "<video>") -> str:
     return f"{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\n{placeholder}\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def qwen_vl_prompt(question: str) -> str:
+    """Qwen2.5-VL's chat template for one user turn, a video then the question, and the assistant's turn opened
+    (minivtp/hosts/qwen2_5_vl.py expands the one <|video_pad|>).
+
+    >>> qwen_vl_prompt("Why?")
+    '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    video = "<|vision_start|><|video_pad|><|vision_end|>"
+    return f"{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\n{video}{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
 def build_prompt(kind: str, question: str, template: str = None, placeholder: str = "<image>") -> str:
     if kind == "tarsier":
         return tarsier_prompt(question)
     if kind in ("llava-onevision", "llava-video"):
         return qwen_prompt(question, placeholder)
+    if kind == "qwen2.5-vl":
+        return qwen_vl_prompt(question)
     return pllava_prompt(question, template or "plain")
 
 

@@ -22,6 +22,8 @@ def last_row_scores(block, x_in, cos, sin, pos, cache, video: VideoSpan):
     """FastV's score of every video token: the last prompt row's attention at this layer, mean over heads."""
     last = torch.tensor([x_in.shape[1] - 1], device=x_in.device)
     A = vtp.layer_attention(block, x_in, cos, sin, pos, cache, last)  # (H, 1, Nk)
+    if video.frame_starts:  # frames separated by text: the video's own columns
+        return A.mean(dim=0)[0, video.rows(A.device)]
     return A.mean(dim=0)[0, video.start : video.end]  # (T*Nv,)
 
 
@@ -45,18 +47,23 @@ class FastV:
         return self
 
     @torch.no_grad()
-    def prefill(self, model, embeds, caches, video, generator=None, decoder=None):
+    def prefill(self, model, embeds, caches, video, generator=None, decoder=None, positions=None, added=None):
         """generate's prefill for FastV: layers 1..K on every row, then only the prefix, the kept video tokens
-        and the question rows through K+1..L. Returns (last row's logits (V,), Pruning)."""
+        and the question rows through K+1..L. Returns (last row's logits (V,), Pruning). `positions`, `added`: as
+        generate.prefill's (M-RoPE's 3D positions, DeepStack's features)."""
         N, K = embeds.shape[1], self.layer
-        pos = torch.arange(N, device=embeds.device)  # (N,)
-        cos, sin = model.rope(pos)
-        x_in = model.forward_layers(embeds, cos, sin, pos, caches, stop=K - 1)  # layers 1..K-1
-        x = model.forward_layers(x_in, cos, sin, pos, caches, start=K - 1, stop=K)  # layer K; x_in scores
+        pos = torch.arange(N, device=embeds.device)  # (N,): the rows' order; `positions` turns them
+        cos, sin = model.rope(pos if positions is None else positions)
+        x_in = model.forward_layers(embeds, cos, sin, pos, caches, stop=K - 1, added=added)  # layers 1..K-1
+        x = model.forward_layers(x_in, cos, sin, pos, caches, start=K - 1, stop=K, added=added)  # layer K
         a_v = last_row_scores(model.layers[K - 1], x_in, cos, sin, pos, caches[K - 1], video)  # (T*Nv,)
         S = fastv_select(a_v, video, self.alpha)
         rows = vtp.rows_to_keep(N, video, S)
         x, pos, cos, sin = vtp.drop_rows(x, pos, cos, sin, [], rows)  # the hidden states only: caches 1..K stay whole
-        rest = model.forward_layers if decoder is None else decoder.rest
-        x = rest(x, cos, sin, pos, caches, K)  # layers K+1..L on the kept rows
+        if added:  # DeepStack's features still to come go with their rows
+            added = {i: a[rows] for i, a in added.items() if i >= K}
+            x = model.forward_layers(x, cos, sin, pos, caches, K, added=added)
+        else:
+            rest = model.forward_layers if decoder is None else decoder.rest
+            x = rest(x, cos, sin, pos, caches, K)  # layers K+1..L on the kept rows
         return model.head(x[:, -1:])[0, -1], Pruning(layer=K, kept=S, rows=rows, scores=a_v)

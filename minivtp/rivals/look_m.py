@@ -47,6 +47,8 @@ def look_m_rows(scores, video: VideoSpan, recent: float, important: float):
         return torch.arange(N, device=dev), torch.empty(0, dtype=torch.long, device=dev)
     older = torch.arange(N - n_recent, device=dev)
     is_video = (older >= video.start) & (older < video.end)
+    if video.frame_starts:  # frames separated by text: that text is not video
+        is_video = torch.isin(older, video.rows(dev))
     by_score = scores[:N - n_recent].argsort(descending=True, stable=True)
     # the text prior: text rows before every video row, by score within each (a stable sort keeps that order)
     ranked = by_score[is_video[by_score].int().argsort(stable=True)]
@@ -76,17 +78,17 @@ def merge_evicted(cache, kept, evicted, how: str = "average"):
         cache.k[:, :, :n], cache.v[:, :, :n] = merged[0].to(cache.k.dtype), merged[1].to(cache.v.dtype)
 
 
-def look_m_prefill(model, x, cos, sin, pos, caches, video: VideoSpan, method):
+def look_m_prefill(model, x, cos, sin, pos, caches, video: VideoSpan, method, added=None):
     """Look-M's prefill: every layer on every row, each layer's cache compressed right after that layer ran.
     Returns the last layer's output (1, N, C) and what layer 1's cache kept: (video rows S, rows, its scores)."""
     kept = None
     for l in range(len(model.layers)):
-        x_in, x = x, model.forward_layers(x, cos, sin, pos, caches, start=l, stop=l + 1)  # layer l+1
+        x_in, x = x, model.forward_layers(x, cos, sin, pos, caches, start=l, stop=l + 1, added=added)  # layer l+1
         scores = received_attention(model.layers[l], x_in, cos, sin, pos, caches[l])  # (N,)
         rows, evicted = look_m_rows(scores, video, method.recent, method.important)
         merge_evicted(caches[l], rows, evicted, method.merge)
         if l == 0:
-            kept = rows[(rows >= video.start) & (rows < video.end)], rows, scores[video.start : video.end]
+            kept = rows[torch.isin(rows, video.rows(rows.device))], rows, scores[video.rows(scores.device)]
     return x, kept
 
 
@@ -111,9 +113,9 @@ class LookM:
         return self
 
     @torch.no_grad()
-    def prefill(self, model, embeds, caches, video, generator=None, decoder=None):
+    def prefill(self, model, embeds, caches, video, generator=None, decoder=None, positions=None, added=None):
         """generate's prefill for Look-M. Returns (last row's logits (V,), Pruning of layer 1's cache)."""
-        pos = torch.arange(embeds.shape[1], device=embeds.device)  # (N,)
-        cos, sin = model.rope(pos)
-        x, (S, rows, a_v) = look_m_prefill(model, embeds, cos, sin, pos, caches, video, self)
+        pos = torch.arange(embeds.shape[1], device=embeds.device)  # (N,): the rows' order; `positions` turns them
+        cos, sin = model.rope(pos if positions is None else positions)
+        x, (S, rows, a_v) = look_m_prefill(model, embeds, cos, sin, pos, caches, video, self, added)
         return model.head(x[:, -1:])[0, -1], Pruning(layer=None, kept=S, rows=rows, scores=a_v)
