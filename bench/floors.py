@@ -392,7 +392,7 @@ def batch_prompts(s, n: int, new_tokens: int, pruned: bool = True):
     """n prompts of the bench's shape, random rows; question rows s.question + 0, 4, 8, 12 in turn. Unpruned: no
     video span (as eval asks without a method), so nothing is scored."""
     extra = (0, 4, 8, 12) if not s.tiny else (0, 1, 2, 3)
-    return [batch.Prompt(common.random_embeds(s, s.rows + extra[i % 4], seed=i), s.video if pruned else None,
+    return [batch.Question(common.random_embeds(s, s.rows + extra[i % 4], seed=i), s.video if pruned else None,
                          new_tokens) for i in range(n)]
 
 
