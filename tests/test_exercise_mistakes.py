@@ -15,7 +15,7 @@ from test_exercises import (CAPSTONE_CASES, EQ5_CASES, OURS, PLUGS, capstone_che
                             check_2_rope, check_3_kv_cache, check_4_eq4, check_5_eq5_eq6, check_6_eq7_eq8,
                             check_7_drop_rows, check_8_capstone)
 
-from minivtp.model import EMPTY, KVCache, rotate_half
+from minivtp.model import EMPTY, KVCache, causal_mask, rotate_half
 
 EXERCISES = Path(__file__).resolve().parent.parent / "tutorial" / "exercises.md"
 def hinted(*hints):  # a pattern for pytest.raises(match=...) that finds any of the hints, word for word
@@ -193,59 +193,234 @@ def no_compression(x, pos, cos, sin, caches, rows):  # prunes the hidden states 
     return x[:, rows], pos[rows], cos[rows], sin[rows]
 
 
+# ---- more of a student's mistakes, one exercise at a time -------------------------------------------------------
+
+
+def rms_eps_outside(x, weight, eps):  # eps added to the root, not under it
+    xf = x.float()
+    return (xf / (xf.pow(2).mean(-1, keepdim=True).sqrt() + eps)).to(x.dtype) * weight
+
+
+def rms_eps_after_rsqrt(x, weight, eps):  # torch.rsqrt(ms) + eps: the parenthesis closed one term early
+    xf = x.float()
+    return (xf * (torch.rsqrt(xf.pow(2).mean(-1, keepdim=True)) + eps)).to(x.dtype) * weight
+
+
+def rms_no_eps(x, weight, eps):  # eps forgotten
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True))).to(x.dtype) * weight
+
+
+def rms_mean_of_everything(x, weight, eps):  # .mean() without a dim: one number for the whole tensor
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean() + eps)).to(x.dtype) * weight
+
+
+def rms_l2_norm(x, weight, eps):  # x / ||x||: the norm of the row, not its root mean square
+    xf = x.float()
+    return (xf / (xf.norm(dim=-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+def rms_weight_added(x, weight, eps):  # the gain added, as a bias would be
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) + weight
+
+
+def rope_cos_sin_swapped(x, cos, sin):  # sin multiplies x, cos the rotated half
+    return x * sin + rotate_half(x) * cos
+
+
+def rope_no_minus(x, cos, sin):  # rotate_half written as cat(x2, x1): no sign, a reflection, not a rotation
+    x1, x2 = x.chunk(2, -1)
+    return x * cos + torch.cat([x2, x1], -1) * sin
+
+
+class KeepShrinksBuffer(KVCache):  # keep() replaces the buffers by the kept rows: the cache is now 3 slots long
+    def keep(self, rows):
+        self.k, self.v, self.pos = self.k[:, :, rows], self.v[:, :, rows], self.pos[rows]
+        self.length = rows.numel()
+
+
+class AppendForgetsLength(KVCache):  # append() writes the rows but never moves length
+    def append(self, k, v, pos):
+        start = self.length
+        out = super().append(k, v, pos)
+        self.length = start
+        return out
+
+
+class KeepForgetsValues(KVCache):  # keep() packs the keys and positions, not the values
+    def keep(self, rows):
+        n = rows.numel()
+        self.k[:, :, :n] = self.k.index_select(2, rows)
+        self.pos[:n] = self.pos.index_select(0, rows)
+        self.length = n
+
+
+def eq4_paper_indices(A, v):  # Eq. 4's A[TNv:, :TNv] as printed, for a prompt that starts with the video
+    TNv = v.frames * v.tokens_per_frame
+    return A[TNv:, :TNv]
+
+
+def eq4_pooled(A, v):  # the mean over the question rows taken here: that is a_v, minivtp's next step
+    return A[v.end :, v.start : v.end].mean(0)
+
+
+def eq4_last_video_row(A, v):  # the rows from the last video token on
+    return A[v.end - 1 :, v.start : v.end]
+
+
+def k_exact(video, alpha):
+    return math.ceil(round(alpha * video.tokens_per_frame, 9))
+
+
+def int_plus_one(a_v, video, alpha):  # "ceil is int + 1": wrong whenever alpha * Nv is whole
+    return per_frame(a_v, video, int(alpha * video.tokens_per_frame) + 1)
+
+
+def rounded(a_v, video, alpha):  # round(): to the nearest, 2.5 to 2
+    return per_frame(a_v, video, round(alpha * video.tokens_per_frame))
+
+
+def floor_count(a_v, video, alpha):  # int(): the released code's floor, 0 tokens when alpha * Nv < 1
+    return per_frame(a_v, video, int(alpha * video.tokens_per_frame))
+
+
+def topk_frame_axis(a_v, video, alpha):  # topk along dim 0 of (T, Nv): the best frames of each token slot
+    a = rearrange(a_v, "(t n) -> t n", t=video.frames)
+    frames = a.topk(k_exact(video, alpha), dim=0).indices  # (k, Nv), frame numbers
+    return video.start + (frames * video.tokens_per_frame + torch.arange(video.tokens_per_frame)).flatten().sort().values
+
+
+def lowest_scores(a_v, video, alpha):  # topk(largest=False): the least attended tokens of each frame
+    a = rearrange(a_v, "(t n) -> t n", t=video.frames)
+    S_t = a.topk(k_exact(video, alpha), dim=1, largest=False).indices
+    return video.start + (torch.arange(video.frames)[:, None] * video.tokens_per_frame + S_t).flatten().sort().values
+
+
+def frames_interleaved(a_v, video, alpha):  # view(Nv, T).T: frame t read as a_v[t::T]
+    a = a_v.view(video.tokens_per_frame, video.frames).T
+    S_t = a.topk(k_exact(video, alpha), dim=1).indices
+    return video.start + (torch.arange(video.frames)[:, None] * video.tokens_per_frame + S_t).flatten().sort().values
+
+
+def compress_slice(k, v, rows):  # from the first kept row to the last: the dropped rows between stay
+    return k[:, :, rows[0] : rows[-1] + 1], v[:, :, rows[0] : rows[-1] + 1]
+
+
+def compress_batch_axis(k, v, rows):  # k[rows]: the first axis is the batch
+    return k[rows], v[rows]
+
+
+def compress_keys_only(k, v, rows):  # V forgotten
+    return k[:, :, rows], v
+
+
+def drop_x_batch_axis(x, pos, cos, sin, caches, rows):  # x[rows]: (1, N, C) has the rows in dim 1
+    for cache in caches:
+        cache.keep(rows)
+    return x[rows], pos[rows], cos[rows], sin[rows]
+
+
+def drop_keeps_x(x, pos, cos, sin, caches, rows):  # the caches and tables cut, the hidden states passed on whole
+    for cache in caches:
+        cache.keep(rows)
+    return x, pos[rows], cos[rows], sin[rows]
+
+
 # ---- each check fails on its mistakes, with the hint exercises.md lists ----------------------------------------
 
 
-MISTAKES = [  # (id, the check, the wrong solution, the hint it must give)
-    ("rms-bfloat16-math", check_1_rms_norm, rms_in_bfloat16, "take the mean of squares of x.float()"),
-    ("rms-no-cast-back", check_1_rms_norm, rms_no_cast_back, "cast back to x's dtype"),
-    ("rms-wrong-axis", check_1_rms_norm, rms_wrong_axis, "is not x / sqrt(mean(x**2 over the last axis) + eps) * w"),
-    ("rms-no-sqrt", check_1_rms_norm, rms_no_sqrt, "is not x / sqrt(mean(x**2 over the last axis) + eps) * w"),
-    ("rope-neighbours", check_2_rope, rope_neighbours, "channel i must turn with channel i + D/2"),
-    ("rope-backwards", check_2_rope, rope_turns_backwards, "channel i must turn with channel i + D/2"),
-    ("rope-adds", check_2_rope, rope_adds, "changed the norm of a row"),
-    ("cache-renumbers", check_3_kv_cache, SlotsAsPositions, "a kept row keeps its old position"),
-    ("cache-no-packing", check_3_kv_cache, KeepsWithoutPacking, "move the kept rows to the front"),
-    ("append-new-rows", check_3_kv_cache, AppendReturnsNewRows, "returns those of every filled slot"),
-    ("append-slot-numbers", check_3_kv_cache, AppendNumbersSlots, "returns those of every filled slot"),
-    ("eq4-video-rows", check_4_eq4, lambda A, v: A[: v.end, v.start : v.end],
-     "(question rows, video columns) is (4, 8)"),
-    ("eq4-video-rows-only", check_4_eq4, lambda A, v: A[v.start : v.end - 4, v.start : v.end],
-     "the question rows are 11..14"),
-    ("eq4-transposed", check_4_eq4, lambda A, v: A[v.start : v.end, v.end :],
-     "(question rows, video columns) is (4, 8)"),
-    ("eq4-prefix-columns", check_4_eq4, prefix_columns, "(question rows, video columns) is (4, 8)"),
-    ("eq4-shifted-columns", check_4_eq4, lambda A, v: A[v.end :, v.start - 1 : v.end - 1],
-     "the video columns are 3..10"),
-    ("eq4-renormalised", check_4_eq4, renormalised, "holds values that are not entries of A"),
-    ("eq6-forgot-start", lambda f: check_5_eq5_eq6(f, 0.3, 10), forgot_start, "(positions are start + t * Nv + j)"),
-    ("eq6-off-by-one", lambda f: check_5_eq5_eq6(f, 0.3, 10), frame_off_by_one, "rank within each frame"),
-    ("eq5-across-frames", lambda f: check_5_eq5_eq6(f, 0.3, 10), across_frames, "rank within each frame"),
-    ("eq6-unsorted", lambda f: check_5_eq5_eq6(f, 0.3, 10), unsorted, "S must be sorted prompt positions"),
-    ("eq5-naive-ceil", lambda f: check_5_eq5_eq6(f, 0.55, 100), naive_ceil,
-     "count with exact arithmetic, not a float ceil"),
-    ("eq7-head-axis", check_6_eq7_eq8, lambda k, v, rows: (k[:, rows[:2]], v[:, rows[:2]]),
-     "select along the row axis (dim 2)"),
-    ("eq7-swapped", check_6_eq7_eq8, lambda k, v, rows: (v[:, :, rows], k[:, :, rows]),
-     "K~ = K[rows] and V~ = V[rows]"),
-    ("eq8-video-only", check_6_eq7_eq8, lambda k, v, rows: (k[:, :, rows[2:-2]], v[:, :, rows[2:-2]]),
+MISTAKES = [  # (id, the exercise whose test must catch it, the wrong solution, the hint it must give)
+    ("rms-bfloat16-math", 1, rms_in_bfloat16, "take the mean of squares of x.float()"),
+    ("rms-no-cast-back", 1, rms_no_cast_back, "cast back to x's dtype"),
+    ("rms-wrong-axis", 1, rms_wrong_axis, "is not x / sqrt(mean(x**2 over the last axis) + eps) * w"),
+    ("rms-no-sqrt", 1, rms_no_sqrt, "is not x / sqrt(mean(x**2 over the last axis) + eps) * w"),
+    ("rms-eps-outside", 1, rms_eps_outside, "eps outside the square root"),
+    ("rms-eps-after-rsqrt", 1, rms_eps_after_rsqrt, "eps added after rsqrt"),
+    ("rms-no-eps", 1, rms_no_eps, "no eps at all"),
+    ("rms-mean-of-everything", 1, rms_mean_of_everything, "is not x / sqrt(mean(x**2 over the last axis) + eps) * w"),
+    ("rms-l2-norm", 1, rms_l2_norm, "is not x / sqrt(mean(x**2 over the last axis) + eps) * w"),
+    ("rms-weight-added", 1, rms_weight_added, "is not x / sqrt(mean(x**2 over the last axis) + eps) * w"),
+    ("rope-neighbours", 2, rope_neighbours, "channel i must turn with channel i + D/2"),
+    ("rope-backwards", 2, rope_turns_backwards, "channel i must turn with channel i + D/2"),
+    ("rope-adds", 2, rope_adds, "changed the norm of a row"),
+    ("rope-cos-sin-swapped", 2, rope_cos_sin_swapped, "moved the row at position 0"),
+    ("rope-no-minus", 2, rope_no_minus, "changed the norm of a row"),
+    ("cache-renumbers", 3, SlotsAsPositions, "a kept row keeps its old position"),
+    ("cache-no-packing", 3, KeepsWithoutPacking, "move the kept rows to the front"),
+    ("cache-keep-shrinks-buffer", 3, KeepShrinksBuffer, "keep must leave the buffer's capacity"),
+    ("cache-keep-forgets-values", 3, KeepForgetsValues, "the values in slots 0..2 are not those of rows 1, 4, 5"),
+    ("append-new-rows", 3, AppendReturnsNewRows, "returns those of every filled slot"),
+    ("append-slot-numbers", 3, AppendNumbersSlots, "returns those of every filled slot"),
+    ("append-forgets-length", 3, AppendForgetsLength, "adds the rows it wrote to length"),
+    ("eq4-video-rows", 4, lambda A, v: A[: v.end, v.start : v.end], "(question rows, video columns) is (4, 8)"),
+    ("eq4-video-rows-only", 4, lambda A, v: A[v.start : v.end - 4, v.start : v.end], "the question rows are 11..14"),
+    ("eq4-transposed", 4, lambda A, v: A[v.start : v.end, v.end :], "(question rows, video columns) is (4, 8)"),
+    ("eq4-prefix-columns", 4, prefix_columns, "(question rows, video columns) is (4, 8)"),
+    ("eq4-shifted-columns", 4, lambda A, v: A[v.end :, v.start - 1 : v.end - 1], "the video columns are 3..10"),
+    ("eq4-renormalised", 4, renormalised, "holds values that are not entries of A"),
+    ("eq4-paper-indices", 4, eq4_paper_indices, "(question rows, video columns) is (4, 8)"),
+    ("eq4-pooled", 4, eq4_pooled, "(question rows, video columns) is (4, 8)"),
+    ("eq4-last-video-row", 4, eq4_last_video_row, "(question rows, video columns) is (4, 8)"),
+    ("eq6-forgot-start", 5, forgot_start, "(positions are start + t * Nv + j)"),
+    ("eq6-off-by-one", 5, frame_off_by_one, "rank within each frame"),
+    ("eq5-across-frames", 5, across_frames, "rank within each frame"),
+    ("eq6-unsorted", 5, unsorted, "S must be sorted prompt positions"),
+    ("eq5-naive-ceil", 5, naive_ceil, "count with exact arithmetic, not a float ceil"),
+    ("eq5-floor", 5, floor_count, "the floor: Eq. 5 rounds up"),
+    ("eq5-floor-at-least-one", 5, floor_instead_of_ceil, "the floor: Eq. 5 rounds up"),
+    ("eq5-int-plus-one", 5, int_plus_one, "one too many whenever alpha * Nv is a whole number"),
+    ("eq5-round", 5, rounded, "the nearest: Eq. 5 rounds up"),
+    ("eq5-frame-axis", 5, topk_frame_axis, "a topk along the frame axis"),
+    ("eq5-lowest", 5, lowest_scores, "the lowest scores of each frame"),
+    ("eq5-interleaved", 5, frames_interleaved, "frames interleaved"),
+    ("eq7-head-axis", 6, lambda k, v, rows: (k[:, rows[:2]], v[:, rows[:2]]), "select along the row axis (dim 2)"),
+    ("eq7-batch-axis", 6, compress_batch_axis, "select along the row axis (dim 2)"),
+    ("eq7-swapped", 6, lambda k, v, rows: (v[:, :, rows], k[:, :, rows]), "K~ = K[rows] and V~ = V[rows]"),
+    ("eq7-slice", 6, compress_slice, "keeps the dropped rows between them"),
+    ("eq7-keys-only", 6, compress_keys_only, "selects the same rows of V as of K"),
+    ("eq8-video-only", 6, lambda k, v, rows: (k[:, :, rows[2:-2]], v[:, :, rows[2:-2]]),
      "the prefix and the question rows too"),
-    ("drop-only-layer-M", lambda f: check_7_drop_rows(f, KVCache), only_layer_m, "compress every layer 1..M"),
-    ("drop-all-but-M", lambda f: check_7_drop_rows(f, KVCache), all_but_layer_m, "compress every layer 1..M"),
-    ("drop-no-compression", lambda f: check_7_drop_rows(f, KVCache), no_compression, "compress every layer 1..M"),
-    ("drop-compress-by-hand", lambda f: check_7_drop_rows(f, KVCache), compress_by_hand,
-     "sets length and the positions too"),
-    ("drop-renumbered", lambda f: check_7_drop_rows(f, KVCache), renumbered, "do not renumber them"),
-    ("drop-uncut-pos", lambda f: check_7_drop_rows(f, KVCache), uncut_pos, "cut pos too, return pos[rows]"),
-    ("drop-uncut-tables", lambda f: check_7_drop_rows(f, KVCache), uncut_tables, "cut the RoPE tables too"),
-    ("drop-table-head", lambda f: check_7_drop_rows(f, KVCache), table_head, "each kept row keeps its own RoPE angles"),
+    ("drop-only-layer-M", 7, only_layer_m, "compress every layer 1..M"),
+    ("drop-all-but-M", 7, all_but_layer_m, "compress every layer 1..M"),
+    ("drop-no-compression", 7, no_compression, "compress every layer 1..M"),
+    ("drop-compress-by-hand", 7, compress_by_hand, "sets length and the positions too"),
+    ("drop-renumbered", 7, renumbered, "do not renumber them"),
+    ("drop-uncut-pos", 7, uncut_pos, "cut pos too, return pos[rows]"),
+    ("drop-uncut-tables", 7, uncut_tables, "cut the RoPE tables too"),
+    ("drop-table-head", 7, table_head, "each kept row keeps its own RoPE angles"),
+    ("drop-x-batch-axis", 7, drop_x_batch_axis, "the rows are dim 1"),
+    ("drop-keeps-x", 7, drop_keeps_x, "the hidden states that go on must be x[:, rows]"),
 ]
 
 
-@pytest.mark.parametrize("check,wrong,hint", [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES])
-def test_each_mistake_fails_with_its_hint(check, wrong, hint):
-    with pytest.raises(AssertionError, match=hinted(hint)):
-        check(wrong)
+def check_5_every_case(f):
+    """Exercise 5's test over all its cases: at least one fails, and every failure says the same thing."""
+    messages = []
+    for alpha, Nv in EQ5_CASES:
+        try:
+            check_5_eq5_eq6(f, alpha, Nv)
+        except AssertionError as e:
+            messages.append(f"({alpha}, {Nv}): {e}")
+    if messages:
+        raise AssertionError("\n".join(messages))
+
+
+CHECKS = {1: check_1_rms_norm, 2: check_2_rope, 3: check_3_kv_cache, 4: check_4_eq4, 5: check_5_every_case,
+          6: check_6_eq7_eq8, 7: lambda f: check_7_drop_rows(f, KVCache)}
+
+
+@pytest.mark.parametrize("exercise,wrong,hint", [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES])
+def test_each_mistake_fails_with_its_hint(exercise, wrong, hint):
+    with pytest.raises(AssertionError) as caught:
+        CHECKS[exercise](wrong)
+    if exercise == 5:  # every failing case of exercise 5 must name the mistake, not only the first
+        for line in str(caught.value).splitlines():
+            if line.startswith("("):
+                assert hint in line, f"{line}\n does not say: {hint}"
+    else:
+        assert hint in str(caught.value), f"{caught.value}\n does not say: {hint}"
 
 
 def test_the_right_solutions_pass_the_same_checks():  # so the hints above come from the mistakes, not the checks
@@ -286,6 +461,20 @@ def ours():
     return {name: OURS[name] for name in PLUGS}
 
 
+def mask_from_slots(q_pos, k_pos):  # the scoring mask from slot numbers: each row's and key's index, not position
+    return causal_mask(torch.arange(len(q_pos)), torch.arange(len(k_pos)))
+
+
+def test_the_a_v_message_names_exercises_1_to_3_and_the_function_to_look_at(capstone_checkpoint):  # noqa: F811
+    # rms_norm with eps outside the root passes every test but its own: the capstone's a_v message names the
+    # suspects, exercises 1-3 among them, and the one whose replacement by a right function makes a_v match
+    with pytest.raises(AssertionError) as caught:
+        check_8_capstone(dict(ours(), rms_norm=rms_eps_outside), *capstone_checkpoint, CAPSTONE_CASES[0])
+    message = str(caught.value)
+    assert "the video scores a_v" in message and "exercises 1-3, even if their tests pass" in message
+    assert "a_v matches for exercise 1 (rms_norm)" in message
+
+
 def test_the_capstone_passes_minivtps_own_functions(capstone_checkpoint):  # noqa: F811
     check_8_capstone(ours(), *capstone_checkpoint, CAPSTONE_CASES[1])
 
@@ -311,6 +500,12 @@ PIPELINE = [  # (id, the plugged function, the wrong one, the hint, the cases th
     ("forgot-start", "select_per_frame", forgot_start, "the oracle keeps", has_prefix),
     ("off-by-one", "select_per_frame", frame_off_by_one, ("stopped inside your functions", "the oracle keeps"), every),
     ("across-frames", "select_per_frame", across_frames, "the oracle keeps", None),  # None: most cases, not all
+    # exercise 1's test catches these now; the capstone still names exercise 1 among the suspects of a_v
+    ("eps-outside", "rms_norm", rms_eps_outside, "the video scores a_v", None),
+    ("keep-shrinks-buffer", "KVCache", KeepShrinksBuffer, "stopped inside your functions", every),
+    # not an exercise: the fast path's scoring mask built from the rows' slots in the score block, 0..Nq-1, instead
+    # of their positions; the literal path (all N rows from slot 0) is blind to it, the fast path is not
+    ("mask-from-slots", "causal_mask", mask_from_slots, "the video scores a_v of the fast path", every),
 ]
 
 
@@ -330,12 +525,17 @@ def test_the_capstone_catches_pipeline_mistakes(capstone_checkpoint, name, wrong
 
 
 def test_every_documented_hint_is_tested():
-    """The quoted messages of exercises.md's table "If a test fails" are hints that the tests above match."""
-    tested = [m[3] for m in MISTAKES] + [h for p in PIPELINE for h in ((p[3],) if isinstance(p[3], str) else p[3])]
+    """exercises.md's table "If a test fails", checked against the mistakes above: every quoted message in a row
+    `test_N` is the hint of a wrong solution of exercise N here (for test_8, of one the capstone catches), and
+    every hint here is quoted in a row of its own exercise."""
+    tested = {(str(m[1]), m[3]) for m in MISTAKES}
+    tested |= {("8", h) for p in PIPELINE for h in ((p[3],) if isinstance(p[3], str) else p[3])}
     table = EXERCISES.read_text().split("## If a test fails", 1)[1]
-    quoted = re.findall(r'^\| `test_\d[^|]*?"([^"]+)"', table, flags=re.M)
-    assert len(quoted) >= 20, f"found only {len(quoted)} quoted hints in the table"
-    untested = [q for q in quoted if q not in tested]
-    assert not untested, f"exercises.md documents hints no mistake test produces: {untested}"
-    undocumented = sorted(set(tested) - set(quoted))
-    assert not undocumented, f"hints tested here but missing from exercises.md's table: {undocumented}"
+    documented = set()
+    for n, cell in re.findall(r"^\| `test_(\d)`([^|]*)\|", table, flags=re.M):
+        documented |= {(n, q) for q in re.findall(r'"([^"]+)"', cell)}
+    assert len(documented) >= 40, f"found only {len(documented)} quoted hints in the table"
+    untested = sorted(documented - tested)
+    assert not untested, f"exercises.md documents hints no mistake of that exercise produces: {untested}"
+    undocumented = sorted(tested - documented)
+    assert not undocumented, f"hints tested here but missing from exercises.md's table, by exercise: {undocumented}"

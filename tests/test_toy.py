@@ -153,3 +153,23 @@ def test_experiments_json_and_plot(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "minivtp", "experiments", "--n", "0"], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --n 0 must be at least 1"
+
+
+def test_training_on_one_thread_is_bit_for_bit(tmp_path, monkeypatch):
+    """`OMP_NUM_THREADS=1 python -m minivtp toy train` twice gives the same weights (README): two short trainings from
+    seed 0 on one thread, every saved tensor compared bit for bit. 30 steps cross the curriculum's three stages."""
+    from safetensors.torch import load_file
+    monkeypatch.setattr(toy, "accuracy", lambda *args, **kwargs: 0.0)  # the held-out check: not this test's
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for run in ("a", "b"):
+            toy.train(steps=30, seed=0, out=tmp_path / run, log_every=1000)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("a", "b"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    toy.train(steps=3, seed=1, out=tmp_path / "c", log_every=1000)  # another seed: the comparison above can fail
+    c = load_file(tmp_path / "c" / "model.safetensors")
+    assert not torch.equal(c["lm_head.weight"], a["lm_head.weight"])

@@ -173,7 +173,7 @@ def hf_to_ours(name: str):
 # The Q-Former's names, transformers' ("attention.attention") and LAVIS's ("attention.self", ST-LLM) alike;
 # QF stands for the prefix ("qformer." or "Qformer.bert.").
 def lavis_block_rules(src: str, dst: str) -> list:
-    """The key rules of one LAVIS-named ViT block (EVA in ST-LLM, UMT in VideoChat2, the BT-Adapter's spatial
+    r"""The key rules of one LAVIS-named ViT block (EVA in ST-LLM, UMT in VideoChat2, the BT-Adapter's spatial
     blocks): `src` the block's prefix as a pattern with one (\d+) group, `dst` ours with \1 for it."""
     return [(rf"{src}\.attn\.qkv\.weight$", rf"{dst}.attn.qkv.weight"),
             (rf"{src}\.attn\.([qv])_bias$", rf"{dst}.attn.\2_bias"),

@@ -31,8 +31,9 @@ as the language model:
 
     <s> USER: [8 x 9 video rows] name a shape in the video ASSISTANT:   ->  triangle red
 
-    OMP_NUM_THREADS=1 python -m minivtp toy train   # how the shipped weights were made, bit for bit: 6,000 steps,
-                                                    # 10-12 minutes (minivtp/assets/toy/, train_log.txt)
+    OMP_NUM_THREADS=1 python -m minivtp toy train   # how the shipped weights were made: 6,000 steps, 10-12 minutes
+                                                    # (minivtp/assets/toy/, train_log.txt); a retraining gives the
+                                                    # same accuracy, not the same weights (README)
     python -m minivtp toy export-mvbench DIR        # held-out questions as a benchmark for python -m minivtp eval
 
 Training is teacher-forced on one object drawn at random from the video, so the first word learns "any object
