@@ -91,9 +91,32 @@ def shard_files(path: Path):
     if pickles:
         raise CheckpointError(
             f"{path}: only pickle checkpoints ({', '.join(sorted(set(pickles)))}); minivtp loads safetensors only, "
-            "because unpickling can run code. Convert once with transformers: "
-            "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(new_dir, safe_serialization=True)")
+            f"because unpickling can run code. {pickle_advice(path)}")
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+def pickle_advice(path: Path) -> str:
+    """How to convert a pickle directory once, as a shell command for the class its config.json names, or a
+    plain sentence where transformers has no such class."""
+    import shlex
+    try:
+        archs = read_config(path).get("architectures") or []
+    except CheckpointError:
+        archs = []
+    arch = archs[0] if isinstance(archs, list) and archs else "AutoModelForCausalLM"
+    try:
+        import transformers
+        known = hasattr(transformers, arch)
+    except ImportError:
+        known = True  # cannot tell here; the command says what it needs
+    new = path.with_name(path.name + "-safetensors")
+    if not known:
+        return (f"transformers has no {arch}: load it with the code that made it (trust_remote_code) and call "
+                f"save_pretrained({str(new)!r}, safe_serialization=True), then copy the tokenizer files beside it")
+    code = (f"from transformers import {arch} as M; "
+            f"M.from_pretrained({json.dumps(str(path))}).save_pretrained({json.dumps(str(new))}, safe_serialization=True)")
+    return (f"Convert it once (needs pip install transformers): python -c {shlex.quote(code)} && "
+            f"cp {shlex.quote(str(path))}/tokenizer* {shlex.quote(str(new))}/")
 
 
 def open_shard(file: Path):
@@ -328,6 +351,36 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
 
 HOST_TYPES = ("llava_onevision", "llava_qwen")  # minivtp/hosts/llava_onevision.py: transformers' / LLaVA-NeXT's
 
+# What load_video_llm builds, by config.json's model_type: the `architectures` each may name (None: the config
+# names its own, as VideoChat2's hand-written one does). The one list of what is supported: a new host adds its
+# row here and its branch in load_video_llm.
+VIDEO_LLMS = {
+    "llava": ("LlavaForConditionalGeneration", "PllavaForConditionalGeneration", "TarsierForConditionalGeneration"),
+    "pllava": ("PllavaForConditionalGeneration", "LlavaForConditionalGeneration"),
+    "tarsier": ("TarsierForConditionalGeneration", "LlavaForConditionalGeneration"),
+    "llava_onevision": ("LlavaOnevisionForConditionalGeneration",),
+    "llava_qwen": ("LlavaQwenForCausalLM",),
+    "instructblipvideo": ("InstructBlipVideoForConditionalGeneration",),
+    "st_llm_hf": ("STLLMForCausalLM",),
+    "videochat2": None,
+    "minivtp-toy": None,
+}
+
+
+def check_video_llm(path, hf: dict):
+    """One CheckpointError, before any tensor is read, when config.json names a model that load_video_llm does not
+    build: its architecture (or model_type) by name, and the list of what is supported."""
+    kind = hf.get("model_type") or ("llava" if "vision_config" in hf else None)  # old LLaVA configs name none
+    archs = hf.get("architectures") or []
+    archs = [archs] if isinstance(archs, str) else archs
+    if kind in VIDEO_LLMS and (VIDEO_LLMS[kind] is None or all(a in VIDEO_LLMS[kind] for a in archs)):
+        return
+    named = ", ".join(a for a in archs if kind not in VIDEO_LLMS or a not in VIDEO_LLMS[kind])
+    what = f"architecture {named} (model_type {kind!r})" if named else f"model_type {kind!r}"
+    known = "; ".join(f"{k}: {', '.join(v) if v else 'any'}" for k, v in VIDEO_LLMS.items())
+    raise CheckpointError(f"{path}/config.json: {what} is not a video LLM minivtp knows; supported "
+                          f"(model_type: architectures): {known}")
+
 
 def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None):
     """A video LLM directory -> minivtp.vision.VideoLLM (LLaVA, PLLaVA, Tarsier), or a host of minivtp/hosts/
@@ -339,6 +392,8 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
     --lora_alpha 4 with r = 128 (docs/checkpoints.md). lora_alpha comes from, in order: the argument,
     adapter_config.json in the directory, "lora_alpha" in config.json; with adapters and none of these, an error.
     """
+    if Path(path).is_dir():  # what the config names, before the shards are listed or read
+        check_video_llm(Path(path), read_config(Path(path)))
     path, hf, files, index = open_checkpoint(path)
     kind = hf.get("model_type")
     if kind in HOST_TYPES:  # LLaVA-OneVision / LLaVA-Video: their names and layouts live in their own file
@@ -358,9 +413,6 @@ def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_
     if kind == "videochat2":
         from minivtp.hosts import videochat2
         return videochat2.load(path, dtype, device, progress, lora_alpha)
-    if kind not in ("llava", "pllava", "tarsier") and "vision_config" not in hf:
-        raise CheckpointError(f"{path}: model_type {kind!r} is not a video LLM minivtp knows "
-                              "(llava, pllava, tarsier)")
     with torch.device("meta"):
         model = VideoLLM.from_hf(hf)
     lora = {}  # target parameter -> {"A": (file, name), "B": (file, name)}

@@ -32,11 +32,17 @@ def answer(args):
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
+    from minivtp import records
     merged, method = args.method == "prumerge+", method_of(args)  # PruMerge+ prunes in the vision tower
+    if args.heatmap and (method is None or args.method in ("look-m", "random")):
+        raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
+                         "--method llm-vtp, complement or fastv")
+    records.check_answer(args)  # the checkpoint's config, the video, the --heatmap's folder: before the model loads
     model, tok, load_s = load_checkpoint(args)
     if args.template and model.arrangement in ("llava-onevision", "llava-video"):
         raise ValueError(f"--template is PLLaVA's; a {model.arrangement} checkpoint has its own prompt")
-    frames, note = read_frames(args.video, model.frames, model.sample_indices)
+    read = []  # the indices of the frames read (the last pass, if the container lied about its count)
+    frames, note = read_frames(args.video, model.frames, lambda a, n: read.append(model.sample_indices(a, n)) or read[-1])
     if note:
         print(f"note: {note}", file=sys.stderr)
     pixels = model.preprocess(frames).to(args.device)
@@ -77,13 +83,14 @@ def answer(args):
                   new_tokens=len(out.tokens), load_s=load_s, encode_s=encode_s, prefill_s=out.prefill_s,
                   decode_s=out.decode_s, decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1),
                   variant=method.variant if method else None)
+    result.update(question=args.question, video=str(args.video), frames=[int(i) for i in read[-1]],
+                  settings=records.settings(args), produced_by=records.produced_by_answer(args, model.frames))
     if note:
         result["note"] = note
     if args.heatmap:
-        if method is None or args.method in ("look-m", "random"):
-            raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
-                             "--method llm-vtp, complement or fastv")
-        png.write_png(args.heatmap, heatmap(frames, out.pruning.scores.float().cpu(), out.kept.cpu(), video, model))
+        title = heatmap_title(args.question, method.layer, args.alpha, kept, n_video)
+        png.write_png(args.heatmap, heatmap(frames, out.pruning.scores.float().cpu(), out.kept.cpu(), video, model,
+                                            title=title))
         result["heatmap"] = str(args.heatmap)
     print(json.dumps(result) if args.json else report(result))
     return 0
@@ -133,8 +140,17 @@ def report(r: dict) -> str:
             f"tokens (load {r['load_s']:.1f} s)")
 
 
-def heatmap(frames, scores, kept, video, model, size=168):
-    """Each frame (resized), darkened where layer M's question-to-video attention is low; kept tokens outlined."""
+def heatmap_title(question: str, layer, alpha, kept: int, n_video: int, wrap: int = 64) -> list:
+    """The lines above the heatmap: the question (wrapped), then M, alpha and the kept count."""
+    import textwrap
+    lines = textwrap.wrap("Q: " + question, wrap)[:3] or ["Q:"]
+    return lines + [f"M={layer}  ALPHA={alpha:g}  KEPT {kept} OF {n_video} VIDEO TOKENS (GREEN OUTLINE)"]
+
+
+def heatmap(frames, scores, kept, video, model, size=168, title=()):
+    """Each frame (resized) coloured by layer M's question-to-video attention on a black-red-yellow-white scale
+    (picture.heat; each frame's tokens over the video's largest score); kept tokens outlined in green; the title's
+    lines above, the colour scale with its ends named below."""
     import torch.nn.functional as F
 
     from minivtp import png
@@ -162,7 +178,8 @@ def heatmap(frames, scores, kept, video, model, size=168):
                                     antialias=True, align_corners=False) for i in pick])  # (T, 3, size, size)
     level = (grid_scores / grid_scores.max().clamp_min(1e-12))[:, None]  # (T, 1, g, g)
     level = F.interpolate(level, size=(size, size), mode="nearest")
-    imgs = imgs * (0.25 + 0.75 * level)
+    from minivtp import picture
+    imgs = 0.35 * imgs + 0.65 * picture.heat(level[:, 0]).permute(0, 3, 1, 2)  # the frame shows through the heat
     cols = min(T, 8)
     rows = (T + cols - 1) // cols
     gap = 6
@@ -174,7 +191,7 @@ def heatmap(frames, scores, kept, video, model, size=168):
         for r, c in grid_kept[t].nonzero().tolist():
             png.outline(img, y0 + round(r * cell), x0 + round(c * cell), max(2, round(cell)), max(2, round(cell)),
                         png.GREEN, width=1)
-    return img
+    return picture.annotate(img, list(title), "LOW ATTENTION", "HIGH ATTENTION (LAYER M, QUESTION TO VIDEO)")
 
 
 def generate_text(args):
