@@ -111,8 +111,9 @@ def pickle_advice(path: Path) -> str:
         known = True  # cannot tell here; the command says what it needs
     new = path.with_name(path.name + "-safetensors")
     if not known:
-        return (f"transformers has no {arch}: load it with the code that made it (trust_remote_code) and call "
-                f"save_pretrained({str(new)!r}, safe_serialization=True), then copy the tokenizer files beside it")
+        return (f"transformers has no {arch}, so no from_pretrained command converts it: read each .bin with "
+                "torch.load(f, weights_only=True), write the tensors with safetensors.torch.save_file, and copy "
+                "config.json and the tokenizer files beside them (docs/checkpoints.md does it for ST-LLM)")
     code = (f"from transformers import {arch} as M; "
             f"M.from_pretrained({json.dumps(str(path))}).save_pretrained({json.dumps(str(new))}, safe_serialization=True)")
     return (f"Convert it once (needs pip install transformers): python -c {shlex.quote(code)} && "

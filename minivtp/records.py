@@ -303,8 +303,10 @@ def summarize(rows: list) -> dict:
         k = r.get("not_answered", "other")
         why[k] = why.get(k, 0) + 1
     per_task = {}
-    for task in sorted({r["task_type"] for r in rows}):
-        per_task[task] = counts([r for r in rows if r["task_type"] == task])[0]
+    for task in sorted({r["task_type"] for r in rows}):  # the tasks with something to score, answered or not
+        t = counts([r for r in rows if r["task_type"] == task])[0]
+        if t["accuracy_counting_errors"] is not None:
+            per_task[task] = t
     return dict(questions=len(rows), answered=len(answered), correct=top["correct"],
                 wrong=top["total"] - top["correct"], accuracy=top["accuracy"],
                 accuracy_counting_errors=top["accuracy_counting_errors"],
