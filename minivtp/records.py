@@ -205,7 +205,7 @@ def check_weights(weights):
     import weights as w
     path = Path(weights)
     if not path.is_dir():
-        raise ValueError(f"--weights {path}: no such folder")
+        raise ValueError(f"{path}: not a directory")  # weights.open_checkpoint's words
     w.check_video_llm(path, w.read_config(path))
 
 

@@ -132,7 +132,7 @@ def test_no_failing_run_changes_a_file(bench, tmp_path, llava):
     q, v = bench / "questions.json", bench / "videos"
     cases = {
         "weights": (["--weights", tmp_path / "nowhere", "--questions", q, "--videos", v, "--out", ours],
-                    "--weights"),
+                    f"{tmp_path / 'nowhere'}: not a directory"),
         "architecture": (["--weights", intern, "--questions", q, "--videos", v, "--out", ours],
                          "architecture InternVLChatModel (model_type 'llava')"),
         "questions": (["--weights", toy.ASSETS, "--questions", tmp_path / "q.json", "--videos", v, "--out", ours],
