@@ -276,9 +276,12 @@ def main(argv=None):
     e.add_argument("--benchmark", default=None, choices=("mvbench", "videomme", "egoschema", "videoqa", "vcgbench"),
                    help="read a benchmark as it is downloaded, from --data (instead of --questions and --videos)")
     e.add_argument("--data", default=None, help="the folder a --benchmark was downloaded to (minivtp/benchmarks.py)")
-    e.add_argument("--tasks", default=None, help="some of the benchmark's tasks, comma-separated (MVBench: "
+    e.add_argument("--tasks", default=None, help="some of the tasks, comma-separated: a --questions file's "
+                   "task_type names, or a benchmark's (MVBench: "
                    "'Action Sequence,Episodic Reasoning'; videomme: short,medium,long; videoqa: MSVD_QA,...)")
-    e.add_argument("--out", required=True, help="JSON lines, one per question; a rerun skips the ids in it")
+    e.add_argument("--out", required=True, help="JSON lines, one per question, each with the settings that "
+                   "produced it; a rerun with the same settings skips the ids in it (other settings: refused); "
+                   "the summary goes beside it, OUT.summary.json")
     e.add_argument("--method", default="llm-vtp", choices=("llm-vtp", "fastv", "prumerge+", "look-m", "random",
                                                            "complement"))
     e.add_argument("--alpha", type=float, default=1.0, help="fraction kept, (0, 1]; 1 = no pruning")

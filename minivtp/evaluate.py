@@ -10,8 +10,11 @@ The questions file is MVBench's: a JSON list of {"video", "question", "candidate
 (tasks/eval/mvbench: "Question: ...\\nOptions:\\n(A) ...", then "\\nOnly give the best option.", the
 eval_mvbench conversation, and "Best option:(" as the start of the answer); the letter is the first of A-G in
 the answer, as its check_ans reads it. One JSON line per question (id, task, prediction, letter, answer,
-correct, kept ratio, prefill and decode seconds, or the error that stopped it); a rerun skips the ids already in
---out. A summary at the end: accuracy per task and overall, mean kept ratio, seconds per question.
+correct, kept ratio, prefill and decode seconds, or the error that stopped it, counted as not answered), with the
+settings and checkpoint that produced it (minivtp/records.py); a rerun with the same settings skips the ids already
+in --out, one with other settings is refused. A summary at the end, printed and in <out>.summary.json: accuracy
+per task and overall (over the answered questions, and counting the not answered as wrong), mean kept ratio,
+seconds per question. --tasks picks task_types of the questions file.
 
 --benchmark mvbench|videomme|egoschema|videoqa|vcgbench --data DIR reads a benchmark as it is downloaded instead
 (minivtp/benchmarks.py: its files, PLLaVA's frame rule with MVBench's segments, each benchmark's prompt and letter
