@@ -37,6 +37,7 @@ def answer(args):
     if args.heatmap and (method is None or args.method in ("look-m", "random")):
         raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
                          "--method llm-vtp, complement or fastv")
+    check_device(args.device)
     records.check_answer(args)  # the checkpoint's config, the video, the --heatmap's folder: before the model loads
     model, tok, load_s = load_checkpoint(args)
     if args.template and model.arrangement in ("llava-onevision", "llava-video"):
