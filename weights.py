@@ -27,12 +27,20 @@ from minivtp.hf_config import config_from_hf
 from minivtp.hosts import instructblip, llava, llava_onevision, qwen2_5_vl, stllm, videochat2
 from minivtp.model import Transformer
 
-# config.json's model_type -> the host file whose load(path, dtype, device, progress, lora_alpha) builds it
+# config.json's model_type -> (the host file whose load(path, dtype, device, progress, lora_alpha) builds it, the
+# `architectures` its config.json may name; None: any, as VideoChat2's hand-written config names its own). The one
+# list of what is supported: a new host adds its row here.
 HOSTS = {
-    "llava": llava, "pllava": llava, "tarsier": llava,  # the paper's hosts: CLIP tower, LLaMA decoder
-    "llava_onevision": llava_onevision, "llava_qwen": llava_onevision,  # transformers' / LLaVA-NeXT's layout
-    "instructblipvideo": instructblip, "st_llm_hf": stllm, "videochat2": videochat2,  # the Q-Former hosts (Tab. 8)
-    "qwen2_5_vl": qwen2_5_vl,  # Qwen2.5-VL: its ViT, M-RoPE positions and names
+    "llava": (llava, ("LlavaForConditionalGeneration", "PllavaForConditionalGeneration",
+                      "TarsierForConditionalGeneration")),  # the paper's hosts: CLIP tower, LLaMA decoder
+    "pllava": (llava, ("PllavaForConditionalGeneration", "LlavaForConditionalGeneration")),
+    "tarsier": (llava, ("TarsierForConditionalGeneration", "LlavaForConditionalGeneration")),
+    "llava_onevision": (llava_onevision, ("LlavaOnevisionForConditionalGeneration",)),  # transformers' layout
+    "llava_qwen": (llava_onevision, ("LlavaQwenForCausalLM",)),  # LLaVA-NeXT's layout
+    "instructblipvideo": (instructblip, ("InstructBlipVideoForConditionalGeneration",)),  # the Q-Former hosts
+    "st_llm_hf": (stllm, ("STLLMForCausalLM",)),
+    "videochat2": (videochat2, None),
+    "qwen2_5_vl": (qwen2_5_vl, ("Qwen2_5_VLForConditionalGeneration",)),  # its ViT, M-RoPE positions and names
 }
 QFORMER_HOSTS = ("instructblipvideo", "st_llm_hf", "videochat2")
 
@@ -66,19 +74,34 @@ def load(path, dtype=torch.float32, device="cpu", progress=None) -> Transformer:
     return model.eval()
 
 
+def check_video_llm(path, hf: dict):
+    """One CheckpointError, before any tensor is read, when config.json names a model that load_video_llm does not
+    build: its architecture (or model_type) by name, and the list of what is supported."""
+    kind = hf.get("model_type") or ("llava" if "vision_config" in hf else None)  # old LLaVA configs name none
+    if kind == "minivtp-toy":  # the toy: eval answers with it (minivtp/lab/toy.py), load_video_llm says so
+        return
+    archs = hf.get("architectures") or []
+    archs = [archs] if isinstance(archs, str) else archs
+    allowed = HOSTS[kind][1] if kind in HOSTS else ()
+    if kind in HOSTS and (allowed is None or all(a in allowed for a in archs)):
+        return
+    named = ", ".join(a for a in archs if not allowed or a not in allowed)
+    what = f"architecture {named} (model_type {kind!r})" if named else f"model_type {kind!r}"
+    known = "; ".join(f"{k}: {', '.join(v) if v else 'any'}" for k, (_, v) in HOSTS.items())
+    raise CheckpointError(f"{path}/config.json: {what} is not a video LLM minivtp knows; supported "
+                          f"(model_type: architectures): {known}")
+
+
 def load_video_llm(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None):
     """A video LLM directory -> its host (minivtp/hosts/), with the contract every host keeps (hosts/__init__.py).
-    A config.json without a model_type of HOSTS but with a vision_config is read as plain LLaVA."""
+    What config.json names is checked first (check_video_llm), before any shard is listed or read."""
     path = Path(path)
     hf = read_config(path) if path.is_dir() else open_checkpoint(path)  # open_checkpoint: "not a directory"
-    kind = hf.get("model_type")
-    if kind == "minivtp-toy":
+    if hf.get("model_type") == "minivtp-toy":
         raise CheckpointError(f"{path}: this is minivtp's toy video LLM, which answers through python -m minivtp demo "
                               "(from Python: minivtp.lab.toy.load(path))")
-    host = HOSTS.get(kind, llava if "vision_config" in hf else None)
-    if host is None:
-        raise CheckpointError(f"{path}: model_type {kind!r} is not a video LLM minivtp knows "
-                              f"({', '.join(sorted(HOSTS))})")
+    check_video_llm(path, hf)
+    host = HOSTS[hf.get("model_type") or "llava"][0]
     return host.load(path, dtype, device, progress, lora_alpha)
 
 

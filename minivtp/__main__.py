@@ -38,8 +38,13 @@ def answer(args):
 
     if args.template and args.template not in PLLAVA_TEMPLATES:
         raise ValueError(f"--template {args.template!r} is not one of {', '.join(PLLAVA_TEMPLATES)}")
+    from minivtp.evaluation import records
     check_device(args.device)  # a bad name is one line, before the decode step reads it
     method = method_of(args)
+    if args.heatmap and (method is None or args.method in ("look-m", "random", "prumerge+")):
+        raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
+                         "--method llm-vtp, complement or fastv")
+    records.check_answer(args)  # the checkpoint's config, the video, the --heatmap's folder: before the model loads
     # one question: the Triton step on CUDA, no compile (bench/RESULTS.md: a compile costs more than the answer)
     pipe = Pipeline.load(args.weights, args.dtype, args.device, args.lora_alpha, method, decode_step(args, "triton"))
     if args.fast_decode and pipe.decoder is None:  # a static cache on a CPU too, as asked
@@ -48,9 +53,6 @@ def answer(args):
     frames, note = pipe.read(args.video)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    if args.heatmap and (method is None or args.method in ("look-m", "random", "prumerge+")):
-        raise ValueError("--heatmap draws the attention that chose the kept tokens: give --alpha below 1 with "
-                         "--method llm-vtp, complement or fastv")
     job = pipe.begin(frames, args.question, method, args.max_new_tokens, args.template)
     if args.heatmap and pipe.vm.cells(job.prompt.video.tokens_per_frame) is None:  # said before the answer
         raise ValueError("--heatmap draws over a frame's patches; this host's video tokens have no place on a "
@@ -67,10 +69,14 @@ def answer(args):
                   load_s=pipe.load_s, encode_s=a.encode_s, prefill_s=out.prefill_s, decode_s=out.decode_s,
                   decode_ms_per_token=1e3 * out.decode_s / max(1, len(out.tokens) - 1),
                   variant=getattr(method, "variant", None))
+    result.update(question=args.question, video=str(args.video), frames=pipe.indices,
+                  settings=records.settings(args), produced_by=records.produced_by_answer(args, pipe.vm.frames))
     if a.note:
         result["note"] = a.note
     if args.heatmap:
-        png.write_png(args.heatmap, heatmap(frames, out.pruning.scores.float().cpu(), out.kept.cpu(), video, pipe.vm))
+        title = heatmap_title(args.question, method.layer, args.alpha, a.kept, a.video_tokens)
+        png.write_png(args.heatmap, heatmap(frames, out.pruning.scores.float().cpu(), out.kept.cpu(), video, pipe.vm,
+                                            title=title))
         result["heatmap"] = str(args.heatmap)
     print(json.dumps(result) if args.json else report(result))
     return 0
@@ -94,8 +100,17 @@ def report(r: dict) -> str:
             f"tokens (load {r['load_s']:.1f} s)")
 
 
-def heatmap(frames, scores, kept, video, model, size=168):
-    """Each frame (resized), darkened where layer M's question-to-video attention is low; kept tokens outlined."""
+def heatmap_title(question: str, layer, alpha, kept: int, n_video: int, wrap: int = 64) -> list:
+    """The lines above the heatmap: the question (wrapped), then M, alpha and the kept count."""
+    import textwrap
+    lines = textwrap.wrap("Q: " + question, wrap)[:3] or ["Q:"]
+    return lines + [f"M={layer}  ALPHA={alpha:g}  KEPT {kept} OF {n_video} VIDEO TOKENS (GREEN OUTLINE)"]
+
+
+def heatmap(frames, scores, kept, video, model, size=168, title=()):
+    """Each frame (resized) coloured by layer M's question-to-video attention on a black-red-yellow-white scale
+    (picture.heat; each frame's tokens over the video's largest score); kept tokens outlined in green; the title's
+    lines above, the colour scale with its ends named below."""
     import torch.nn.functional as F
 
     from minivtp.lab import png
@@ -120,7 +135,8 @@ def heatmap(frames, scores, kept, video, model, size=168):
                                     antialias=True, align_corners=False) for i in pick])  # (T, 3, size, size)
     level = (grid_scores / grid_scores.max().clamp_min(1e-12))[:, None]  # (T, 1, g, g)
     level = F.interpolate(level, size=(size, size), mode="nearest")
-    imgs = imgs * (0.25 + 0.75 * level)
+    from minivtp.lab import picture
+    imgs = 0.35 * imgs + 0.65 * picture.heat(level[:, 0]).permute(0, 3, 1, 2)  # the frame shows through the heat
     cols = min(T, 8)
     rows = (T + cols - 1) // cols
     gap = 6
@@ -132,7 +148,7 @@ def heatmap(frames, scores, kept, video, model, size=168):
         for r, c in grid_kept[t].nonzero().tolist():
             png.outline(img, y0 + round(r * cell), x0 + round(c * cell), max(2, round(cell)), max(2, round(cell)),
                         png.GREEN, width=1)
-    return img
+    return picture.annotate(img, list(title), "LOW ATTENTION", "HIGH ATTENTION (LAYER M, QUESTION TO VIDEO)")
 
 
 def generate_text(args):
@@ -220,9 +236,12 @@ def main(argv=None):
                    help="read a benchmark as it is downloaded, from --data (instead of --questions and --videos)")
     e.add_argument("--data", default=None, help="the folder a --benchmark was downloaded to "
                    "(minivtp/evaluation/benchmarks.py)")
-    e.add_argument("--tasks", default=None, help="some of the benchmark's tasks, comma-separated (MVBench: "
+    e.add_argument("--tasks", default=None, help="some of the tasks, comma-separated: a --questions file's "
+                   "task_type names, or a benchmark's (MVBench: "
                    "'Action Sequence,Episodic Reasoning'; videomme: short,medium,long; videoqa: MSVD_QA,...)")
-    e.add_argument("--out", required=True, help="JSON lines, one per question; a rerun skips the ids in it")
+    e.add_argument("--out", required=True, help="JSON lines, one per question, each with the settings that "
+                   "produced it; a rerun with the same settings skips the ids in it (other settings: refused); "
+                   "the summary goes beside it, OUT.summary.json")
     add_method_options(e, alpha=1.0)
     e.add_argument("--max-new-tokens", type=int, default=None, help="default 5 (the letter and a few words); 100 "
                    "for open-ended QA, as PLLaVA's scripts")

@@ -78,9 +78,33 @@ def shard_files(path: Path):
     if pickles:
         raise CheckpointError(
             f"{path}: only pickle checkpoints ({', '.join(sorted(set(pickles)))}); minivtp loads safetensors only, "
-            "because unpickling can run code. Convert once with transformers: "
-            "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(new_dir, safe_serialization=True)")
+            f"because unpickling can run code. {pickle_advice(path)}")
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+def pickle_advice(path: Path) -> str:
+    """How to convert a pickle directory once, as a shell command for the class its config.json names, or a
+    plain sentence where transformers has no such class."""
+    import shlex
+    try:
+        archs = read_config(path).get("architectures") or []
+    except CheckpointError:
+        archs = []
+    arch = archs[0] if isinstance(archs, list) and archs else "AutoModelForCausalLM"
+    try:
+        import transformers
+        known = hasattr(transformers, arch)
+    except ImportError:
+        known = True  # cannot tell here; the command says what it needs
+    new = path.with_name(path.name + "-safetensors")
+    if not known:
+        return (f"transformers has no {arch}, so no from_pretrained command converts it: read each .bin with "
+                "torch.load(f, weights_only=True), write the tensors with safetensors.torch.save_file, and copy "
+                "config.json and the tokenizer files beside them (docs/checkpoints.md does it for ST-LLM)")
+    code = (f"from transformers import {arch} as M; "
+            f"M.from_pretrained({json.dumps(str(path))}).save_pretrained({json.dumps(str(new))}, safe_serialization=True)")
+    return (f"Convert it once (needs pip install transformers): python -c {shlex.quote(code)} && "
+            f"cp {shlex.quote(str(path))}/tokenizer* {shlex.quote(str(new))}/")
 
 
 def open_shard(file: Path):

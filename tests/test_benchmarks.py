@@ -103,8 +103,11 @@ def test_mvbench_segments_frames_and_missing_files(trees, tmp_path):
     assert str(data / "video/tvqa/frames_fps3_hq/clip_missing") in got["Episodic Reasoning/1"]["error"]
     assert got["Episodic Reasoning/2"]["error"].startswith(str(data / "video/tvqa/frames_fps3_hq/clip_gap/00008.jpg"))
     s = json.loads(run.stdout)
-    assert s["errors"] == 3 and s["per_task"]["Action Sequence"] == dict(correct=2, total=2, accuracy=1.0)
-    assert s["accuracy"] == pytest.approx(5 / 8)
+    assert s["errors"] == 3 and s["not_answered"] == {"missing": 2, "unreadable": 1}
+    assert {k: s["per_task"]["Action Sequence"][k] for k in ("correct", "total", "accuracy")} == \
+        dict(correct=2, total=2, accuracy=1.0)
+    # not answered is not wrong: 5 of the 5 answered, 5 of 8 counting the 3 not answered as wrong
+    assert s["accuracy"] == 1.0 and s["accuracy_counting_errors"] == pytest.approx(5 / 8)
     # without --tasks, each of the 16 absent task files is one error row that names it
     full = eval_main("--benchmark", "mvbench", "--data", data, "--weights", toy.ASSETS, "--out", tmp_path / "all.jsonl",
                     "--json")

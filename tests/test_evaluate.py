@@ -187,4 +187,4 @@ def test_eval_hands_look_m_its_merge(bench, tmp_path, monkeypatch):
     code = cli_main.main(["eval", "--weights", str(toy.ASSETS), "--questions", str(bench / "questions.json"),
                           "--videos", str(bench / "videos"), "--out", str(tmp_path / "r.jsonl"), "--method", "look-m",
                           "--merge", "pivotal", "--device", "cpu"])
-    assert code == 0 and [m.merge for m in seen] == ["pivotal"]
+    assert code == 0 and seen and all(m.merge == "pivotal" for m in seen)  # the run's, and the settings it records

@@ -248,7 +248,7 @@ def read_json(path: Path):
 
 
 def missing(task: str, path: Path, problem: str) -> dict:  # a task whose file is not there: one error row
-    return dict(id=f"{task}/-", task_type=task, video=None, _error=f"{path}: {problem}")
+    return dict(id=f"{task}/-", task_type=task, video=None, _error=f"{path}: {problem}", _path=str(path))
 
 
 def load_mvbench(_, data: Path) -> list:
@@ -367,6 +367,7 @@ def load_open(benchmark: str, data: Path) -> list:
                      bound=None, video=next((p for p in tried if (data / p).exists()), tried[0]))
             if not any((data / p).exists() for p in tried):
                 q["_error"] = f"no video named {name} ({', '.join(str(data / p) for p in tried)})"
+                q["_kind"] = "missing"
             if benchmark == "videoqa":
                 q.update(question=e.get("question"), gt=e.get("answer"))
             elif task.name == "consistency_qa":

@@ -11,8 +11,11 @@ The questions file is MVBench's: a JSON list of {"video", "question", "candidate
 (tasks/eval/mvbench: "Question: ...\\nOptions:\\n(A) ...", then "\\nOnly give the best option.", the
 eval_mvbench conversation, and "Best option:(" as the start of the answer); the letter is the first of A-G in
 the answer, as its check_ans reads it. One JSON line per question (id, task, prediction, letter, answer,
-correct, kept ratio, prefill and decode seconds, or the error that stopped it); a rerun skips the ids already in
---out. A summary at the end: accuracy per task and overall, mean kept ratio, seconds per question.
+correct, kept ratio, prefill and decode seconds, or the error that stopped it, counted as not answered), with the
+settings and checkpoint that produced it (minivtp/evaluation/records.py); a rerun with the same settings skips the ids already
+in --out, one with other settings is refused. A summary at the end, printed and in <out>.summary.json: accuracy
+per task and overall (over the answered questions, and counting the not answered as wrong), mean kept ratio,
+seconds per question. --tasks picks task_types of the questions file.
 
 --benchmark mvbench|videomme|egoschema|videoqa|vcgbench --data DIR reads a benchmark as it is downloaded instead
 (minivtp/evaluation/benchmarks.py: its files, PLLaVA's frame rule with MVBench's segments, each benchmark's prompt and letter
@@ -28,12 +31,11 @@ import json
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from minivtp.evaluation import benchmarks
+from minivtp.evaluation import benchmarks, records
 
 # MVBench's prompt and letter rule live with the benchmarks' readers; --questions uses them too
 from minivtp.evaluation.benchmarks import (  # noqa: F401
@@ -98,8 +100,8 @@ class Answerer:
         cfg = weights.read_config(Path(args.weights)) if Path(args.weights).is_dir() else {}
         self.toy = cfg.get("model_type") == "minivtp-toy"
         self.method = method
+        from minivtp.lab import toy
         if self.toy:
-            from minivtp.lab import toy
             self.model = toy.load(args.weights)
             self.llm = self.model.llm
         else:
@@ -108,6 +110,7 @@ class Answerer:
             self.pipe = Pipeline.load(args.weights, args.dtype, args.device, args.lora_alpha, self.method, step,
                                       loop=True)
             self.llm = self.pipe.vm.llm
+        self.frames = toy.T if self.toy else self.pipe.vm.frames  # what every row records
         if hasattr(self.method, "resolved"):  # a bad --layer, ratio or variant is one error now, not one per question
             self.method.resolved(self.llm.cfg.n_layers)
         self.noted = False  # the released count's zero-token note, said once a run
@@ -219,33 +222,15 @@ class Answerer:
 
 
 def summary(rows: list) -> dict:
-    """Accuracy over the questions with a known answer (an error counts as wrong); a row whose "correct" is None
-    (open-ended QA, EgoSchema beyond its public 500) is counted under "unscored"."""
-    scored = [r for r in rows if r.get("correct") is not None]
-    tasks = defaultdict(lambda: [0, 0])
-    for r in scored:
-        tasks[r["task_type"]][1] += 1
-        tasks[r["task_type"]][0] += bool(r["correct"])
-    answered = [r for r in rows if "error" not in r]
-    return dict(questions=len(rows), correct=sum(bool(r["correct"]) for r in scored),
-                accuracy=sum(bool(r["correct"]) for r in scored) / len(scored) if scored else None,
-                unscored=len(rows) - len(scored),
-                per_task={t: dict(correct=c, total=n, accuracy=c / n) for t, (c, n) in sorted(tasks.items())},
-                errors=len(rows) - len(answered), unparsed=sum(1 for r in answered if r.get("letter", "") is None),
-                mean_kept_ratio=sum(r["kept_ratio"] for r in answered) / max(1, len(answered)),
-                seconds_per_question=sum(r["seconds"] for r in answered) / max(1, len(answered)))
+    """Accuracy over the answered questions with a known answer, and counting those not answered (a missing or
+    unreadable file, a bad question) as wrong; a row whose "correct" is None without an error (open-ended QA,
+    EgoSchema beyond its public 500) is counted under "unscored" (records.summarize)."""
+    return records.summarize(rows)
 
 
 def read_jsonl(path: Path) -> list:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a killed run: that question is asked again
-            continue
-    return rows
+    """The whole rows of a results file, each id once (records.read_rows; broken lines are not rows)."""
+    return records.read_rows(Path(path))[0]
 
 
 def run(args) -> int:
@@ -277,19 +262,23 @@ def run(args) -> int:
     else:
         if not args.questions or not args.videos:
             raise ValueError("give --questions FILE and --videos DIR, or --benchmark NAME and --data DIR")
-        if getattr(args, "tasks", None):
-            raise ValueError("--tasks picks tasks of a --benchmark")
-        questions = read_questions(args.questions)
+        questions = records.pick_tasks(read_questions(args.questions), args.tasks, args.questions)
+    # before the model loads, nothing written: the checkpoint's config, the folders, the videos, what --out holds
+    settings, held, broken = records.check_eval(args, questions, benchmark)
     shard = out.with_name(f"{out.name}.rank{rank}") if world > 1 else out
-    # keep the whole lines of a run that was killed, drop the torn last one (--out itself is rank 0's to touch)
-    for f in {shard, out} if rank == 0 else {shard}:
-        if f.exists():
-            f.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(f)))
+    shard_rows, shard_broken = records.check_out(shard, settings) if world > 1 else ([], [])
+    answer = Answerer(args, method)
+    if getattr(args, "_note", None) and rank == 0:
+        print(args._note, file=sys.stderr, flush=True)
+    produced = records.produced_by(args, answer.frames, benchmark)
+    # the lines a killed run tore are kept aside, their questions asked again (--out itself is rank 0's to touch)
+    if rank == 0:
+        records.set_aside(out, held, broken)
+    records.set_aside(shard, shard_rows, shard_broken) if world > 1 else None
     if world > 1:
         dist.barrier()
-    done = {r["id"] for r in read_jsonl(out)} | {r["id"] for r in read_jsonl(shard)}
+    done = {r["id"] for r in held} | {r["id"] for r in shard_rows}
     mine = [q for i, q in enumerate(questions) if i % world == rank and q["id"] not in done]
-    answer = Answerer(args, method)
     videos = None if benchmark else Path(args.videos)
     start = time.perf_counter()
     def row_of(q):  # the question's row, as a generator that yields where the model answers (see Answerer)
@@ -302,11 +291,12 @@ def run(args) -> int:
         rows = (answered(answer, row_of(q)) for q in mine)
     with open(shard, "a") as f:
         for n, (q, row) in enumerate(zip(mine, rows), 1):
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(dict(row, settings=settings, produced_by=produced)) + "\n")
             f.flush()
-            status = "error: " + row["error"] if "error" in row else \
-                {True: "right", False: "wrong", None: "answered"}[row.get("correct")]
-            print(f"[rank {rank}] {n}/{len(mine)} {q['task_type']}: {row.get('letter')} {status}  "
+            status = "not answered: " + row["error"] if "error" in row else \
+                (row["letter"] or "no letter") + " " + {True: "right", False: "wrong", None: "answered"}[row["correct"]] \
+                if "letter" in row else "answered"
+            print(f"[rank {rank}] {n}/{len(mine)} {q['task_type']}: {status}  "
                   f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if world > 1:
         dist.barrier()
@@ -315,17 +305,20 @@ def run(args) -> int:
             for r in range(world):
                 part = out.with_name(f"{out.name}.rank{r}")
                 rows.update({row["id"]: row for row in read_jsonl(part)})
-            ordered = [rows[q["id"]] for q in questions if q["id"] in rows]
-            out.write_text("".join(json.dumps(r) + "\n" for r in ordered))
+            ids = [q["id"] for q in questions]
+            ordered = [rows[i] for i in ids if i in rows] + [r for i, r in rows.items() if i not in set(ids)]
+            records.write_atomic(out, "".join(json.dumps(r) + "\n" for r in ordered))
             for r in range(world):
                 out.with_name(f"{out.name}.rank{r}").unlink(missing_ok=True)
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
-        done_rows = read_jsonl(out)
+        ids = {q["id"] for q in questions}  # this run's questions (--tasks): not every row --out holds
+        done_rows = [r for r in read_jsonl(out) if r["id"] in ids]
         res = summary(done_rows)
         if benchmark:  # what its own scorer reads, and how to run it
             res["notes"] = benchmarks.write_outputs(benchmark, out, done_rows, questions)
+        records.write_summary(out, res, settings, produced)
         print(json.dumps(res) if args.json else format_summary(res))
     return 0
 
@@ -359,8 +352,9 @@ def questions_row(answer: Answerer, q: dict, videos: Path) -> dict:
         right = prediction in q["right_answers"] if "right_answers" in q else letter == truth
         row.update(prediction=prediction, letter=letter, answer=truth, correct=right,
                    seconds=time.perf_counter() - t0, **facts)
-    except ValueError as e:  # a bad question or video: recorded, and the run goes on
-        row.update(error=str(e), correct=False)
+    except ValueError as e:  # a bad question or video: recorded as not answered, and the run goes on
+        path = None if problem else videos / q["video"]
+        records.not_answered(row, str(e), path, kind="bad question" if problem else None)
     return row
 
 
@@ -377,20 +371,11 @@ def benchmark_row(answer: Answerer, q: dict, benchmark: str) -> dict:
         if "letter" in row:  # multiple choice
             row.update(answer=q["answer"], correct=None if unscored else row["letter"] == q["answer"])
     except ValueError as e:  # a missing file, video or frame: recorded with its path, and the run goes on
-        row.update(error=str(e), correct=None if unscored else False)
+        path = q.get("_path") or (Path(answer.args.data) / q["video"] if q.get("video") else None)
+        kind = q.get("_kind") or (None if "_error" not in q or "_path" in q else "bad question")
+        records.not_answered(row, str(e), path, kind, scorable=not unscored)
     return row
 
 
 def format_summary(s: dict) -> str:
-    if s["accuracy"] is None:  # open-ended QA: its score is a judge's, not ours
-        head = f"{s['questions']} questions, none scored here"
-    else:
-        head = f"accuracy {s['accuracy']:.3f} ({s['correct']} of {s['questions'] - s.get('unscored', 0)})"
-    lines = [f"{head}; errors {s['errors']}, "
-             f"answers without a letter {s['unparsed']}; mean kept ratio {s['mean_kept_ratio']:.3f}; "
-             f"{s['seconds_per_question']:.3f} s per question"]
-    if s.get("unscored") and s["accuracy"] is not None:
-        lines.append(f"  {s['unscored']} questions without a public answer: not in the accuracy")
-    for task, t in s["per_task"].items():
-        lines.append(f"  {task:28s} {t['accuracy']:.3f}  ({t['correct']}/{t['total']})")
-    return "\n".join(lines + s.get("notes", []))
+    return records.format_summary(s)

@@ -45,6 +45,7 @@ class Pipeline:
 
     def __init__(self, vm, tok, device, decoder=None, load_s: float = 0.0):
         self.vm, self.tok, self.device, self.decoder, self.load_s = vm, tok, device, decoder, load_s
+        self.indices = None  # the frames the last read() kept
 
     @classmethod
     def load(cls, weights_dir, dtype: str = "float32", device: str = "cpu", lora_alpha=None, method=None,
@@ -71,8 +72,14 @@ class Pipeline:
         return cls(vm, tok, device, decoder_for(vm.llm, step, loop), time.perf_counter() - t)
 
     def read(self, video):
-        """(frames, a note when the video had fewer frames than the host reads), as the host samples them."""
-        return read_frames(video, self.vm.frames, self.vm.sample_indices)
+        """(frames, a note when the video had fewer frames than the host reads), as the host samples them; the
+        indices of the frames read are kept in `self.indices` (what answer --json and eval's rows record)."""
+        picked = []  # the last sampling wins: a container that lied about its count is read again
+        frames, note = read_frames(video, self.vm.frames,
+                                   lambda n_available, n: picked.append(self.vm.sample_indices(n_available, n))
+                                   or picked[-1])
+        self.indices = [int(i) for i in picked[-1]] if picked else None
+        return frames, note
 
     @torch.no_grad()
     def prompt(self, frames, question: str, template: str = None, method=None) -> Prompt:
