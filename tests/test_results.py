@@ -310,7 +310,7 @@ def test_the_pickle_advice_says_so_where_no_command_converts(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(model_type="st_llm_hf", architectures=["STLLMForCausalLM"])))
     torch.save({"x": torch.zeros(1)}, tmp_path / "pytorch_model-00001-of-00002.bin")
     with pytest.raises(weights.CheckpointError) as e:
-        weights.shard_files(tmp_path)
+        checkpoint.shard_files(tmp_path)
     assert "transformers has no STLLMForCausalLM, so no from_pretrained command converts it" in str(e.value)
     assert "torch.load(f, weights_only=True)" in str(e.value)
 
