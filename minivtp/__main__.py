@@ -219,7 +219,8 @@ def generate_text(args):
     return 0
 
 
-def main(argv=None):
+def build_parser() -> Parser:
+    """The command line of answer, eval and generate (minivtp/lmms.py reads lmms-eval's model_args with it too)."""
     p = Parser(prog="python -m minivtp", description="minivtp: LLM-VTP on a video LLM")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("answer", help="ask a video a question")
@@ -291,7 +292,11 @@ def main(argv=None):
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
             return generate_text(args)
