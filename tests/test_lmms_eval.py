@@ -234,3 +234,23 @@ def test_frames_sets_the_frames_read(llava, tmp_path, monkeypatch):
     monkeypatch.setattr(vision, "read_frames", lambda *a: read.append(a[1]) or real(*a))
     text, f = m.answer(str(tmp_path / "v.safetensors"), "What happens?", 2)
     assert read == [3] and f["kept_ratio"] == 1.0 and isinstance(text, str)
+
+
+def test_the_readme_commands_parse():
+    """The README's `lmms-eval --model minivtp` commands: their model args pass eval's parser, and each task they
+    name is one of the installed lmms-eval's (a task's or a group's yaml)."""
+    import re
+
+    import lmms_eval
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    commands = [re.sub(r"\s+", " ", line).strip() for line in text.splitlines()
+                if line.startswith("lmms-eval --model minivtp")]
+    assert len(commands) == 2
+    tasks = Path(lmms_eval.__file__).parent / "tasks"
+    for c in commands:
+        words = c.split()
+        args = lmms.parse_model_args(dict(a.split("=", 1) for a in words[words.index("--model_args") + 1].split(",")))
+        assert args.weights == "pllava-7b" and args.lora_alpha == 4
+        for name in words[words.index("--tasks") + 1].split(","):
+            assert any(re.search(rf"^(task|group): {name}$", f.read_text(), re.M) for f in tasks.glob(f"{name}/*.yaml"))
+    assert args.alpha == 0.1 and args.layer == 10 and args.method == "llm-vtp"
