@@ -86,6 +86,8 @@ def parse_model_args(kwargs: dict) -> argparse.Namespace:
         line = err.getvalue().strip().splitlines()[-1].removeprefix("error: ")
         line = re.sub(r"--([a-z-]+)", lambda m: m.group(1).replace("-", "_"), line.split(" (python -m")[0])
         fail(f"model arg {line.removeprefix('argument ')}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        fail(f"max_new_tokens={args.max_new_tokens}: give 1 or more (or leave it out for the task's own)")
     frames = kwargs.get("frames")
     if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
         fail(f"frames={frames}: give a whole number of frames, 1 or more")
@@ -123,19 +125,24 @@ class MiniVTP(lmms):
             self.settings.update(recent=a.recent, important=a.important, merge=a.merge, layer=None)
 
     def max_new_tokens(self, gen_kwargs: dict) -> int:
-        """The task's max_new_tokens unless the model args give one; greedy decoding, or one line refusing."""
+        """The task's max_new_tokens (128, as `minivtp answer`, if it names none) unless the model args give one;
+        greedy decoding, or one line refusing."""
         for key, allowed in GREEDY.items():
             if key in gen_kwargs and gen_kwargs[key] not in allowed:
                 fail(f"the task asks for {key}={gen_kwargs[key]}; minivtp decodes greedily "
                      "(temperature 0, one beam, no sampling)")
-        n = self.args.max_new_tokens or gen_kwargs.get("max_new_tokens") or 16
-        if not isinstance(n, int) or n < 1:
-            fail(f"max_new_tokens {n} must be a whole number >= 1")
+        n = self.args.max_new_tokens or gen_kwargs.get("max_new_tokens", 128)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            fail(f"the task asks for max_new_tokens={n}; give max_new_tokens=N (1 or more) in --model_args")
         return n
 
     def answer(self, video: str, question: str, n: int):
         """(text, kept_ratio, prefill_s, decode_s) of one question about one video: Answerer's path."""
         if self.answerer.toy:
+            from minivtp import toy
+            if any(w not in toy.ID for w in question.split()):
+                raise ValueError(f"the toy knows only its own words ({' '.join(toy.VOCAB)}); the question is "
+                                 f"{question!r}")
             text, _, facts = self.answerer.ask_toy({"question": question.strip(), "candidates": []}, Path(video))
             return text, facts
         from minivtp.vision import read_frames
@@ -157,7 +164,8 @@ class MiniVTP(lmms):
                 text, facts = self.answer(visuals[0], context, n)
             except ValueError as e:
                 fail(f"{task} doc {doc_id}: {e}")
-            for stop in gen_kwargs.get("until") or []:
+            until = gen_kwargs.get("until") or []
+            for stop in [until] if isinstance(until, str) else until:
                 if stop:
                     text = text.split(stop)[0]
             facts = dict(self.settings, video=visuals[0], max_new_tokens=n, kept_ratio=facts["kept_ratio"],

@@ -182,6 +182,7 @@ def test_a_bad_setting_ends_lmms_eval_with_one_line(runs):
     (dict(weights="W", frames=0), "frames=0: give a whole number of frames, 1 or more"),
     (dict(weights="W", eager="yes"), "eager=yes: give true or false"),
     (dict(weights="W", batch_size=4), "batch_size 4: minivtp answers one question at a time"),
+    (dict(weights="W", max_new_tokens=0), "max_new_tokens=0: give 1 or more"),
 ])
 def test_bad_model_args_are_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -218,6 +219,11 @@ def test_sampling_and_other_request_types_are_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         m.max_new_tokens({"temperature": 0.7})
     assert "temperature=0.7; minivtp decodes greedily" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        m.max_new_tokens({"max_new_tokens": 0})
+    assert "the task asks for max_new_tokens=0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="the toy knows only its own words"):
+        m.answer("unused.safetensors", "Question: what?", 4)
     with pytest.raises(NotImplementedError, match="loglikelihood"):
         m.loglikelihood([])
     with pytest.raises(NotImplementedError, match="generate_until_multi_round"):
