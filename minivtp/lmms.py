@@ -26,7 +26,7 @@ from pathlib import Path
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
-# model arg -> how it reaches eval's parser ("flag": present or absent); the rest are "--name value"
+# the model args: eval's options under their own names (FLAGS: its switches, given as true or false)
 ARGS = ("weights", "method", "alpha", "layer", "variant", "head_pool", "recent", "important", "merge", "frames",
         "dtype", "device", "lora_alpha", "max_new_tokens", "eager", "no_compile")
 FLAGS = ("eager", "no_compile")
@@ -34,8 +34,9 @@ GREEDY = {"temperature": (0, 0.0, None), "do_sample": (False, None), "num_beams"
 
 
 def manifest():
-    """The `lmms_eval.models` entry point: lmms-eval --model minivtp loads MiniVTP below. (Imported here: lmms_eval.models
-    reads the entry points while it is first imported, so importing it at the top would make this module a circle.)"""
+    """The `lmms_eval.models` entry point: lmms-eval --model minivtp loads MiniVTP below. (Imported here:
+    lmms_eval.models reads the entry points while it is first imported, so importing it at the top would make this
+    module a circle.)"""
     from lmms_eval.models.registry_v2 import ModelManifest
     return ModelManifest(model_id="minivtp", simple_class_path="minivtp.lmms.MiniVTP")
 

@@ -75,8 +75,7 @@ def facts(sample: dict) -> dict:
     return sample["token_counts"][0]["minivtp"]
 
 
-@pytest.fixture(scope="module")
-def runs(llava, tmp_path_factory):
+def run_lmms_eval(llava, tmp_path_factory):
     """Five configurations in one lmms-eval process; the last is a bad setting, which ends it with one line."""
     root = tmp_path_factory.mktemp("lmms_eval")
     videos = root / "videos"
@@ -117,13 +116,22 @@ def runs(llava, tmp_path_factory):
     return root, run, {k: root / "out" / k for k in configs}, qs, toy_qs
 
 
+def test_lmms_eval_runs_minivtp_offline(llava, tmp_path_factory, tmp_path):
+    """One test for the one lmms-eval process, so that pytest -n starts it once."""
+    runs = run_lmms_eval(llava, tmp_path_factory)
+    check_a_bad_setting_ends_lmms_eval_with_one_line(runs)
+    check_unpruned_and_alpha_1_give_the_same_responses_as_answer(runs, llava)
+    check_the_logged_kept_ratio_is_eval_s(runs, llava, tmp_path)
+    check_each_answer_logs_its_settings(runs, llava)
+
+
 def test_the_entry_point_names_the_model():
     from lmms_eval.models import get_model
     assert get_model("minivtp") is lmms.MiniVTP
     assert lmms.manifest().simple_class_path == "minivtp.lmms.MiniVTP"
 
 
-def test_unpruned_and_alpha_1_give_the_same_responses_as_answer(runs, llava):
+def check_unpruned_and_alpha_1_give_the_same_responses_as_answer(runs, llava):
     root, run, out, qs, _ = runs
     unpruned, alpha1 = samples(out["unpruned"], "minivtp_test_video"), samples(out["alpha1"], "minivtp_test_video")
     assert [s["filtered_resps"] for s in unpruned] == [s["filtered_resps"] for s in alpha1], run.stderr[-3000:]
@@ -136,7 +144,7 @@ def test_unpruned_and_alpha_1_give_the_same_responses_as_answer(runs, llava):
         assert s["filtered_resps"].strip() == json.loads(a.stdout)["answer"]
 
 
-def test_the_logged_kept_ratio_is_eval_s(runs, llava, tmp_path):
+def check_the_logged_kept_ratio_is_eval_s(runs, llava, tmp_path):
     root, run, out, qs, toy_qs = runs
     pruned = samples(out["pruned"], "minivtp_test_video")
     e = eval_cmd("--weights", llava[1], "--questions", root / "video.json", "--videos", "/", "--out",
@@ -154,16 +162,18 @@ def test_the_logged_kept_ratio_is_eval_s(runs, llava, tmp_path):
     assert [s["filtered_resps"] for s in toy_samples] == [r["prediction"] for r in rows]
 
 
-def test_each_answer_logs_its_settings(runs, llava):
+def check_each_answer_logs_its_settings(runs, llava):
     root, run, out, qs, toy_qs = runs
     for s, q in zip(samples(out["pruned"], "minivtp_test_video"), qs):
         f = facts(s)
-        assert (f["method"], f["alpha"], f["layer"], f["variant"], f["head_pool"]) == ("llm-vtp", 0.5, 2, "paper", "max")
-        assert (f["video"], f["max_new_tokens"], f["weights"], f["dtype"]) == (q["video"], NEW, str(llava[1]), "float32")
+        assert (f["method"], f["alpha"], f["layer"], f["variant"], f["head_pool"]) == \
+            ("llm-vtp", 0.5, 2, "paper", "max")
+        assert (f["video"], f["max_new_tokens"], f["weights"], f["dtype"]) == \
+            (q["video"], NEW, str(llava[1]), "float32")
     assert [facts(s)["video"] for s in samples(out["toy"], "minivtp_test_toy")] == [q["video"] for q in toy_qs]
 
 
-def test_a_bad_setting_ends_lmms_eval_with_one_line(runs):
+def check_a_bad_setting_ends_lmms_eval_with_one_line(runs):
     root, run, out, _, _ = runs
     assert run.returncode == 2, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
