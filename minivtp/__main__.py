@@ -205,11 +205,9 @@ PROGRAMS = {
 }
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in PROGRAMS:
-        import importlib
-        return importlib.import_module(PROGRAMS[argv[0]][0]).main(argv[1:])
+def build_parser() -> Parser:
+    """The command line of answer, eval and generate (minivtp/evaluation/lmms.py reads lmms-eval's model_args
+    with it too)."""
     p = Parser(prog="python -m minivtp", description="minivtp: LLM-VTP on a video LLM. Also: " +
                "; ".join(f"{verb} ({what})" for verb, (_, what) in PROGRAMS.items()))
     sub = p.add_subparsers(dest="command", required=True)
@@ -258,7 +256,15 @@ def main(argv=None):
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PROGRAMS:
+        import importlib
+        return importlib.import_module(PROGRAMS[argv[0]][0]).main(argv[1:])
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
             return generate_text(args)

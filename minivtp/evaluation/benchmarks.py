@@ -252,8 +252,10 @@ def missing(task: str, path: Path, problem: str) -> dict:  # a task whose file i
 
 
 def load_mvbench(_, data: Path) -> list:
+    from minivtp.evaluation import mvbench_layouts as layouts  # PLLaVA's layout or lmms-eval's, told apart per task
     out = []
     for task in MVBENCH:
+        kind = layouts.layout(task, data)
         try:
             entries = read_json(data / task.file)
             if not isinstance(entries, list):
@@ -262,12 +264,19 @@ def load_mvbench(_, data: Path) -> list:
             out.append(missing(task.name, data / task.file, str(e).split(": ", 1)[-1]))
             continue
         for i, e in enumerate(entries):
-            q = dict(id=f"{task.name}/{i}", task_type=task.name, data_type=task.data_type, bound=None)
+            q = dict(id=f"{task.name}/{i}", task_type=task.name, layout=kind, data_type=task.data_type, bound=None)
             if not isinstance(e, dict):
                 out.append(dict(q, video=None, _error=f"{data / task.file} entry {i} is not an object"))
                 continue
             q.update(video=f"{task.prefix}{e.get('video')}", question=e.get("question"),
                      candidates=e.get("candidates"), answer_text=e.get("answer"))
+            if kind == "lmms-eval":  # its own folders; a pre-cut segment is a whole file, read as a video
+                q["video"], segment = layouts.lmms_eval_video(task, e, data)
+                if segment and not all(isinstance(x, (int, float)) for x in segment):
+                    q["_error"] = f"{data / task.file} entry {i} has no start / end seconds"
+                q.update(data_type="video", **({"segment": segment} if segment else {}))
+                out.append(mc_question(q, e.get("candidates"), e.get("answer")))
+                continue
             if task.bound:
                 if not all(isinstance(e.get(k), (int, float)) for k in ("start", "end")):
                     q["_error"] = f"{data / task.file} entry {i} has no start / end seconds"

@@ -362,6 +362,7 @@ def benchmark_row(answer: Answerer, q: dict, benchmark: str) -> dict:
     """The line for one question of a --benchmark: with the video and frames read. "correct" is None where there
     is nothing to compare with here (open-ended QA; EgoSchema's questions without a public answer)."""
     row = dict(id=q["id"], task_type=q["task_type"], video=q["video"])
+    row.update({k: q[k] for k in ("layout", "segment") if k in q})  # MVBench: which download, which part of it
     t0 = time.perf_counter()
     unscored = benchmark in benchmarks.OPEN_ENDED or q.get("answer", "") is None
     try:
