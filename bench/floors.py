@@ -385,6 +385,9 @@ def gemm_part(tiny: bool) -> dict:
             row[k] = dict(us=ms * 1e3, tflops=2 * M * n * kin / (ms / 1e3) / 1e12)
         print(f"M={M}: " + ", ".join(f"{k} {r['us']:.0f} us {r['tflops']:.0f} TF/s" for k, r in row.items()), flush=True)
         res[f"M{M}"] = row
+    return res
+
+
 BATCH_SETTINGS = {"unpruned": None, "a0.1 M10": Method(alpha=0.1, layer=10), "a0.2 M5": Method(alpha=0.2, layer=5)}
 
 

@@ -241,13 +241,13 @@ def test_sampling_and_other_request_types_are_refused_by_name(capsys):
 
 
 def test_frames_sets_the_frames_read(llava, tmp_path, monkeypatch):
-    from minivtp.hosts import llava as vision
+    from minivtp.evaluation import pipeline
     m = lmms.MiniVTP(weights=str(llava[1]), device="cpu", frames=3)
-    assert m.answerer.model.frames == 3 and m.settings["frames"] == 3
+    assert m.answerer.pipe.vm.frames == 3 and m.settings["frames"] == 3
     save_file({"frames": torch.randint(0, 256, (7, 30, 40, 3), dtype=torch.uint8)}, tmp_path / "v.safetensors")
     read = []
-    real = vision.read_frames
-    monkeypatch.setattr(vision, "read_frames", lambda *a: read.append(a[1]) or real(*a))
+    real = pipeline.read_frames  # what the pipeline reads frames with
+    monkeypatch.setattr(pipeline, "read_frames", lambda *a: read.append(a[1]) or real(*a))
     text, f = m.answer(str(tmp_path / "v.safetensors"), "What happens?", 2)
     assert read == [3] and f["kept_ratio"] == 1.0 and isinstance(text, str)
 

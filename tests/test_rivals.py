@@ -12,7 +12,7 @@ from oracle import causal, decode64, forward64, layers64
 import weights
 from minivtp.generate import Method, generate
 from minivtp.vtp import VideoSpan
-from minivtp.rivals import FastV, LookM, PruMergePlus, fastv, look_m, prumerge
+from minivtp.rivals import FastV, LookM, PruMergePlus, look_m, prumerge
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from oracle import forward64, pruned_masks, select64
 import weights
 from minivtp import vtp
 from minivtp.generate import Method, generate, pick
-from minivtp.model import EMPTY, KVCache
+from minivtp.model import KVCache
 from minivtp.vtp import VideoSpan
 from minivtp.rivals import LookM
 
