@@ -194,6 +194,20 @@ def clock(device) -> float:  # wall-clock seconds, after the GPU has finished wh
     return time.perf_counter()
 
 
+def check_prompt(model, embeds, max_new_tokens: int, video=None):
+    """What generate refuses before it prefills: a prompt not (1, N, C), a video outside it, no room to answer."""
+    if embeds.dim() != 3 or embeds.shape[0] != 1:
+        raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
+    N = embeds.shape[1]
+    if isinstance(video, vtp.VideoSpan):
+        video.check(N)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if N + max_new_tokens > model.cfg.max_seq_len:
+        raise ValueError(f"prompt {N} + max_new_tokens {max_new_tokens} = {N + max_new_tokens} exceeds the "
+                         f"model's {model.cfg.max_seq_len} positions")
+
+
 @torch.no_grad()
 def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, temperature=0.0, eos_id=None, seed=0,
              decoder=None, positions=None, added=None, **keywords) -> Generation:
@@ -213,20 +227,12 @@ def generate(model, embeds, max_new_tokens: int, video=None, method=None, *, tem
 
     `positions` (N,) or (3, N), and `added`: the host's RoPE positions and DeepStack rows (see prefill).
     """
-    if embeds.dim() != 3 or embeds.shape[0] != 1:
-        raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
+    check_prompt(model, embeds, max_new_tokens, video)
     N = embeds.shape[1]
     method = Method.from_keywords(method, **keywords)
     if video is None and isinstance(method, Method) and method.layer is None:
         method = replace(method, layer=1)  # nothing is pruned; any valid M will do
     method = method.resolved(model.cfg.n_layers)
-    if isinstance(video, vtp.VideoSpan):
-        video.check(N)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    if N + max_new_tokens > model.cfg.max_seq_len:
-        raise ValueError(f"prompt {N} + max_new_tokens {max_new_tokens} = {N + max_new_tokens} exceeds the "
-                         f"model's {model.cfg.max_seq_len} positions")
     if decoder is not None and decoder.model is not model:
         raise ValueError("the decoder was made for another model: make one per model")
     if positions is not None and positions.shape[-1] != N:

@@ -39,7 +39,7 @@ import torch
 
 from minivtp import vtp
 from minivtp.fast import AUTOTUNE, capture
-from minivtp.generate import Generation, Method, clock, pick, prefill
+from minivtp.generate import Generation, Method, check_prompt, clock, pick, prefill
 from minivtp.model import (
     EMPTY,
     KVCache,
@@ -66,20 +66,6 @@ def resolve(model, method, video):
     if video is None and isinstance(method, Method) and method.layer is None:
         method = replace(method, layer=1)
     return method.resolved(model.cfg.n_layers)
-
-
-def check(model, embeds, max_new_tokens, video=None):
-    """The checks generate.generate makes before it prefills, with its messages."""
-    if embeds.dim() != 3 or embeds.shape[0] != 1:
-        raise ValueError(f"embeds must be (1, N, C), got {tuple(embeds.shape)}")
-    N = embeds.shape[1]
-    if isinstance(video, vtp.VideoSpan):
-        video.check(N)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    if N + max_new_tokens > model.cfg.max_seq_len:
-        raise ValueError(f"prompt {N} + max_new_tokens {max_new_tokens} = {N + max_new_tokens} exceeds the "
-                         f"model's {model.cfg.max_seq_len} positions")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -232,7 +218,7 @@ def refusal(model, method: Method, p: Question):
     """The ValueError generate.generate would raise for this prompt before prefilling it, or None."""
     try:
         resolve(model, method, p.video)
-        check(model, p.embeds, p.max_new_tokens, p.video)
+        check_prompt(model, p.embeds, p.max_new_tokens, p.video)
     except ValueError as e:
         return e
     return None
@@ -255,7 +241,7 @@ def generate_many(model, prompts, method=None, *, temperature=0.0, seed=0, decod
     method = Method.from_keywords(method, **keywords)
     methods = [resolve(model, method, p.video) for p in prompts]
     for p in prompts:
-        check(model, p.embeds, p.max_new_tokens, p.video)
+        check_prompt(model, p.embeds, p.max_new_tokens, p.video)
     if batch_decoder is None:
         batch_decoder = BatchDecoder(model, bucket=1)
     elif batch_decoder.model is not model:
