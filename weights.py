@@ -24,7 +24,7 @@ from minivtp.checkpoint import (
     read_config,
 )
 from minivtp.hf_config import config_from_hf
-from minivtp.hosts import instructblip, llava, llava_onevision, qwen2_5_vl, stllm, videochat2
+from minivtp.hosts import instructblip, llava, llava_onevision, qwen2_5_vl, qwen3_vl, stllm, videochat2
 from minivtp.model import Transformer
 
 # config.json's model_type -> (the host file whose load(path, dtype, device, progress, lora_alpha) builds it, the
@@ -41,6 +41,7 @@ HOSTS = {
     "st_llm_hf": (stllm, ("STLLMForCausalLM",)),
     "videochat2": (videochat2, None),
     "qwen2_5_vl": (qwen2_5_vl, ("Qwen2_5_VLForConditionalGeneration",)),  # its ViT, M-RoPE positions and names
+    "qwen3_vl": (qwen3_vl, ("Qwen3VLForConditionalGeneration",)),  # its ViT with DeepStack, timestamps, M-RoPE
 }
 QFORMER_HOSTS = ("instructblipvideo", "st_llm_hf", "videochat2")
 

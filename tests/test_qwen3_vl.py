@@ -617,3 +617,109 @@ def test_what_transformers_feeds_its_decoder_is_what_these_pieces_give(monkeypat
     for (mask, embeds), ours in zip(seen["deepstack"], deep):
         assert mask[0].nonzero().flatten().tolist() == rows.flatten().tolist()
         assert rel_err(embeds, ours) <= 1e-4
+
+
+# ---- the host: the pieces above on the host contract, against transformers' whole model -------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen3_host(qwen_tokenizer, tmp_path_factory):
+    """(directory, transformers' model): a tiny Qwen3VLForConditionalGeneration saved by transformers beside the
+    Qwen-shaped tokenizer.json, its special ids the tokenizer's."""
+    import shutil
+    path, hf_tok = qwen_tokenizer
+    ids = {k: hf_tok.token_to_id(t) for k, t in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                                                 ("vision_start_token_id", "<|vision_start|>"),
+                                                 ("vision_end_token_id", "<|vision_end|>"))}
+    torch.manual_seed(5)
+    cfg = transformers.Qwen3VLConfig(vision_config=VISION, text_config=dict(TEXT, vocab_size=hf_tok.get_vocab_size()),
+                                     **ids)
+    cfg._attn_implementation = "eager"
+    hf = randomize(transformers.Qwen3VLForConditionalGeneration(cfg), 5).eval()
+    d = tmp_path_factory.mktemp("qwen3_vl_host")
+    hf.save_pretrained(d)
+    shutil.copy(path / "tokenizer.json", d)
+    return d, hf
+
+
+@pytest.mark.parametrize("T,H,W", [(4, 64, 96), (6, 96, 64), (3, 64, 64)])
+def test_host_logits_equal_transformers(qwen3_host, T, H, W):
+    """vm.logits on the prompt the host builds (timestamps, wrappers, DeepStack, M-RoPE) against transformers' whole
+    model on the same expanded ids and patches: float32, 1e-4 (the tower's and decoder's tolerance: the same
+    arithmetic in another order); 3 frames pad to 2 groups; non-square frames."""
+    import weights
+    from minivtp.tokenizer import Tokenizer
+    d, hf = qwen3_host
+    vm, tok = weights.load_video_llm(d), Tokenizer.from_file(d)
+    frames = torch.randint(0, 256, (T, H, W, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(T))
+    pixels = vm.preprocess(list(frames))
+    ids, extra = vm.encode(tok, "What is it?")
+    p = vm.prompt(ids, pixels, **extra)
+    full = torch.tensor(tok.encode(qwen3_vl.expand_video(extra["text"], pixels.grid, pixels.timestamps)))
+    assert p.embeds.shape[1] == full.numel() and len(p.added) == len(VISION["deepstack_visual_indexes"])
+    with torch.no_grad():
+        want = hf(input_ids=full[None], pixel_values_videos=pixels.patches, video_grid_thw=torch.tensor([pixels.grid]),
+                  mm_token_type_ids=((full == vm.image_token).long() * 2)[None]).logits[0].float()
+    assert rel_err(vm.logits(ids, pixels, **extra), want) <= 1e-4
+
+
+def test_host_pruning_keeps_deepstack_and_positions_consistent(qwen3_host):
+    """alpha = 1 is the unpruned answer bit for bit (DeepStack rows and 3D positions carried whole); pruned, each
+    rival and LLM-VTP run, every frame keeps ceil(alpha * Nv) tokens and the timestamps' rows stay."""
+    import math
+
+    import weights
+    from minivtp.generate import Method, generate
+    from minivtp.rivals import FastV, LookM
+    from minivtp.tokenizer import Tokenizer
+    d, _ = qwen3_host
+    vm, tok = weights.load_video_llm(d), Tokenizer.from_file(d)
+    frames = torch.randint(0, 256, (4, 64, 96, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
+    pixels = vm.preprocess(list(frames))
+    ids, extra = vm.encode(tok, "Why?")
+    p = vm.prompt(ids, pixels, **extra)
+    plain = generate(vm.llm, p.embeds, 4, positions=p.positions, added=p.added)
+    full = generate(vm.llm, p.embeds, 4, video=p.video, alpha=1.0, layer=1, positions=p.positions, added=p.added)
+    assert torch.equal(full.tokens, plain.tokens) and torch.equal(full.logits, plain.logits)
+    video_rows = set(p.video.rows().tolist())
+    for method in (Method(alpha=0.25, layer=1), FastV(alpha=0.25, layer=1), LookM(recent=0.2, important=0.2)):
+        out = generate(vm.llm, p.embeds, 3, video=p.video, method=method, positions=p.positions, added=p.added)
+        assert 1 <= len(out.tokens) <= 3
+        if isinstance(method, Method):
+            per_frame = [sum(1 for r in out.kept.tolist() if s <= r < s + p.video.tokens_per_frame)
+                         for s in p.video.frame_starts]
+            assert per_frame == [math.ceil(0.25 * p.video.tokens_per_frame)] * p.video.frames
+            text_rows = set(range(p.embeds.shape[1])) - video_rows
+            assert text_rows <= set(out.pruning.rows.tolist())  # timestamps, wrappers, question: all kept
+
+
+def test_answer_and_eval_run_on_qwen3_vl(qwen3_host, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+    d, _ = qwen3_host
+    root = Path(__file__).resolve().parents[1]
+    video = tmp_path / "clip.safetensors"
+    save_file({"frames": torch.randint(0, 256, (8, 64, 96, 3), dtype=torch.uint8)}, video)
+    base = [sys.executable, "-m", "minivtp", "answer", "--weights", str(d), "--video", str(video), "--question",
+            "Why?", "--max-new-tokens", "2", "--device", "cpu", "--json"]
+    for extra in (["--alpha", "0.5", "--layer", "1"], ["--method", "fastv", "--alpha", "0.5", "--layer", "1"],
+                  ["--method", "look-m"], ["--alpha", "0.5", "--layer", "1", "--variant", "released"]):
+        run = subprocess.run(base + extra, capture_output=True, text=True, cwd=root, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["video_tokens"] > 0
+    run = subprocess.run(base + ["--method", "prumerge+"], capture_output=True, text=True, cwd=root, timeout=300)
+    assert run.returncode == 2 and "does not apply to Qwen3-VL" in run.stderr and "Traceback" not in run.stderr
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps([dict(video="clip.safetensors", question="Why?", candidates=["a", "b"],
+                                          answer="a")] * 2))
+    run = subprocess.run([sys.executable, "-m", "minivtp", "eval", "--weights", str(d), "--questions", str(questions),
+                          "--videos", str(tmp_path), "--alpha", "0.5", "--layer", "1", "--out", str(tmp_path / "r.jsonl"),
+                          "--device", "cpu", "--json", "--batch-size", "2"], capture_output=True, text=True, cwd=root,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("error" not in r and r["kept_ratio"] == 0.5 for r in rows)

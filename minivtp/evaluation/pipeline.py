@@ -106,12 +106,12 @@ class Pipeline:
         encode_s = time.perf_counter() - t
         n_max = self.vm.llm.cfg.max_seq_len
         if p.embeds.shape[1] + max_new_tokens > n_max:
-            raise ValueError(f"the prompt is {p.embeds.shape[1]} rows ({p.video.end - p.video.start} of them video) "
+            raise ValueError(f"the prompt is {p.embeds.shape[1]} rows ({video_rows(p.video)} of them video) "
                              f"and {max_new_tokens} new tokens more would exceed the model's {n_max} positions")
         in_llm = None if hasattr(method, "prompt") else method  # PruMerge+ already pruned: the LLM runs unpruned
         rows = torch.arange(p.embeds.shape[1], device=p.positions.device)
         positions = None if torch.equal(p.positions, rows) else p.positions  # a Qwen-VL host's 3D positions
-        q = Question(p.embeds, p.video if in_llm else None, max_new_tokens, self.tok.eos, positions)
+        q = Question(p.embeds, p.video if in_llm else None, max_new_tokens, self.tok.eos, positions, p.added)
         return Job(q, p, in_llm, hasattr(method, "prompt"), encode_s, zero_count_note(in_llm, p.video))
 
     def finish(self, job: "Job", out: Generation) -> Answer:
@@ -123,7 +123,7 @@ class Pipeline:
         if job.merged:
             n_video, kept = video.unpruned_rows, video.end - video.start
         else:
-            n_video = video.end - video.start
+            n_video = video_rows(video)  # not end - start: frames may have text between them (Qwen3-VL)
             kept = int(out.kept.numel()) if job.method else n_video
         return Answer(text, out, job.prompt, n_video, kept, job.encode_s, job.note)
 
@@ -140,11 +140,17 @@ class Job:
     note: str = None
 
 
+def video_rows(video) -> int:
+    """The video's rows in a prompt: T * Nv (a PruMerge+ prompt: what it kept)."""
+    return video.end - video.start if not hasattr(video, "frames") else video.frames * video.tokens_per_frame
+
+
 def generate_for(llm, q: Question, method=None, decoder=None) -> Generation:
     """generate on one question as the pipeline asks it (the one call of generate on this path). The fast path's
     decoders rotate a row by its row, so a host with 3D positions decodes through generate's own functions."""
+    plain = q.positions is None and not q.added
     return generate(llm, q.embeds, q.max_new_tokens, video=q.video, method=method if q.video is not None else None,
-                    eos_id=q.eos_id, decoder=decoder if q.positions is None else None, positions=q.positions)
+                    eos_id=q.eos_id, decoder=decoder if plain else None, positions=q.positions, added=q.added)
 
 
 def check_fits(weights_dir, method):

@@ -59,6 +59,7 @@ class Question:
     max_new_tokens: int = 5
     eos_id: int = None
     positions: torch.Tensor = None  # RoPE's positions when they are not the rows' (M-RoPE's (3, N)): asked alone
+    added: dict = None  # DeepStack's rows (Qwen3-VL): asked alone too
 
 
 def resolve(model, method, video):
@@ -342,7 +343,7 @@ def answer_rows(answer, questions, row_of, batch_size: int):
                     ready.append(i)
                 else:
                     resume(gens, i, error, rows, waiting)
-            alone = [i for i in ready if asked[i].positions is not None]  # 3D positions: one at a time (generate)
+            alone = [i for i in ready if asked[i].positions is not None or asked[i].added]  # one at a time (generate)
             for i in alone:
                 resume(gens, i, answer.run(asked[i]), rows, waiting)
             ready = [i for i in ready if i not in alone]

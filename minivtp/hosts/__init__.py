@@ -29,16 +29,21 @@ next turn begins. PruMerge+ (minivtp/rivals/prumerge.py) asks a host for `class_
 it keeps with `splice`; a host without a [CLS] token says so in one line.
 """
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 
-class Prompt(NamedTuple):
+@dataclass
+class Prompt:
     embeds: torch.Tensor  # (1, N, C): the prompt's rows, the video's spliced in (Eq. 1)
     video: object  # vtp.VideoSpan: what LLM-VTP ranks (PruMerge+: rivals.prumerge.MergedVideo, already pruned)
     positions: torch.Tensor  # (N,) RoPE positions of the rows, or (3, N) for a 3D-position host
+    added: dict = None  # Qwen3-VL's DeepStack: {layer i: (N, C)} added after layer i+1 (model.forward_layers)
+
+    def __iter__(self):  # embeds, video, positions = vm.prompt(...)
+        return iter((self.embeds, self.video, self.positions))
 
 
 def encode_text(tok, text: str, placeholder: str, token: int) -> list:
@@ -90,7 +95,9 @@ class Host(nn.Module):
     def logits(self, ids, pixels, **extra):
         """(N, V) float32: the logits of every prompt row, unpruned."""
         p = self.prompt(ids, pixels, **extra)
-        return self.llm.forward_embeds(p.embeds, rope_pos=p.positions)[0].float()
+        pos = torch.arange(p.embeds.shape[1], device=p.embeds.device)  # the rows' order; positions turn them
+        cos, sin = self.llm.rope(p.positions)
+        return self.llm.head(self.llm.forward_layers(p.embeds, cos, sin, pos, added=p.added))[0].float()
 
     def cells(self, Nv: int):
         """([(row, column) or None for each of a frame's Nv tokens], the grid's (rows, columns)); None when the

@@ -69,9 +69,14 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from minivtp.checkpoint import (HF_TO_OURS, CheckpointError, apply_rules, build_on_meta, load_into,
+from minivtp.checkpoint import (HF_TO_OURS, CheckpointError, apply_rules, build_on_meta, load_into, no_lora,
                                 open_checkpoint)
+from minivtp.hf_config import config_from_hf
+from minivtp.hosts import Host, Prompt
+from minivtp.hosts.prompts import PLLAVA_TEMPLATES
 from minivtp.hosts.qwen3_vit import QWEN3_VISION_TO_OURS, Qwen3VisionConfig, Qwen3VisionTower
+from minivtp.model import Config, Transformer
+from minivtp.vtp import VideoSpan
 
 VIDEO_PAD, VISION_START, VISION_END = "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
 VIDEO_WRAPPER = VISION_START + VIDEO_PAD + VISION_END  # what the chat template writes for a video
@@ -258,6 +263,9 @@ class Video:
     timestamps: list  # seconds, one per temporal group
     indices: list = field(default_factory=list)  # which frames of the video were read
 
+    def to(self, device) -> "Video":  # what the host's prompt reads, on the model's device
+        return Video(self.patches.to(device), self.grid, self.timestamps, self.indices)
+
 
 def preprocess(frames: torch.Tensor, video_fps: float, p: VideoProcessing = None, fps=None, num_frames=None,
                indices=None) -> Video:
@@ -428,3 +436,95 @@ def load_tower(path, dtype=torch.float32, device="cpu"):
 
     load_into(tower, files, rename, dtype, device, weight_map)
     return tower.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The host: the pieces above on the host contract (minivtp/hosts/__init__.py)
+
+
+class Qwen3VL(Host):
+    """Qwen3-VL's tower, DeepStack mergers and Qwen3 decoder (M-RoPE interleaved, per-head q/k norm).
+
+    What differs from the other hosts, each said where it happens: the prompt's ids are made in `prompt`, once the
+    video's timestamps are known (`encode` gives the template's ids and the text to expand); `prompt` returns the
+    video's rows as frames apart (VideoSpan.frame_starts), M-RoPE's (3, N) positions and DeepStack's rows."""
+
+    placeholder = VIDEO_PAD
+
+    def __init__(self, text: Config, vision: Qwen3VisionConfig, video_token: int, processing: VideoProcessing = None,
+                 frames: int = 32, video_fps: float = 2.0):
+        super().__init__()
+        self.vision = Qwen3VisionTower(vision)
+        self.llm = Transformer(text)
+        self.image_token, self.processing = video_token, processing or VideoProcessing()
+        # subtle: minivtp reads a video by frame count (frames.py), not by time; the timestamps in the prompt take
+        # the frames read as `video_fps` frames a second, the rate Qwen3-VL's processor samples at (2)
+        self.frames, self.video_fps = frames, video_fps
+
+    @classmethod
+    def from_hf(cls, hf: dict, processing: VideoProcessing = None) -> "Qwen3VL":
+        text = dict(hf.get("text_config") or {})
+        text["model_type"] = "qwen3_vl_text"
+        text.setdefault("tie_word_embeddings", hf.get("tie_word_embeddings", False))
+        return cls(config_from_hf(text), Qwen3VisionConfig.from_hf(hf.get("vision_config") or {}),
+                   hf.get("video_token_id", 151656), processing, frames=hf.get("num_frames") or 32)
+
+    def sample_indices(self, n_available: int, n: int):  # n frames spread over the video, first and last included
+        if n_available < 1:
+            raise ValueError("the video has no frames")
+        return [round(i * (n_available - 1) / max(1, n - 1)) for i in range(n)]
+
+    def preprocess(self, frames) -> Video:
+        x = torch.stack(list(frames)) if not isinstance(frames, torch.Tensor) else frames
+        return preprocess(x, self.video_fps, self.processing, indices=list(range(x.shape[0])))
+
+    def encode(self, tok, question: str, template: str = None):
+        """The chat template's ids with ONE <|video_pad|>, and what `prompt` expands them from: the text and the
+        tokenizer (the timestamps are text, written once the video is read)."""
+        text = chat_text(question) + ((PLLAVA_TEMPLATES[template][6] or "") if template else "")
+        if tok.added.get(VIDEO_PAD) != self.image_token:
+            raise ValueError(f"the tokenizer's {VIDEO_PAD} is {tok.added.get(VIDEO_PAD)}, the model's "
+                             f"video_token_id is {self.image_token}: tokenizer.json and config.json disagree")
+        return torch.tensor(tok.encode(text)), dict(text=text, tok=tok)
+
+    def check_tokenizer(self, tok, where):
+        if tok.added.get(VIDEO_PAD) != self.image_token:
+            raise ValueError(f"{where}: the tokenizer's {VIDEO_PAD} is {tok.added.get(VIDEO_PAD)}, the model's "
+                             f"video_token_id is {self.image_token}")
+
+    def prompt(self, ids, pixels: Video, text: str = None, tok=None) -> Prompt:
+        """The expanded prompt (a timestamp and <|vision_start|> ... <|vision_end|> around each temporal group)
+        -> Prompt(embeds (1, N, C), VideoSpan with frame_starts, positions (3, N), DeepStack's rows)."""
+        merge = self.vision.cfg.merge_size
+        ids = torch.tensor(tok.encode(expand_video(text, pixels.grid, pixels.timestamps, merge)), device=ids.device)
+        positions, _ = mrope_positions(ids, self.image_token, pixels.grid, merge)  # (3, N)
+        rows = video_rows(ids, self.image_token, pixels.grid, merge).to(ids.device)  # (t, Nv)
+        tokens, deep = self.vision(pixels.patches, pixels.grid)  # (t*Nv, C), [(t*Nv, C) per DeepStack layer]
+        x = self.llm.embed(ids)  # (N, C)
+        # Eq. 1: the video's tokens where the processor put its pads, group by group (text between the groups)
+        x = x.index_copy(0, rows.flatten(), tokens.to(x.dtype))
+        added = {}
+        for k, feature in enumerate(deep):  # DeepStack: after decoder layer k, at the video's rows
+            added[k] = torch.zeros_like(x).index_copy(0, rows.flatten(), feature.to(x.dtype))
+        t, Nv = rows.shape
+        span = VideoSpan(int(rows[0, 0]), t, Nv, frame_starts=tuple(int(r) for r in rows[:, 0]))
+        span.check(x.shape[0], video_rows=t * Nv)
+        return Prompt(x[None], span, positions.to(ids.device), added)
+
+    def class_attention(self, pixels):
+        raise ValueError("PruMerge+ ranks patches by their attention to a class token; Qwen3-VL's ViT has none, "
+                         "so PruMerge+ does not apply to Qwen3-VL")
+
+
+def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None) -> Qwen3VL:
+    """A ready host from a Qwen3-VL directory transformers' save_pretrained wrote (weights.load_video_llm)."""
+    path, hf, files, index = open_checkpoint(path)
+    no_lora(path, hf, lora_alpha)
+    model = build_on_meta(path, lambda: Qwen3VL.from_hf(hf, VideoProcessing.from_dir(path)), "Qwen3-VL")
+    tied = model.llm.cfg.tie_embeddings
+    rename = lambda n: "" if tied and n == "lm_head.weight" else qwen3_vl_to_ours(n)  # noqa: E731
+    info = load_into(model, files, rename, dtype, device, index, progress)
+    if tied:
+        model.llm.output.weight = model.llm.embed.weight
+    model.load_info = dict(info, files=[f.name for f in files], path=str(path), config=hf)
+    return model.eval()
