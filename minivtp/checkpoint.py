@@ -48,6 +48,15 @@ def read_json(f: Path) -> dict:
     return d
 
 
+def preprocessor_config(path: Path):
+    """The normalisation the processor saved beside the weights, as a dict (the video processor's first: that is
+    what videos go through), or None where the directory has neither file."""
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if (path / name).is_file():
+            return read_json(path / name)
+    return None
+
+
 def open_checkpoint(path):
     """(directory, parsed config.json, safetensors files in load order, the index's weight_map or None).
     Refuses what is not a directory, and pickle-only directories."""

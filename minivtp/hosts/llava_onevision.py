@@ -249,15 +249,13 @@ def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None
     path, hf, files, index = checkpoint.open_checkpoint(path)
     checkpoint.no_lora(path, hf, lora_alpha)
     original = hf.get("model_type") == "llava_qwen"
-    # the normalisation the processor saved beside the weights (video first: that is what videos go through)
-    pre = next((f for f in (path / "video_preprocessor_config.json", path / "preprocessor_config.json") if f.is_file()),
-               None)
+    pre = checkpoint.preprocessor_config(path)
     with torch.device("meta"):
         try:
             if original:
                 model = LlavaOnevision.from_llava_next(hf)
             else:
-                model = LlavaOnevision.from_transformers(hf, checkpoint.read_json(pre) if pre else None)
+                model = LlavaOnevision.from_transformers(hf, pre)
         except ValueError as e:
             raise checkpoint.CheckpointError(f"{path / 'config.json'}: {e}") from None
     rename = llava_next_to_ours if original else transformers_to_ours

@@ -224,11 +224,10 @@ def load(path, dtype=torch.float32, device="cpu", progress=None, lora_alpha=None
     """A ready host from its checkpoint directory (weights.load_video_llm calls this)."""
     path, hf, files, index = checkpoint.open_checkpoint(path)
     checkpoint.no_lora(path, hf, lora_alpha)
-    pre = next((f for f in (path / "video_preprocessor_config.json", path / "preprocessor_config.json") if f.is_file()),
-               None)
+    pre = checkpoint.preprocessor_config(path)
     with torch.device("meta"):
         try:
-            model = Qwen25VL.from_hf(hf, checkpoint.read_json(pre) if pre else None)
+            model = Qwen25VL.from_hf(hf, pre)
         except (ValueError, KeyError, TypeError) as e:
             raise checkpoint.CheckpointError(f"{path / 'config.json'}: {e}") from None
     tied = model.llm.cfg.tie_embeddings
